@@ -1,0 +1,286 @@
+"""Data plumbing: JSONL files, checkpoint resolution and a small tokenizer wrapper.
+
+The tokenizer wraps the Rust `tokenizers` library (the same tokenizer.json a Hugging Face checkpoint
+ships) and renders the checkpoint's own Jinja chat template exactly as `transformers` does, so the
+prompts we train and evaluate on are the prompts the model was tuned with.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+from datetime import datetime
+from functools import lru_cache
+from pathlib import Path
+
+import jinja2
+import jinja2.ext
+import jinja2.nodes
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+
+class UpftError(Exception):
+    """A user-facing error: one line naming the file and the problem (CLIs print `error: msg`, exit 2)."""
+
+
+# ----------------------------------------------------------------------------------------- files
+
+def read_jsonl(path) -> list[dict]:
+    """Read a JSONL file into a list of dicts. Blank lines are skipped."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UpftError(f"{path}: file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UpftError(f"{path}: cannot read ({e})") from None
+    rows = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UpftError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+        if not isinstance(row, dict):
+            raise UpftError(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
+        rows.append(row)
+    if not rows:
+        raise UpftError(f"{path}: file is empty")
+    return rows
+
+
+def _atomic_write(path, text: str) -> None:
+    # Write next to the target and rename, so a crash never leaves a half-written file behind.
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_jsonl(path, rows) -> None:
+    _atomic_write(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def write_json(path, obj) -> None:
+    _atomic_write(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def _read_json(path: Path) -> dict:
+    """Read an optional JSON config file: {} if absent, UpftError if present but broken."""
+    if not path.is_file():
+        return {}
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UpftError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(obj, dict):
+        raise UpftError(f"{path}: expected a JSON object")
+    return obj
+
+
+HUB_PATTERNS = ["*.json", "*.jinja", "*.safetensors"]  # configs, tokenizer, weights (+ index)
+
+
+def resolve(path_or_id) -> Path:
+    """A local checkpoint directory, or a Hugging Face Hub id downloaded (or found in the cache)."""
+    path = Path(path_or_id).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists() or str(path_or_id).startswith(("/", ".", "~")):
+        raise UpftError(f"{path_or_id}: not a checkpoint directory")
+    try:
+        from huggingface_hub import snapshot_download
+        return Path(snapshot_download(str(path_or_id), allow_patterns=HUB_PATTERNS))
+    except Exception as e:  # offline, unknown repo, gated, bad id: all end the same way for a user
+        raise UpftError(f"{path_or_id}: not found locally and could not be downloaded from the "
+                        f"Hugging Face Hub ({type(e).__name__})") from None
+
+
+# ----------------------------------------------------------------------------------- chat template
+
+class _GenerationTag(jinja2.ext.Extension):
+    """`{% generation %}...{% endgeneration %}` (training templates mark assistant text with it): no-op."""
+    tags = {"generation"}
+
+    def parse(self, parser):
+        lineno = next(parser.stream).lineno
+        body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+        return jinja2.nodes.CallBlock(self.call_method("_body"), [], [], body).set_lineno(lineno)
+
+    def _body(self, caller):
+        return caller()
+
+
+class _Namespace(jinja2.utils.Namespace):
+    # As transformers: no underscore attributes on namespace() objects (a sandbox-escape hardening).
+    def __init__(*args, **kwargs):
+        self, attrs = args[0], dict(*args[1:], **kwargs)
+        for name in attrs:
+            _Namespace._check(name)
+        jinja2.utils.Namespace.__init__(self, attrs)
+
+    def __setitem__(self, name, value):
+        _Namespace._check(name)
+        jinja2.utils.Namespace.__setitem__(self, name, value)
+
+    @staticmethod
+    def _check(name):
+        if isinstance(name, str) and name.startswith("_"):
+            raise jinja2.exceptions.SecurityError(f"namespace attribute {name!r} is not allowed")
+
+
+class _Dict:
+    # As transformers: `dict(...)` and `dict.fromkeys(...)` without exposing the dict type itself.
+    __call__ = staticmethod(dict)
+    fromkeys = staticmethod(dict.fromkeys)
+
+
+def _raise_exception(message):
+    raise jinja2.exceptions.TemplateError(message)
+
+
+@lru_cache
+def _compile_template(source: str) -> jinja2.Template:
+    # The environment of transformers' chat_template_utils: templates from downloaded checkpoints are
+    # untrusted code, hence the immutable sandbox; tojson does not HTML-escape (Jinja's own does).
+    if tuple(int(x) for x in re.findall(r"\d+", jinja2.__version__)[:3]) < (3, 1, 6):
+        raise UpftError(f"jinja2 {jinja2.__version__} has known sandbox escapes; install jinja2>=3.1.6")
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                        extensions=[_GenerationTag, jinja2.ext.loopcontrols])
+    env.filters["tojson"] = lambda x, ensure_ascii=False, indent=None, separators=None, sort_keys=False: \
+        json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+    env.globals.update(raise_exception=_raise_exception, namespace=_Namespace,
+                       strftime_now=lambda fmt: datetime.now().strftime(fmt),
+                       dict=_Dict())
+    return env.from_string(source)
+
+
+# --------------------------------------------------------------------------------------- tokenizer
+
+SPECIAL_TOKENS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
+                   "generation_config.json")
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]  # UpftError messages are one line
+
+
+def _token_str(value):
+    return value.get("content") if isinstance(value, dict) else value  # AddedToken dicts hold "content"
+
+
+class Tokenizer:
+    """tokenizer.json + tokenizer_config.json + generation_config.json of a checkpoint directory."""
+
+    @classmethod
+    def from_pretrained(cls, path_or_id) -> "Tokenizer":
+        import tokenizers
+        source = resolve(path_or_id)
+        file = source / "tokenizer.json"
+        if not file.is_file():
+            raise UpftError(f"{file}: not found (upft needs a fast-tokenizer tokenizer.json)")
+        try:
+            tok = tokenizers.Tokenizer.from_file(str(file))
+        except Exception as e:
+            raise UpftError(f"{file}: cannot be loaded ({_first_line(e)})") from None
+        return cls(tok, source)
+
+    def __init__(self, tok, source: Path):
+        self._tok, self.source_dir = tok, Path(source)
+        config_file = self.source_dir / "tokenizer_config.json"
+        config = {**_read_json(self.source_dir / "special_tokens_map.json"), **_read_json(config_file)}
+        gen = _read_json(self.source_dir / "generation_config.json")
+        # Same sources and priority as transformers: chat_template.jinja beats the config entry, and a
+        # list of named templates means "default".
+        template = config.get("chat_template")
+        if isinstance(template, list):
+            template = {t.get("name"): t.get("template") for t in template}.get("default")
+        if (self.source_dir / "chat_template.jinja").is_file():
+            template = (self.source_dir / "chat_template.jinja").read_text(encoding="utf-8")
+        self.chat_template: str | None = template
+        self.special_tokens = {k: _token_str(config[k]) for k in SPECIAL_TOKENS if _token_str(config.get(k))}
+
+        def token_id(name):
+            text = self.special_tokens.get(name)
+            if text is None:
+                return None
+            if (i := tok.token_to_id(text)) is None:
+                raise UpftError(f"{config_file}: {name} {text!r} is not in tokenizer.json")
+            return i
+
+        gen_eos = gen.get("eos_token_id")
+        gen_eos = [gen_eos] if isinstance(gen_eos, int) else list(gen_eos or [])
+        self.bos_id: int | None = token_id("bos_token")
+        # eos_token is the end-of-turn token (Llama-3.1: <|eot_id|>, not <|end_of_text|>).
+        self.eos_id: int = token_id("eos_token") if "eos_token" in self.special_tokens else (gen_eos or [None])[0]
+        if self.eos_id is None:
+            raise UpftError(f"{config_file}: no eos_token (and no eos_token_id in generation_config.json)")
+        self.special_tokens.setdefault("eos_token", tok.id_to_token(self.eos_id))
+        # Stop ids: everything generation_config lists, plus eos (vLLM does the same merge).
+        self.eos_ids: list[int] = list(dict.fromkeys(gen_eos + [self.eos_id]))
+        self.pad_id: int = token_id("pad_token") if "pad_token" in self.special_tokens else self.eos_id
+        self.vocab_size: int = tok.get_vocab_size(with_added_tokens=True)
+        self._warned = False
+
+    def __len__(self) -> int:
+        return self.vocab_size
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        # Off by default: rendered chat templates already start with BOS, and the Llama-3 / R1 post-
+        # processors would add a second one (a classic silent bug).
+        return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
+
+    def decode(self, ids, skip_special_tokens: bool = False) -> str:
+        return self._tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True, **kwargs) -> str:
+        """Render `messages` ([{"role", "content"}, ...]) with the checkpoint's chat template.
+
+        Same string as transformers' `apply_chat_template(..., tokenize=False)`. Extra keyword
+        arguments become template variables (e.g. `date_string`, `enable_thinking`).
+
+        Without a chat template (base checkpoints such as Llama-3.1-8B) a plain format is used and
+        a warning printed once:  bos_token + "System: ...\\n\\n" + "User: ...\\n\\n" +
+        "Assistant: ...\\n\\n" (one block per message) + "Assistant:" if add_generation_prompt.
+        """
+        messages = [{k: v for k, v in m.items() if v is not None} for m in messages]  # as transformers
+        if self.chat_template is None:
+            if not self._warned:
+                print(f"warning: {self.source_dir} has no chat template; using plain 'User:/Assistant:' "
+                      f"prompts", file=sys.stderr)
+                self._warned = True
+            turns = "".join(f"{m['role'].capitalize()}: {m['content']}\n\n" for m in messages)
+            return self.special_tokens.get("bos_token", "") + turns + ("Assistant:" if add_generation_prompt else "")
+        where = f"{self.source_dir}: chat template"
+        try:
+            template = _compile_template(self.chat_template)
+            variables = {"tools": None, "documents": None, **self.special_tokens, **kwargs}
+            return template.render(messages=messages, add_generation_prompt=add_generation_prompt, **variables)
+        except jinja2.exceptions.SecurityError as e:
+            raise UpftError(f"{where} tried an unsafe operation and was stopped ({_first_line(e)})") from None
+        except jinja2.TemplateError as e:
+            line = f" (line {e.lineno})" if getattr(e, "lineno", None) else ""
+            raise UpftError(f"{where}{line}: {type(e).__name__}: {_first_line(e)}") from None
+
+    def save_pretrained(self, out_dir) -> None:
+        """Copy the tokenizer files this tokenizer was loaded from into `out_dir`."""
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for name in TOKENIZER_FILES:
+            src, dst = self.source_dir / name, out_dir / name
+            if src.is_file() and not (dst.exists() and dst.samefile(src)):
+                tmp = dst.with_name(f".{name}.tmp")
+                shutil.copyfile(src, tmp)
+                os.replace(tmp, dst)

@@ -1,0 +1,533 @@
+"""The decoder-only transformer of the Llama and Qwen2 families, and how it generates.
+
+What is here, top to bottom:
+  Config            the Hugging Face config.json keys, checked: anything we cannot honour is refused
+  RoPE, RMSNorm     rotate-half rotary embeddings (HF layout, so no q/k permute), Llama-3 `rope_scaling`
+  Attention/MLP     grouped-query attention through SDPA; SwiGLU; q/k/v biases for Qwen2
+  Transformer       module names equal the HF state-dict keys, so loading is a strict, shape-checked copy
+  from_pretrained / save_pretrained   safetensors only (no pickle), sharded or not, atomic writes
+  KVCache, sample_next, generate      batched decoding of DIFFERENT prompts (left padding) and
+                                      prefill-once-then-expand for n samples of one prompt
+
+Left out on purpose: sliding-window attention, MoE, quantisation, torch.compile, flash kernels.
+Mirrors transformers' modeling_llama.py / modeling_qwen2.py (the tests check parity to 1e-4 in fp32).
+
+Shape legend: B batch rows, T new tokens in this forward, S cached + new key slots,
+H query heads, K key/value heads, D head_dim, C hidden size, V vocab.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from data import UpftError, resolve
+
+SUPPORTED = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+ROPE_TYPES = ("default", "linear", "llama3")
+
+
+# ----------------------------------------------------------------------------- config
+
+@dataclass
+class Config:
+    model_type: str = "llama"
+    vocab_size: int = 32000
+    hidden_size: int = 4096
+    intermediate_size: int = 11008
+    num_hidden_layers: int = 32
+    num_attention_heads: int = 32
+    num_key_value_heads: int | None = None  # None = multi-head attention (K = H)
+    head_dim: int | None = None             # None = hidden_size // num_attention_heads
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    rope_scaling: dict | None = None        # e.g. Llama-3.1: {"rope_type": "llama3", "factor": 8.0, ...}
+    max_position_embeddings: int = 2048
+    tie_word_embeddings: bool = False
+    attention_bias: bool = False            # llama: bias on q/k/v/o; qwen2 always has q/k/v bias (not o)
+    hidden_act: str = "silu"
+    bos_token_id: int | list | None = None
+    eos_token_id: int | list | None = None
+    torch_dtype: str | None = None
+    extra: dict = field(default_factory=dict)  # other keys, kept so a saved config round-trips
+
+    def __post_init__(self):
+        if self.model_type not in SUPPORTED:
+            raise UpftError(f"unsupported model_type {self.model_type!r} (supported: {', '.join(SUPPORTED)})")
+        if self.num_key_value_heads is None:
+            self.num_key_value_heads = self.num_attention_heads
+        if self.head_dim is None:
+            self.head_dim = self.hidden_size // self.num_attention_heads
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise UpftError(f"num_attention_heads={self.num_attention_heads} is not a multiple of "
+                            f"num_key_value_heads={self.num_key_value_heads}")
+        if self.hidden_act != "silu":
+            raise UpftError(f"unsupported hidden_act {self.hidden_act!r} (only silu)")
+        rope_type = self.rope_type
+        if rope_type not in ROPE_TYPES:
+            raise UpftError(f"unsupported rope_scaling type {rope_type!r} (supported: {', '.join(ROPE_TYPES)})")
+
+    @property
+    def rope_type(self) -> str:
+        rs = self.rope_scaling or {}
+        return rs.get("rope_type", rs.get("type", "default"))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Config":
+        d = dict(d)
+        # transformers >= 5 writes rope settings as `rope_parameters`; checkpoints on the hub use the
+        # older `rope_theta` + `rope_scaling`. Accept both, keep the older form (every loader reads it).
+        rp = d.pop("rope_parameters", None)
+        if rp:
+            rp = dict(rp)
+            d.setdefault("rope_theta", rp.pop("rope_theta", 10000.0))
+            if rp.get("rope_type", "default") != "default":
+                d.setdefault("rope_scaling", rp)
+        # Refuse what we would otherwise silently get wrong.
+        if d.get("use_sliding_window"):
+            raise UpftError("sliding-window attention (use_sliding_window=true) is not supported")
+        if any(t != "full_attention" for t in d.get("layer_types") or []):
+            raise UpftError(f"unsupported layer_types {sorted(set(d['layer_types']))} (only full_attention)")
+        if d.get("mlp_bias"):
+            raise UpftError("mlp_bias=true is not supported")
+        if d.get("model_type") == "qwen2":
+            d.pop("attention_bias", None)  # Qwen2 has q/k/v bias by definition
+        known = {f.name for f in fields(cls)} - {"extra"}
+        extra = {k: v for k, v in d.items() if k not in known and k != "architectures"}
+        return cls(**{k: v for k, v in d.items() if k in known}, extra=extra)
+
+    @classmethod
+    def from_json(cls, path) -> "Config":
+        path = Path(path)
+        if not path.is_file():
+            raise UpftError(f"{path}: config.json not found")
+        try:
+            d = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise UpftError(f"{path}: not valid JSON ({e})") from None
+        if not isinstance(d, dict):
+            raise UpftError(f"{path}: expected a JSON object")
+        try:
+            return cls.from_dict(d)
+        except TypeError as e:
+            raise UpftError(f"{path}: bad config ({e})") from None
+        except UpftError as e:
+            raise UpftError(f"{path}: {e}") from None
+
+    def to_dict(self) -> dict:
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
+        if self.model_type == "qwen2":
+            d.pop("attention_bias")
+        d = {**self.extra, **d, "architectures": [SUPPORTED[self.model_type]]}
+        return dict(sorted(d.items()))
+
+
+# ----------------------------------------------------------------------------- layers
+
+def rope_inv_freq(cfg: Config) -> torch.Tensor:
+    """Inverse frequencies (D/2,), fp32, with the checkpoint's rope_scaling applied."""
+    D = cfg.head_dim
+    inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, D, 2, dtype=torch.float32) / D))
+    rs = cfg.rope_scaling or {}
+    if cfg.rope_type == "linear":
+        inv_freq = inv_freq / rs["factor"]
+    elif cfg.rope_type == "llama3":
+        # Llama 3.1: keep high frequencies, divide low ones by `factor`, interpolate in between
+        # (Meta's apply_scaling; same as transformers' _compute_llama3_parameters).
+        factor, lo, hi = rs["factor"], rs["low_freq_factor"], rs["high_freq_factor"]
+        old_len = rs["original_max_position_embeddings"]
+        wavelen = 2 * math.pi / inv_freq
+        smooth = ((old_len / wavelen - lo) / (hi - lo)).clamp(0, 1)
+        scaled = (1 - smooth) * inv_freq / factor + smooth * inv_freq
+        inv_freq = torch.where(wavelen < old_len / hi, inv_freq,
+                               torch.where(wavelen > old_len / lo, inv_freq / factor, scaled))
+    return inv_freq
+
+
+def rotate_half(x):
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim, eps):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x):
+        # normalise in fp32, cast back, then scale (HF's order, which matters in bf16)
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(x.dtype)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.H, self.K, self.D = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        qkv_bias = cfg.attention_bias or cfg.model_type == "qwen2"
+        self.q_proj = nn.Linear(cfg.hidden_size, self.H * self.D, bias=qkv_bias)
+        self.k_proj = nn.Linear(cfg.hidden_size, self.K * self.D, bias=qkv_bias)
+        self.v_proj = nn.Linear(cfg.hidden_size, self.K * self.D, bias=qkv_bias)
+        self.o_proj = nn.Linear(self.H * self.D, cfg.hidden_size, bias=cfg.attention_bias)
+
+    def forward(self, x, cos, sin, cache=None, layer=0, mask=None):
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.H, self.D).transpose(1, 2)  # (B, H, T, D)
+        k = self.k_proj(x).view(B, T, self.K, self.D).transpose(1, 2)  # (B, K, T, D)
+        v = self.v_proj(x).view(B, T, self.K, self.D).transpose(1, 2)  # (B, K, T, D)
+        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)                    # (B, 1, T, D)
+        q = q * cos + rotate_half(q) * sin
+        k = k * cos + rotate_half(k) * sin
+        is_causal = mask is None and T > 1
+        if cache is not None:
+            k, v = cache.update(layer, k, v)                              # (B, K, S, D)
+            if mask is None and T > 1 and cache.pos > 0:
+                raise AssertionError("chunked prefill needs an explicit mask")
+        # GQA: SDPA broadcasts the K key/value heads over the H query heads itself
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
+                                           enable_gqa=self.H != self.K)  # (B, H, T, D)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, self.H * self.D))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))  # SwiGLU
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.self_attn = Attention(cfg)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, cos, sin, cache=None, layer=0, mask=None):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache, layer, mask)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+# ----------------------------------------------------------------------------- model
+
+class Transformer(nn.Module):
+    """Llama / Qwen2 causal LM. `model.` and `lm_head.` prefixes reproduce HF's state-dict keys."""
+
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.config = cfg
+        self.model = nn.ModuleDict(dict(
+            embed_tokens=nn.Embedding(cfg.vocab_size, cfg.hidden_size),
+            layers=nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers)),
+            norm=RMSNorm(cfg.hidden_size, cfg.rms_norm_eps),
+        ))
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        if cfg.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+        self.register_buffer("inv_freq", rope_inv_freq(cfg), persistent=False)
+        self.gradient_checkpointing = False
+        self.source_dir = None  # where from_pretrained read it (tokenizer files are copied from there)
+
+    def forward(self, input_ids, cache=None, last_only=False):
+        """input_ids (B, T) -> logits (B, T, V) in fp32, or (B, 1, V) with last_only.
+
+        Without a cache: plain causal attention from position 0 (training; right padding is harmless
+        because pads come after every real token). With a cache: positions and the key mask come from it.
+        """
+        B, T = input_ids.shape
+        if cache is None:
+            pos = torch.arange(T, device=input_ids.device).expand(B, T)
+            mask = None
+        else:
+            pos, mask = cache.positions(T), cache.mask(T)
+        # RoPE angles at each row's own positions, as HF computes them (fp32, then cast)
+        freqs = pos[..., None].float() * self.inv_freq                     # (B, T, D/2)
+        emb = torch.cat((freqs, freqs), dim=-1)                              # (B, T, D)
+        x = self.model.embed_tokens(input_ids)                               # (B, T, C)
+        cos, sin = emb.cos().to(x.dtype), emb.sin().to(x.dtype)
+        for i, layer in enumerate(self.model.layers):
+            if self.gradient_checkpointing and self.training:
+                x = torch.utils.checkpoint.checkpoint(layer, x, cos, sin, use_reentrant=False)
+            else:
+                x = layer(x, cos, sin, cache, i, mask)
+        if cache is not None:
+            cache.pos += T  # advance once, after the last layer wrote its keys
+        x = self.model.norm(x)
+        if last_only:
+            x = x[:, -1:]
+        return self.lm_head(x).float()
+
+    @property
+    def device(self):
+        return self.lm_head.weight.device
+
+    @classmethod
+    def from_pretrained(cls, path_or_id, device="cpu", dtype=torch.float32) -> "Transformer":
+        """Load config.json + model.safetensors (or a sharded index) from a directory or hub id."""
+        path = resolve(path_or_id)
+        cfg = Config.from_json(path / "config.json")
+        with torch.device("meta"):
+            model = cls(cfg)  # no memory: parameters are filled by assign=True below
+        state = load_safetensors(path, device, dtype)
+        expected = {k: v.shape for k, v in model.state_dict().items()}
+        if cfg.tie_word_embeddings:
+            state.pop("lm_head.weight", None)  # some tied checkpoints store a copy; the tie wins
+            expected.pop("lm_head.weight")
+        for k in [k for k in state if k.endswith("rotary_emb.inv_freq")]:
+            del state[k]  # old checkpoints store the RoPE buffer; we recompute it
+        missing = sorted(set(expected) - set(state))
+        extra = sorted(set(state) - set(expected))
+        if missing:
+            raise UpftError(f"{path}: missing tensor(s) in the safetensors files: {', '.join(missing[:5])}"
+                            + (f" (+{len(missing) - 5} more)" if len(missing) > 5 else ""))
+        if extra:
+            raise UpftError(f"{path}: unexpected tensor(s) in the safetensors files: {', '.join(extra[:5])}"
+                            + (f" (+{len(extra) - 5} more)" if len(extra) > 5 else ""))
+        for k, shape in expected.items():
+            if state[k].shape != shape:
+                raise UpftError(f"{path}: tensor {k} has shape {tuple(state[k].shape)}, "
+                                f"config.json implies {tuple(shape)}")
+        model.load_state_dict(state, strict=not cfg.tie_word_embeddings, assign=True)
+        if cfg.tie_word_embeddings:
+            model.lm_head.weight = model.model.embed_tokens.weight
+        model.inv_freq = rope_inv_freq(cfg).to(device)
+        cfg.torch_dtype = str(dtype).removeprefix("torch.")
+        model.source_dir = path
+        return model.eval()
+
+    def save_pretrained(self, out_dir, max_shard_bytes=5 * 2**30, tokenizer_dir=None):
+        """Write HF layout atomically: config.json, model.safetensors (or shards + index), and the
+        tokenizer files + generation_config.json of the source checkpoint (or `tokenizer_dir`)."""
+        from safetensors.torch import save_file
+        out_dir = Path(out_dir)
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp", dir=out_dir.parent))
+        try:
+            state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+            if self.config.tie_word_embeddings:
+                state.pop("lm_head.weight")  # safetensors refuses shared tensors; loaders re-tie
+            shards, cur, size = [], {}, 0
+            for k, v in state.items():
+                nbytes = v.numel() * v.element_size()
+                if cur and size + nbytes > max_shard_bytes:
+                    shards.append(cur)
+                    cur, size = {}, 0
+                cur[k] = v
+                size += nbytes
+            shards.append(cur)
+            if len(shards) == 1:
+                save_file(shards[0], tmp / "model.safetensors", metadata={"format": "pt"})
+            else:
+                weight_map = {}
+                for i, shard in enumerate(shards):
+                    name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+                    save_file(shard, tmp / name, metadata={"format": "pt"})
+                    weight_map.update({k: name for k in shard})
+                total = sum(v.numel() * v.element_size() for v in state.values())
+                (tmp / "model.safetensors.index.json").write_text(json.dumps(
+                    {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+            cfg = self.config.to_dict()
+            cfg["torch_dtype"] = str(next(self.parameters()).dtype).removeprefix("torch.")
+            (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+            src = Path(tokenizer_dir or self.source_dir or "")
+            for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                         "chat_template.jinja", "generation_config.json"):
+                if str(src) and (src / name).is_file():
+                    shutil.copyfile(src / name, tmp / name)
+            _replace_dir(tmp, out_dir)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+
+def _replace_dir(tmp: Path, out_dir: Path):
+    """Move a finished folder into place; a reader sees the old folder or the new one, never half."""
+    if out_dir.exists():
+        old = out_dir.with_name(f".{out_dir.name}.old{os.getpid()}")
+        os.replace(out_dir, old)
+        os.replace(tmp, out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out_dir)
+
+
+def load_safetensors(path: Path, device="cpu", dtype=torch.float32) -> dict:
+    """All tensors of a checkpoint, one tensor at a time (mmap), converted to dtype on device."""
+    from safetensors import safe_open
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (json.JSONDecodeError, KeyError, AttributeError) as e:
+            raise UpftError(f"{index}: malformed index file ({e})") from None
+    elif (path / "model.safetensors").is_file():
+        files = ["model.safetensors"]
+    else:
+        pickles = [p.name for p in path.glob("*.bin")] + [p.name for p in path.glob("*.pt")]
+        hint = f" (found {pickles[0]}: pickle formats are not loaded, convert to safetensors)" if pickles else ""
+        raise UpftError(f"{path}: no model.safetensors or model.safetensors.index.json{hint}")
+    state = {}
+    for name in files:
+        f = path / name
+        if not f.is_file():
+            raise UpftError(f"{f}: shard listed in the index is missing")
+        try:
+            with safe_open(f, framework="pt", device="cpu") as sf:
+                for k in sf.keys():
+                    state[k] = sf.get_tensor(k).to(device=device, dtype=dtype)
+        except UpftError:
+            raise
+        except Exception as e:  # safetensors raises its own error types for truncated/corrupt files
+            raise UpftError(f"{f}: cannot read safetensors file ({type(e).__name__}: {e})") from None
+    return state
+
+
+# ----------------------------------------------------------------------------- generation
+
+class KVCache:
+    """Preallocated keys/values (L, B, K, S_max, D) for a left-padded batch.
+
+    Every row writes the same slot each step, so one int `pos` is the write index. Row b's first
+    `pad[b]` slots are padding: its token positions are slot - pad[b], and its queries never see
+    pad keys. A pad query sees only itself, so SDPA never gets an all-masked row (NaN otherwise).
+    """
+
+    def __init__(self, cfg: Config, batch, max_len, pad, device, dtype):
+        shape = (cfg.num_hidden_layers, batch, cfg.num_key_value_heads, max_len, cfg.head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.pad = pad.to(device)  # (B,) left-pad count per row
+        self.any_pad = bool((pad > 0).any())
+        self.pos = 0
+
+    def update(self, layer, k, v):
+        T = k.shape[2]
+        self.k[layer, :, :, self.pos:self.pos + T] = k
+        self.v[layer, :, :, self.pos:self.pos + T] = v
+        return self.k[layer, :, :, :self.pos + T], self.v[layer, :, :, :self.pos + T]
+
+    def positions(self, T):
+        slots = torch.arange(self.pos, self.pos + T, device=self.pad.device)
+        return (slots[None, :] - self.pad[:, None]).clamp(min=0)  # (B, T)
+
+    def mask(self, T):
+        """None where SDPA's fast paths are exact (no padding; causal prefill or one new token)."""
+        if not self.any_pad and (self.pos == 0 or T == 1):
+            return None
+        q = torch.arange(self.pos, self.pos + T, device=self.pad.device)[:, None]  # (T, 1)
+        s = torch.arange(self.pos + T, device=self.pad.device)[None, :]            # (1, S)
+        valid = (s <= q) & (s >= self.pad[:, None, None])                          # (B, T, S)
+        return (valid | (s == q)).unsqueeze(1)                                     # (B, 1, T, S)
+
+    def expand(self, n):
+        """Repeat each row n times (prefill once, then sample n continuations per prompt)."""
+        self.k = self.k.repeat_interleave(n, dim=1)
+        self.v = self.v.repeat_interleave(n, dim=1)
+        self.pad = self.pad.repeat_interleave(n)
+
+
+def sample_next(logits, temperature=0.0, top_k=0, top_p=1.0, generator=None):
+    """logits (B, V) -> next ids (B,). Order: temperature, then top-k, then top-p; then one draw per row.
+
+    temperature <= 0 is greedy (no division). top_k 0/None and top_p 1.0 are off. top-k keeps exactly
+    k tokens (scatter, so ties cannot leak); top-p keeps the smallest set reaching p, at least one token.
+    """
+    if temperature is None or temperature <= 0:
+        return logits.argmax(-1)
+    logits = logits.float() / temperature
+    if top_k and top_k < logits.shape[-1]:
+        vals, idx = logits.topk(top_k, dim=-1)
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, idx, vals)
+    probs = logits.softmax(-1)
+    if top_p is not None and top_p < 1.0:
+        p_sorted, idx = probs.sort(-1, descending=True)
+        drop = p_sorted.cumsum(-1) - p_sorted >= top_p  # mass before this token already reaches p
+        drop[..., 0] = False
+        p_sorted = p_sorted.masked_fill(drop, 0.0)
+        probs = torch.zeros_like(probs).scatter(-1, idx, p_sorted)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+@torch.inference_mode()
+def generate(model, prompts, max_new_tokens, temperature=0.0, top_k=0, top_p=1.0, stop_ids=(),
+             seed=None, num_samples=1, batch_size=None, progress=False):
+    """Decode `prompts` (lists of token ids, any lengths) together.
+
+    Returns len(prompts) * num_samples lists of new token ids, prompt-major (out[i * num_samples + j]),
+    each cut before its first stop id. Prompts are sorted by length and cut into chunks of
+    `batch_size` prompts (less padding); each chunk is one left-padded prefill, expanded to
+    num_samples rows per prompt, then decoded one token per step until every row has stopped.
+    """
+    if num_samples < 1 or max_new_tokens < 0:
+        raise UpftError(f"bad generate arguments: num_samples={num_samples}, max_new_tokens={max_new_tokens}")
+    if any(len(p) == 0 for p in prompts):
+        raise UpftError("generate: empty prompt")
+    gen = None
+    if seed is not None:
+        gen = torch.Generator(device=model.device).manual_seed(seed)
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    bs = batch_size or max(len(prompts), 1)
+    out = [None] * (len(prompts) * num_samples)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=len(prompts), desc="generate", unit="prompt")
+    for c in range(0, len(order), bs):
+        chunk = order[c:c + bs]
+        rows = _generate_chunk(model, [prompts[i] for i in chunk], max_new_tokens, temperature,
+                               top_k, top_p, stop_ids, gen, num_samples)
+        for j, i in enumerate(chunk):
+            out[i * num_samples:(i + 1) * num_samples] = rows[j * num_samples:(j + 1) * num_samples]
+        if bar:
+            bar.update(len(chunk))
+    if bar:
+        bar.close()
+    return out
+
+
+def _generate_chunk(model, prompts, max_new_tokens, temperature, top_k, top_p, stop_ids, gen, n):
+    device, cfg = model.device, model.config
+    B, Tmax = len(prompts), max(len(p) for p in prompts)
+    if max_new_tokens == 0:
+        return [[] for _ in range(B * n)]
+    ids = torch.zeros(B, Tmax, dtype=torch.long)
+    for b, p in enumerate(prompts):
+        ids[b, Tmax - len(p):] = torch.tensor(p, dtype=torch.long)  # left padding
+    pad = torch.tensor([Tmax - len(p) for p in prompts])
+    cache = KVCache(cfg, B, Tmax + max_new_tokens, pad, device, next(model.parameters()).dtype)
+    logits = model(ids.to(device), cache=cache, last_only=True)[:, -1]   # (B, V)
+    if n > 1:
+        cache.expand(n)
+        logits = logits.repeat_interleave(n, dim=0)  # each row samples its OWN first token
+    stop = torch.tensor(sorted(set(stop_ids)), dtype=torch.long, device=device)
+    done = torch.zeros(B * n, dtype=torch.bool, device=device)
+    new = []
+    for step in range(max_new_tokens):
+        tok = sample_next(logits, temperature, top_k, top_p, gen)          # (B*n,)
+        new.append(tok)
+        done |= torch.isin(tok, stop)
+        if step == max_new_tokens - 1 or bool(done.all()):
+            break
+        logits = model(tok[:, None], cache=cache)[:, -1]
+    toks = torch.stack(new, dim=1).tolist()                                  # (B*n, steps)
+    stops = set(stop_ids)
+    out = []
+    for row in toks:
+        cut = next((i for i, t in enumerate(row) if t in stops), len(row))
+        out.append(row[:cut])
+    return out

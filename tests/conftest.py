@@ -1,0 +1,53 @@
+"""Shared test fixtures: tiny random checkpoints in real HF layout, built by transformers (test-only)."""
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+torch.set_num_threads(2)
+
+# Tiny configs in HF config.json terms. Llama: GQA, llama3 rope scaling, untied. Qwen2: q/k/v bias, tied.
+LLAMA = dict(model_type="llama", vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+             num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-5, rope_theta=500000.0,
+             max_position_embeddings=256, tie_word_embeddings=False, initializer_range=0.1,
+             rope_scaling=dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                               original_max_position_embeddings=32))
+QWEN2 = dict(model_type="qwen2", vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+             num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-6, rope_theta=10000.0,
+             max_position_embeddings=256, tie_word_embeddings=True, initializer_range=0.1)
+
+
+def build_hf(cfg: dict, out: Path, seed=0, max_shard_size=None):
+    """A random transformers model saved with its own save_pretrained (the reference checkpoint)."""
+    transformers = pytest.importorskip("transformers")
+    cfg = dict(cfg)
+    cls = {"llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
+           "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM)}[cfg.pop("model_type")]
+    torch.manual_seed(seed)
+    hf = cls[1](cls[0](**cfg, attn_implementation="eager")).eval()
+    with torch.no_grad():  # make norms and biases non-trivial so a mix-up cannot hide
+        for name, p in hf.named_parameters():
+            if name.endswith("norm.weight") or name.endswith("bias"):
+                p.add_(0.1 * torch.randn_like(p))
+    kw = {"max_shard_size": max_shard_size} if max_shard_size else {}
+    hf.save_pretrained(out, **kw)
+    return hf
+
+
+@pytest.fixture(scope="session")
+def llama_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("llama")
+    build_hf(LLAMA, d)
+    return d
+
+
+@pytest.fixture(scope="session")
+def qwen_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("qwen2")
+    build_hf(QWEN2, d, seed=1)
+    return d

@@ -272,6 +272,15 @@ class Transformer(nn.Module):
             x = x[:, -1:]
         return self.lm_head(x).float()
 
+    def init_weights(self, std=0.02):
+        """HF-style init for training from scratch: N(0, std) weights, zero biases, unit norms."""
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(m.weight, mean=0.0, std=std)
+            if isinstance(m, nn.Linear) and m.bias is not None:
+                nn.init.zeros_(m.bias)
+        return self
+
     @property
     def device(self):
         return self.lm_head.weight.device

@@ -1,0 +1,139 @@
+"""eval.py with a model: evaluate(), the CLI and both analyses on a tiny random Llama (CPU, seconds).
+
+A random model never writes a correct answer, so the bookkeeping (correct flags, pass@1, majority
+vote, the error-position rollouts) is checked with a scripted stand-in for model.generate whose
+outputs are known; the real tiny model checks the wiring end to end.
+"""
+import json
+import subprocess
+import sys
+
+import pytest
+
+import eval as E
+import model as M
+from conftest import LLAMA, ROOT, build_hf
+from data import Tokenizer
+from tests.util_tok import make_tokenizer_dir
+
+QUESTIONS = [{"question": "What is 2 + 3?", "answer": "#### 5"},
+             {"problem": "Natalia sold 48 clips.", "expected_answer": "\\frac{1}{2}"},
+             {"question": "hello world", "answer": "7"}]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tiny")
+    build_hf(LLAMA, d)
+    make_tokenizer_dir(d, "chatml", vocab_size=256)
+    return d, M.Transformer.from_pretrained(d), Tokenizer.from_pretrained(d)
+
+
+@pytest.fixture
+def data_file(tmp_path):
+    path = tmp_path / "q.jsonl"
+    path.write_text("".join(json.dumps(q) + "\n" for q in QUESTIONS))
+    return path
+
+
+def scripted(tok, texts):
+    """A stand-in for model.generate: sample j of every prompt is texts[j % len(texts)]."""
+    def generate(model, prompts, max_new_tokens, num_samples=1, **kw):
+        return [tok.encode(texts[j % len(texts)])[:max_new_tokens] for _ in prompts for j in range(num_samples)]
+    return generate
+
+
+def test_evaluate_real_model(tiny, data_file):
+    _, model, tok = tiny
+    rows = E.load_eval_rows(data_file)
+    records, summary = E.evaluate(model, tok, rows, max_new_tokens=6, batch_size=2, progress=False)
+    assert [r["index"] for r in records] == [0, 1, 2]
+    assert [r["gold"] for r in records] == ["5", "\\frac{1}{2}", "7"]
+    assert all(isinstance(r["response"], str) and r["tokens"] <= 6 for r in records)
+    assert summary["questions"] == 3 and 0 <= summary["accuracy_ci95"][0] <= summary["accuracy"] <= 1
+    again, _ = E.evaluate(model, tok, rows, max_new_tokens=6, batch_size=64, progress=False)
+    assert [r["response"] for r in again] == [r["response"] for r in records]   # greedy, batch-invariant
+
+
+def test_evaluate_bookkeeping(tiny, data_file, monkeypatch):
+    _, model, tok = tiny
+    rows = E.load_eval_rows(data_file)
+    monkeypatch.setattr(M, "generate", scripted(tok, ["so \\boxed{5}", "#### 5", "it is 0.5 \\boxed{1/2}"]))
+    records, summary = E.evaluate(model, tok, rows, max_new_tokens=50, n=3, temperature=1.0, progress=False)
+    assert records[0]["answers"] == ["5", "5", "1/2"] and records[0]["sample_correct"] == [True, True, False]
+    assert records[0]["majority_answer"] == "5" and records[0]["correct"]
+    assert records[1]["sample_correct"] == [False, False, True] and not records[1]["correct"]
+    assert summary["pass@1"] == pytest.approx((2 / 3 + 1 / 3 + 0) / 3)
+    assert summary["maj@n"] == pytest.approx(1 / 3)
+    monkeypatch.setattr(M, "generate", scripted(tok, ["I think 12, so \\boxed{5}"]))
+    records, summary = E.evaluate(model, tok, rows, max_new_tokens=50, progress=False)
+    assert [r["correct"] for r in records] == [True, False, False]
+    assert summary["accuracy"] == pytest.approx(1 / 3)
+    assert summary["accuracy_ci95"] == pytest.approx(E.wilson(1, 3)) and summary["no_answer_rate"] == 0
+
+
+def test_wilson_and_vote():
+    lo, hi = E.wilson(0, 10)
+    assert lo == 0 and 0.25 < hi < 0.35                     # not the degenerate [0, 0] of p +- z*se
+    assert E.wilson(50, 100) == pytest.approx([0.4038, 0.5962], abs=1e-4)
+    assert E.majority_vote([None, "\\frac12", "2", "\\dfrac{1}{2}", "2"]) == "\\frac12"   # tie -> first seen
+    assert E.majority_vote([None, None]) is None
+
+
+def test_cli_end_to_end(tiny, data_file, tmp_path):
+    d, _, _ = tiny
+    out = tmp_path / "o" / "preds.jsonl"
+    r = subprocess.run([sys.executable, str(ROOT / "eval.py"), "--model", str(d), "--data", str(data_file),
+                        "--out", str(out), "--max-new-tokens", "5", "--limit", "2", "--n", "2",
+                        "--temperature", "1.0"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    summary = json.loads((tmp_path / "o" / "preds.summary.json").read_text())
+    assert len(lines) == 2 and {"index", "question", "gold", "responses", "answers", "correct"} <= set(lines[0])
+    assert summary["args"]["n"] == 2 and "maj@n" in summary and "pass@1" in r.stdout
+    assert not list((tmp_path / "o").glob("*.tmp"))        # atomic writes leave no temp files
+
+
+def test_prefix_consistency_real_model(tiny, data_file):
+    _, model, tok = tiny
+    rows = E.load_eval_rows(data_file)
+    res = E.prefix_consistency(model, tok, rows, num_samples=4, max_new_tokens=8, temperature=1.0)
+    assert res["prefix_len"] == [1, 2, 4, 8]                # grid capped at the longest sample
+    assert all(1 <= v <= 4 for v in res["avg_samples_per_prefix"])
+    assert res["avg_samples_per_prefix"] == sorted(res["avg_samples_per_prefix"], reverse=True)
+
+
+def test_prefix_consistency_counts(tiny, monkeypatch):
+    _, model, tok = tiny
+    # 4 samples: two share everything, the third shares the first 2 tokens only, the fourth nothing.
+    a, b = list(range(10, 18)), list(range(20, 28))
+    samples = [a, a, a[:2] + b[2:], b]
+    monkeypatch.setattr(M, "generate", lambda *args, **kw: samples)
+    res = E.prefix_consistency(model, tok, [{"question": "q", "gold": "1"}], num_samples=4, max_new_tokens=8)
+    assert res["prefix_len"] == [1, 2, 4, 8] and res["avg_samples_per_prefix"] == [2, 2, 4 / 3, 4 / 3]
+
+
+def test_error_position_scripted(tiny, data_file, monkeypatch):
+    _, model, tok = tiny
+    rows = E.load_eval_rows(data_file)[:2]
+    # Every question gets a correct sample 0 and an incorrect sample 1; rollouts alternate the same way,
+    # so each success rate is exactly 1/2 (a rollout's answer is the last box, i.e. the continuation's).
+    monkeypatch.setattr(M, "generate", scripted(tok, ["step one step two \\boxed{5}", "wrong \\boxed{4}"]))
+    res = E.error_position(model, tok, rows, num_samples=2, rollouts=4, max_new_tokens=64)
+    assert res["questions_used"] == 1                       # question 2's gold 1/2 is never produced
+    for kind in ("correct", "incorrect"):
+        assert res[kind]["prefix_len"][0] == 0 and all(t < 20 for t in res[kind]["prefix_len"])
+        assert set(res[kind]["success_rate"]) == {0.5} and set(res[kind]["trajectories"]) == {1}
+
+
+def test_error_position_real_model_and_cli(tiny, data_file, tmp_path):
+    d, model, tok = tiny
+    res = E.error_position(model, tok, E.load_eval_rows(data_file), num_samples=2, rollouts=2, max_new_tokens=4)
+    assert res["questions_used"] == 0 and res["correct"]["prefix_len"] == []   # random model: never right
+    out = tmp_path / "pc.json"
+    r = subprocess.run([sys.executable, str(ROOT / "eval.py"), "--model", str(d), "--data", str(data_file),
+                        "--analysis", "prefix-consistency", "--num-samples", "3", "--max-new-tokens", "4",
+                        "--out", str(out)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    saved = json.loads(out.read_text())
+    assert saved["prefix_len"] == [1, 2, 4] and saved["args"]["temperature"] == 0.6

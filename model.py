@@ -443,6 +443,11 @@ class KVCache:
         valid = (s <= q) & (s >= self.pad[:, None, None])                          # (B, T, S)
         return (valid | (s == q)).unsqueeze(1)                                     # (B, 1, T, S)
 
+    def select(self, keep):
+        """Keep only the rows where `keep` (B,) is True (finished rows leave the batch)."""
+        self.k, self.v, self.pad = self.k[:, keep], self.v[:, keep], self.pad[keep]
+        self.any_pad = bool((self.pad > 0).any())
+
     def expand(self, n):
         """Repeat each row n times (prefill once, then sample n continuations per prompt)."""
         self.k = self.k.repeat_interleave(n, dim=1)
@@ -524,19 +529,22 @@ def _generate_chunk(model, prompts, max_new_tokens, temperature, top_k, top_p, s
         cache.expand(n)
         logits = logits.repeat_interleave(n, dim=0)  # each row samples its OWN first token
     stop = torch.tensor(sorted(set(stop_ids)), dtype=torch.long, device=device)
-    done = torch.zeros(B * n, dtype=torch.bool, device=device)
-    new = []
+    live = list(range(B * n))          # output row of each row still in the cache
+    outs = [[] for _ in range(B * n)]
     for step in range(max_new_tokens):
-        tok = sample_next(logits, temperature, top_k, top_p, gen)          # (B*n,)
-        new.append(tok)
-        done |= torch.isin(tok, stop)
-        if step == max_new_tokens - 1 or bool(done.all()):
+        tok = sample_next(logits, temperature, top_k, top_p, gen)          # (live,)
+        for r, t in zip(live, tok.tolist()):
+            outs[r].append(t)
+        if step == max_new_tokens - 1:
             break
+        stopped = torch.isin(tok, stop)
+        if bool(stopped.any()):  # drop finished rows so later steps only pay for live ones
+            keep = ~stopped
+            if not bool(keep.any()):
+                break
+            live = [r for r, k in zip(live, keep.tolist()) if k]
+            cache.select(keep)
+            tok = tok[keep]
         logits = model(tok[:, None], cache=cache)[:, -1]
-    toks = torch.stack(new, dim=1).tolist()                                  # (B*n, steps)
     stops = set(stop_ids)
-    out = []
-    for row in toks:
-        cut = next((i for i, t in enumerate(row) if t in stops), len(row))
-        out.append(row[:cut])
-    return out
+    return [row[:next((i for i, t in enumerate(row) if t in stops), len(row))] for row in outs]

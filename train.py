@@ -120,12 +120,17 @@ class TrainConfig:
     seed: int = 0
     save_every: int = 0           # optimizer steps between resumable checkpoints (0 = never)
     grad_ckpt: bool = False
+    schedule: str = "constant"    # "constant" after warmup (the paper); "cosine" (to 10%) only for toy pretraining
 
 
 def lr_at(step, total_steps, tc: TrainConfig):
-    """Linear warmup over the first warmup_ratio of the steps, then constant (constant_with_warmup)."""
+    """Linear warmup over the first warmup_ratio of the steps, then constant (constant_with_warmup).
+    The cosine option (decay to 10% of the peak) is what pretraining the toy model from scratch uses."""
     warm = max(1, math.ceil(tc.warmup_ratio * total_steps))
-    return tc.lr * min(1.0, (step + 1) / warm)
+    if step < warm or tc.schedule == "constant":
+        return tc.lr * min(1.0, (step + 1) / warm)
+    progress = (step - warm) / max(1, total_steps - warm)
+    return tc.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 def step_batches(n, tc: TrainConfig):
@@ -225,13 +230,17 @@ def load_checkpoint(path: Path, model, opt):
 
 # ----------------------------------------------------------------------------- UPFT, end to end
 
-# Defaults that depend on the model: the embedded toy world, or a real checkpoint (PAPER.md §4:
-# the paper's LR is 1e-6 for most runs, the official code's global batch is 64).
+# Defaults that depend on the model: the embedded toy world, or a real checkpoint (PAPER.md §4: the
+# paper's LR is 1e-6 for most runs, 2 epochs on PRM-12K, the official code's global batch is 64).
+# Toy: 1e-5 keeps the paper's ratio of fine-tuning LR to pretraining peak LR (~1/300; the toy model
+# was pretrained at 4e-3); a 10x larger LR (1e-4) makes UPFT teach the toy model to stop early.
 PROFILES = {
-    "toy": dict(lr=1e-4, epochs=1, batch_size=16, micro_batch_size=16, max_len=512, max_new_tokens=256,
-                eval_max_new_tokens=256, limit=1000, eval_limit=500, save_every=20),
+    "toy": dict(lr=1e-5, epochs=2, batch_size=16, micro_batch_size=16, max_len=512, max_new_tokens=256,
+                eval_max_new_tokens=256, limit=1000, eval_limit=500, save_every=20, sample_batch_size=256,
+                eval_batch_size=128),
     "real": dict(lr=1e-6, epochs=1, batch_size=64, micro_batch_size=4, max_len=4096, max_new_tokens=4096,
-                 eval_max_new_tokens=4096, limit=None, eval_limit=None, save_every=50),
+                 eval_max_new_tokens=4096, limit=None, eval_limit=None, save_every=50, sample_batch_size=64,
+                 eval_batch_size=64),
 }
 
 
@@ -261,8 +270,8 @@ def parse_args(argv=None):
     a("--limit", type=int, help="use the first K training questions")
     a("--eval-limit", type=int, help="use the first K eval questions")
     a("--eval-max-new-tokens", type=int)
-    a("--eval-batch-size", type=int, default=64)
-    a("--sample-batch-size", type=int, default=64, help="prompts per generation batch while sampling")
+    a("--eval-batch-size", type=int, help="sequences decoded together while evaluating")
+    a("--sample-batch-size", type=int, help="sequences decoded together while sampling")
     a("--seed", type=int, default=0)
     a("--out", help="run folder (default runs/<time>-<method>-L<L>-s<seed>); must not exist unless --resume")
     a("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
@@ -286,7 +295,8 @@ def parse_args(argv=None):
             setattr(args, k, v)
     if args.num_samples is None:
         args.num_samples = 16 if args.method == "rft" else 1
-    for k in ("lr", "epochs", "batch_size", "micro_batch_size", "max_len", "max_new_tokens"):
+    for k in ("lr", "epochs", "batch_size", "micro_batch_size", "max_len", "max_new_tokens", "eval_batch_size",
+              "sample_batch_size", "eval_max_new_tokens"):
         if getattr(args, k) <= 0:
             raise UpftError(f"--{k.replace('_', '-')} must be positive, got {getattr(args, k)}")
     if args.model and not args.data:

@@ -80,8 +80,9 @@ def sample_rollouts(model, tok, rows, method="upft", prefix_len=8, structure_rat
     if prefix_len < 1:
         raise UpftError(f"--prefix-len must be a positive number of tokens, got {prefix_len}")
     stop = tok.eos_ids
-    sampling = dict(temperature=temperature, top_p=top_p, top_k=top_k, stop_ids=stop, batch_size=batch_size,
-                    progress=True)
+    sampling = dict(temperature=temperature, top_p=top_p, top_k=top_k, stop_ids=stop, progress=True)
+    # batch_size counts sequences in flight; with n samples per prompt a chunk holds batch_size // n prompts
+    chunk = lambda n: max(1, batch_size // n)  # noqa: E731
     prompts = [chat_prompt(tok, r["question"]) for r in rows]  # plain question: no instruction (decision 3)
     n = len(rows)
     acct = {"method": method, "questions": n, "tokens_sampled": 0}
@@ -90,9 +91,10 @@ def sample_rollouts(model, tok, rows, method="upft", prefix_len=8, structure_rat
         full = split_questions(n, structure_ratio, seed)
         fi = [i for i in range(n) if full[i]]
         pi = [i for i in range(n) if not full[i]]
-        full_outs = generate(model, [prompts[i] for i in fi], max_new_tokens, seed=seed, **sampling)
+        full_outs = generate(model, [prompts[i] for i in fi], max_new_tokens, seed=seed,
+                             batch_size=chunk(1), **sampling)
         pre_outs = generate(model, [prompts[i] for i in pi], prefix_len, seed=seed + 1,
-                            num_samples=num_samples, **sampling)
+                            num_samples=num_samples, batch_size=chunk(num_samples), **sampling)
         acct["tokens_sampled"] = (_sampled_tokens(full_outs, max_new_tokens)
                                   + _sampled_tokens(pre_outs, prefix_len))
         for i, o in zip(fi, full_outs):
@@ -105,7 +107,8 @@ def sample_rollouts(model, tok, rows, method="upft", prefix_len=8, structure_rat
                         "finished": len(winner) < prefix_len})
     elif method in ("sft", "rft"):
         k = 1 if method == "sft" else num_samples
-        outs = generate(model, prompts, max_new_tokens, seed=seed, num_samples=k, **sampling)
+        outs = generate(model, prompts, max_new_tokens, seed=seed, num_samples=k, batch_size=chunk(k),
+                        **sampling)
         acct["tokens_sampled"] = _sampled_tokens(outs, max_new_tokens)
         dropped = 0
         for i in range(n):

@@ -72,7 +72,7 @@ def main():
     base = [r["base"]["accuracy"] for r in first]
     rft_sampled = statistics.mean(r["accounting"]["tokens_sampled"] for r in results["RFT (16 samples)"])
     sft_sup = statistics.mean(r["accounting"]["tokens_supervised"] for r in results["SFT"])
-    n_eval = first[0]["base"]["items"]
+    n_eval = first[0]["base"]["questions"]
     lines = [f"Toy world, {len(args.seeds)} seeds ({', '.join(map(str, args.seeds))}), L = {args.prefix_len}, "
              f"p = 0.1, {first[0]['accounting']['questions']} training questions, {n_eval} held-out "
              f"questions; greedy accuracy, mean ± 95% t-interval over seeds.", "",

@@ -31,18 +31,14 @@ SHAPES = {
 }
 
 
-def timed(fn, device, repeats):
-    fn()  # warm-up
-    best = float("inf")
-    for _ in range(repeats):
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        out = fn()
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - t)
-    return best, out
+def timed(fn, device):
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    out = fn()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return time.perf_counter() - t, out
 
 
 def main():
@@ -53,7 +49,7 @@ def main():
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 16])
     ap.add_argument("--prompt-len", type=int, default=32)
     ap.add_argument("--new-tokens", type=int, default=128)
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     import transformers
 
@@ -88,16 +84,22 @@ def main():
                                    do_sample=False, pad_token_id=0)
             return out[:, args.prompt_len:].tolist()
 
-        mem = {}
-        for name, fn in (("ours", run_ours), ("hf", run_hf)):
-            if args.device.startswith("cuda"):
-                torch.cuda.reset_peak_memory_stats()
-            mem[name] = timed(fn, args.device, args.repeats)
-            if args.device.startswith("cuda"):
-                mem[name] += (torch.cuda.max_memory_allocated() / 2**30,)
-        (t_ours, out_ours, *m_ours), (t_hf, out_hf, *m_hf) = mem["ours"], mem["hf"]
+        # alternate the two sides so drifts of the machine (clock, other load) hit both alike
+        runs = {"ours": run_ours, "hf": run_hf}
+        best, outs, peak = {}, {}, {}
+        for name, fn in runs.items():
+            outs[name] = fn()  # warm-up
+        for _ in range(args.repeats):
+            for name, fn in runs.items():
+                if args.device.startswith("cuda"):
+                    torch.cuda.reset_peak_memory_stats()
+                t, outs[name] = timed(fn, args.device)
+                best[name] = min(best.get(name, float("inf")), t)
+                if args.device.startswith("cuda"):
+                    peak[name] = torch.cuda.max_memory_allocated() / 2**30
+        t_ours, t_hf, out_ours, out_hf = best["ours"], best["hf"], outs["ours"], outs["hf"]
         same = sum(a == b for a, b in zip(out_ours, out_hf))
-        peak = f"{m_ours[0]:.1f}/{m_hf[0]:.1f}G" if m_ours else "-"
+        peak = f"{peak['ours']:.1f}/{peak['hf']:.1f}G" if peak else "-"
         print(f"{B:>5} {B * N / t_ours:>11.1f} {B * N / t_hf:>10.1f} {t_hf / t_ours:>5.2f}x "
               f"{same:>5}/{B:<5} {peak:>9}")
 

@@ -50,7 +50,7 @@ def test_eval_cli_matches_train_report(toy_run):
     assert p.returncode == 0, p.stderr[-2000:]
     summary = json.loads((d / "preds.summary.json").read_text())
     assert summary["accuracy"] == res["tuned"]["accuracy"]
-    assert summary["items"] == res["tuned"]["items"]
+    assert summary["questions"] == res["tuned"]["questions"]
 
 
 def test_tuned_model_greedy_equals_transformers(toy_run):

@@ -201,7 +201,7 @@ class Tokenizer:
         self._tok, self.source_dir = tok, Path(source)
         config_file = self.source_dir / "tokenizer_config.json"
         config = {**_read_json(self.source_dir / "special_tokens_map.json"), **_read_json(config_file)}
-        gen = _read_json(self.source_dir / "generation_config.json")
+        gen = self.generation_config = _read_json(self.source_dir / "generation_config.json")
         # Same sources and priority as transformers: chat_template.jinja beats the config entry, and a
         # list of named templates means "default".
         template = config.get("chat_template")

@@ -407,9 +407,10 @@ def _sympy_equal(a, b, timeout):
 
 # --- data --------------------------------------------------------------------------------------------
 
-def load_eval_rows(path, limit=None):
+def load_eval_rows(path, limit=None, require_answer=True):
     """JSONL -> [{"question", "gold", "dataset"}], dataset being "gsm8k" for `#### n` answers, else None.
-    A row without a question or an answer raises UpftError naming the file and line."""
+    A row without a question, or without an answer when require_answer, raises UpftError naming the
+    file and line. Training files (train.py) may omit answers: their gold is then None."""
     from data import UpftError, read_jsonl
     out = []
     for i, row in enumerate(read_jsonl(path)[:limit]):
@@ -417,21 +418,17 @@ def load_eval_rows(path, limit=None):
         answer = next((row[k] for k in ("answer", "expected_answer") if row.get(k) is not None), None)
         gsm8k = isinstance(answer, str) and "####" in answer
         gold = str(answer).rsplit("####", 1)[-1].strip().replace(",", "") if gsm8k else str(answer).strip()
+        if answer is None and not require_answer:
+            gold = None   # a training question without an answer (fine unless the method is rft)
         missing = ("'question' (or 'problem')" if not isinstance(question, str) or not question.strip()
-                   else "'answer' (or 'expected_answer')" if answer is None or not gold else None)
+                   else "'answer' (or 'expected_answer')" if gold == "" or (answer is None and require_answer)
+                   else None)
         if missing:   # read_jsonl skips blank lines, so count them again to name the real line
             with open(path, encoding="utf-8") as f:
                 line = [n for n, text in enumerate(f, 1) if text.strip()][i]
             raise UpftError(f"{path}:{line}: row has no {missing} (keys: {', '.join(row) or 'none'})")
         out.append({"question": question, "gold": gold, "dataset": "gsm8k" if gsm8k else None})
     return out
-
-
-def chat_prompt(tok, question):
-    """Token ids of the model's own chat template around the bare question. No special tokens are
-    added: the rendered template already holds BOS where the model wants one."""
-    text = tok.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True)
-    return tok.encode(text, add_special_tokens=False)
 
 
 # --- evaluation --------------------------------------------------------------------------------------
@@ -460,8 +457,9 @@ def evaluate(model, tok, rows, max_new_tokens, batch_size=64, n=1, temperature=0
 
     summary["accuracy"] is the share of correct responses for n == 1 and the mean pass@1 for n > 1
     (then "maj@n" grades the majority answer). batch_size counts sequences: batch_size // n prompts."""
+    import upft
     from model import generate
-    outs = generate(model, [chat_prompt(tok, r["question"]) for r in rows], max_new_tokens,
+    outs = generate(model, [upft.chat_prompt(tok, r["question"]) for r in rows], max_new_tokens,
                     temperature=temperature, top_p=top_p, stop_ids=tok.eos_ids, seed=seed, num_samples=n,
                     batch_size=max(1, batch_size // n), progress=progress)
     records = []
@@ -511,9 +509,10 @@ def prefix_consistency(model, tok, rows, num_samples, max_new_tokens, temperatur
                        batch_size=64, seed=0):
     """Fig. 2a: for each t, M / (number of distinct t-token prefixes among the M samples of a question),
     averaged over questions. A sample shorter than t takes part with its whole, shorter, sequence."""
+    import upft
     from model import generate
     M = num_samples
-    outs = generate(model, [chat_prompt(tok, r["question"]) for r in rows], max_new_tokens,
+    outs = generate(model, [upft.chat_prompt(tok, r["question"]) for r in rows], max_new_tokens,
                     temperature=temperature, top_p=top_p, stop_ids=tok.eos_ids, seed=seed, num_samples=M,
                     batch_size=max(1, batch_size // M), progress=True)
     grid = [t for t in GRID if t <= max(map(len, outs), default=0)]
@@ -529,9 +528,10 @@ def error_position(model, tok, rows, num_samples, rollouts, max_new_tokens, temp
     lacking either are skipped); for t = 0 and each t of GRID shorter than the trajectory, run K
     rollouts from its first t tokens and report the share that reach the gold answer. Rollouts get
     the remaining budget, max_new_tokens - t, so every response has the same length limit."""
+    import upft
     from model import generate
     kw = dict(temperature=temperature, top_p=top_p, stop_ids=tok.eos_ids, progress=True)
-    prompts = [chat_prompt(tok, r["question"]) for r in rows]
+    prompts = [upft.chat_prompt(tok, r["question"]) for r in rows]
     outs = generate(model, prompts, max_new_tokens, seed=seed, num_samples=num_samples,
                     batch_size=max(1, batch_size // num_samples), **kw)
 

@@ -191,8 +191,6 @@ class Attention(nn.Module):
         is_causal = mask is None and T > 1
         if cache is not None:
             k, v = cache.update(layer, k, v)                              # (B, K, S, D)
-            if mask is None and T > 1 and cache.pos > 0:
-                raise AssertionError("chunked prefill needs an explicit mask")
         # GQA: SDPA broadcasts the K key/value heads over the H query heads itself
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
                                            enable_gqa=self.H != self.K)  # (B, H, T, D)

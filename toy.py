@@ -345,7 +345,7 @@ def build_toy_world(log=print) -> dict:
         model = Transformer(Config.from_dict(model_config(len(tok)))).init_weights(0.02)
         examples = [make_example(tok, r["question"], tok.encode(r["solution"]), "full", prefix_len=0)
                     for r in pre]
-        tc = TrainConfig(**{k: v for k, v in PRETRAIN.items()})
+        tc = TrainConfig(**PRETRAIN)
         hist = fit(model, examples, tc, pad_id=tok.pad_id, desc="pretrain toy", log=log)
         model.save_pretrained(tmp / "model", tokenizer_dir=tmp / "tokenizer")
         shutil.rmtree(tmp / "tokenizer")

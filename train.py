@@ -21,6 +21,7 @@ results.json. Left out: distributed training, torch.compile, packing.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -35,8 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from data import UpftError, read_jsonl, write_json, write_jsonl
-
-IGNORE = -100  # label of a position that is not trained (torch / HF convention)
+from upft import IGNORE  # label of a position that is not trained (torch / HF convention)
 
 
 # ----------------------------------------------------------------------------- the loss
@@ -79,7 +79,8 @@ def supervised_count(example, loss_norm="token"):
 def accumulate_grads(model, examples, micro_batch_size, pad_id, loss_norm="token", autocast=None):
     """Backward over one optimizer step's examples in micro-batches; the gradient is that of
     (sum of losses) / (step normaliser), however the step is split. Returns (mean loss, normaliser)."""
-    total = sum(supervised_count(e, loss_norm) for e in examples)
+    counts = [supervised_count(e, loss_norm) for e in examples]
+    total = sum(counts)
     if total == 0:
         return float("nan"), 0  # nothing supervised in this step: no gradient, no NaN
     loss_fn = masked_ce_sum if loss_norm == "token" else per_sample_mean_sum
@@ -87,23 +88,15 @@ def accumulate_grads(model, examples, micro_batch_size, pad_id, loss_norm="token
     step_loss = 0.0
     for i in range(0, len(examples), micro_batch_size):
         mb = examples[i:i + micro_batch_size]
-        if sum(supervised_count(e, loss_norm) for e in mb) == 0:
+        if sum(counts[i:i + micro_batch_size]) == 0:
             continue  # an all-masked micro-batch would only add 0 * NaN risks
         ids, labels = collate(mb, pad_id)
-        with autocast or _null():
+        with autocast or contextlib.nullcontext():
             logits = model(ids.to(device))
         loss, _ = loss_fn(logits, labels.to(device))
         (loss / total).backward()
         step_loss += loss.item()
     return step_loss / total, total
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -311,18 +304,9 @@ def parse_args(argv=None):
 
 
 def load_questions(path, limit=None):
-    """Training questions from JSONL: 'question' or 'problem'; a gold answer if present (rft uses it)."""
-    rows = read_jsonl(path)
-    out = []
-    for i, r in enumerate(rows[:limit]):
-        q = r.get("question", r.get("problem"))
-        if not isinstance(q, str) or not q.strip():
-            raise UpftError(f"{path}: row {i + 1} has no 'question' (or 'problem') field")
-        gold = r.get("answer", r.get("expected_answer"))
-        if isinstance(gold, str) and "####" in gold:
-            gold = gold.rsplit("####", 1)[-1].strip().replace(",", "")
-        out.append({"question": q, "gold": None if gold is None else str(gold)})
-    return out
+    """Training questions from JSONL ('question' or 'problem'); the answer, when present, is kept for rft."""
+    from eval import load_eval_rows
+    return load_eval_rows(path, limit, require_answer=False)
 
 
 def run(args, log=print):
@@ -349,7 +333,7 @@ def run(args, log=print):
     dtype = getattr(torch, args.dtype or "float32")
     model = Transformer.from_pretrained(model_dir, device=args.device, dtype=dtype)
     tok = Tokenizer.from_pretrained(model.source_dir)
-    gen_cfg = _generation_config(model.source_dir)
+    gen_cfg = tok.generation_config
     top_p = args.top_p if args.top_p is not None else gen_cfg.get("top_p", 1.0)
     top_k = args.top_k if args.top_k is not None else gen_cfg.get("top_k", 0) or 0
     out = Path(args.out)
@@ -418,14 +402,6 @@ def run(args, log=print):
     write_json(out / "results.json", results)
     log(report(results, out))
     return results
-
-
-def _generation_config(path):
-    f = Path(path) / "generation_config.json"
-    try:
-        return json.loads(f.read_text()) if f.is_file() else {}
-    except json.JSONDecodeError:
-        raise UpftError(f"{f}: not valid JSON") from None
 
 
 def report(r, out):

@@ -1,8 +1,14 @@
-"""Data plumbing: JSONL files, checkpoint resolution and a small tokenizer wrapper.
+"""What the model sees and what files hold.
+
+  files      read_jsonl / write_jsonl / write_json (atomic), atomic_dir (a folder built aside, then swapped
+             in: model saves, resumable checkpoints, run folders, the toy build), load_rows (question /
+             answer JSONL for training and evaluation alike: one place for field names and their errors)
+  prompts    Tokenizer (tokenizer.json + the checkpoint's own chat template, rendered in jinja2's
+             sandbox exactly as transformers does), chat_prompt (the token ids of one user question),
+             IGNORE (the label of a position that is not trained)
 
 The tokenizer wraps the Rust `tokenizers` library (the same tokenizer.json a Hugging Face checkpoint
-ships) and renders the checkpoint's own Jinja chat template exactly as `transformers` does, so the
-prompts we train and evaluate on are the prompts the model was tuned with.
+ships), so the prompts we train and evaluate on are the prompts the model was tuned with.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import re
 import shutil
 import sys
 import tempfile
+from contextlib import contextmanager
 from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
@@ -20,7 +27,10 @@ from pathlib import Path
 import jinja2
 import jinja2.ext
 import jinja2.nodes
+import tokenizers
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+IGNORE = -100  # label of a position that is not trained (the torch / Hugging Face convention)
 
 
 class UpftError(Exception):
@@ -76,6 +86,55 @@ def write_json(path, obj) -> None:
     _atomic_write(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 
 
+@contextmanager
+def atomic_dir(path):
+    """Build a folder atomically: yields an empty temporary sibling of `path`; when the block ends
+    without an exception it replaces `path` (a reader sees the old folder or the new one, never half of
+    one); on an exception it is deleted and `path` is left as it was."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp", dir=path.parent))
+    try:
+        yield tmp
+        if path.exists():
+            old = path.with_name(f".{path.name}.old{os.getpid()}")
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def load_rows(path, limit=None, require_answer=True) -> list[dict]:
+    """Question/answer JSONL -> [{"question", "gold", "dataset"}], for training and evaluation alike.
+
+    question: `question` or `problem`. gold: `answer` (GSM8K text ending in `#### n` -> n, else the
+    value as a string) or `expected_answer` (MATH500); dataset is "gsm8k" for `####` answers, else None.
+    A row without a question, or without an answer when require_answer, raises UpftError naming the
+    file and line. Training questions may omit answers (gold None) unless the method needs them.
+    """
+    out = []
+    for i, row in enumerate(read_jsonl(path)[:limit]):
+        question = next((row[k] for k in ("question", "problem") if row.get(k) is not None), None)
+        answer = next((row[k] for k in ("answer", "expected_answer") if row.get(k) is not None), None)
+        gsm8k = isinstance(answer, str) and "####" in answer
+        gold = str(answer).rsplit("####", 1)[-1].strip().replace(",", "") if gsm8k else str(answer).strip()
+        if answer is None and not require_answer:
+            gold = None
+        missing = ("'question' (or 'problem')" if not isinstance(question, str) or not question.strip()
+                   else "'answer' (or 'expected_answer')" if gold == "" or (answer is None and require_answer)
+                   else None)
+        if missing:   # read_jsonl skips blank lines, so count them again to name the real line
+            with open(path, encoding="utf-8") as f:
+                line = [n for n, text in enumerate(f, 1) if text.strip()][i]
+            raise UpftError(f"{path}:{line}: row has no {missing} (keys: {', '.join(row) or 'none'})")
+        out.append({"question": question, "gold": gold, "dataset": "gsm8k" if gsm8k else None})
+    return out
+
+
 def _read_json(path: Path) -> dict:
     """Read an optional JSON config file: {} if absent, UpftError if present but broken."""
     if not path.is_file():
@@ -89,6 +148,12 @@ def _read_json(path: Path) -> dict:
     return obj
 
 
+def cache_dir() -> Path:
+    """Root of upft's download cache (converted checkpoints): $UPFT_CACHE, else ~/.cache/upft."""
+    env = os.environ.get("UPFT_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "upft"
+
+
 HUB_PATTERNS = ["*.json", "*.jinja", "*.safetensors"]  # configs, tokenizer, weights (+ index)
 
 
@@ -99,7 +164,7 @@ def resolve(path_or_id) -> Path:
         return path
     if path.exists() or str(path_or_id).startswith(("/", ".", "~")):
         raise UpftError(f"{path_or_id}: not a checkpoint directory")
-    try:
+    try:  # optional, and only for hub ids: a local folder never touches the network code
         from huggingface_hub import snapshot_download
         return Path(snapshot_download(str(path_or_id), allow_patterns=HUB_PATTERNS))
     except Exception as e:  # offline, unknown repo, gated, bad id: all end the same way for a user
@@ -186,7 +251,6 @@ class Tokenizer:
 
     @classmethod
     def from_pretrained(cls, path_or_id) -> "Tokenizer":
-        import tokenizers
         source = resolve(path_or_id)
         file = source / "tokenizer.json"
         if not file.is_file():
@@ -284,3 +348,10 @@ class Tokenizer:
                 tmp = dst.with_name(f".{name}.tmp")
                 shutil.copyfile(src, tmp)
                 os.replace(tmp, dst)
+
+
+def chat_prompt(tok: Tokenizer, question: str, instruction: str = "") -> list[int]:
+    """Token ids of the chat prompt for one user turn (question + instruction), ending with the
+    assistant header. UPFT's prefix examples pass the prefix instruction; everything else passes none."""
+    return tok.encode(tok.apply_chat_template([{"role": "user", "content": question + instruction}],
+                                              add_generation_prompt=True))

@@ -19,17 +19,18 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save_file
+from tqdm import tqdm
 
-from data import UpftError, resolve
+from data import TOKENIZER_FILES, UpftError, atomic_dir, resolve
 
 SUPPORTED = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
 ROPE_TYPES = ("default", "linear", "llama3")
@@ -320,11 +321,7 @@ class Transformer(nn.Module):
     def save_pretrained(self, out_dir, max_shard_bytes=5 * 2**30, tokenizer_dir=None):
         """Write HF layout atomically: config.json, model.safetensors (or shards + index), and the
         tokenizer files + generation_config.json of the source checkpoint (or `tokenizer_dir`)."""
-        from safetensors.torch import save_file
-        out_dir = Path(out_dir)
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp", dir=out_dir.parent))
-        try:
+        with atomic_dir(out_dir) as tmp:
             state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
             if self.config.tie_word_embeddings:
                 state.pop("lm_head.weight")  # safetensors refuses shared tensors; loaders re-tie
@@ -351,31 +348,14 @@ class Transformer(nn.Module):
             cfg = self.config.to_dict()
             cfg["torch_dtype"] = str(next(self.parameters()).dtype).removeprefix("torch.")
             (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
-            src = Path(tokenizer_dir or self.source_dir or "")
-            for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                         "chat_template.jinja", "generation_config.json"):
-                if str(src) and (src / name).is_file():
-                    shutil.copyfile(src / name, tmp / name)
-            _replace_dir(tmp, out_dir)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-
-
-def _replace_dir(tmp: Path, out_dir: Path):
-    """Move a finished folder into place; a reader sees the old folder or the new one, never half."""
-    if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old{os.getpid()}")
-        os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out_dir)
+            src = tokenizer_dir or self.source_dir
+            for name in TOKENIZER_FILES if src else ():
+                if (Path(src) / name).is_file():
+                    shutil.copyfile(Path(src) / name, tmp / name)
 
 
 def load_safetensors(path: Path, device="cpu", dtype=torch.float32) -> dict:
     """All tensors of a checkpoint, one tensor at a time (mmap), converted to dtype on device."""
-    from safetensors import safe_open
     index = path / "model.safetensors.index.json"
     if index.is_file():
         try:
@@ -476,16 +456,18 @@ def sample_next(logits, temperature=0.0, top_k=0, top_p=1.0, generator=None):
 
 
 @torch.inference_mode()
-def generate(model, prompts, max_new_tokens, temperature=0.0, top_k=0, top_p=1.0, stop_ids=(),
-             seed=None, num_samples=1, batch_size=None, progress=False):
+def generate(model, prompts, max_new_tokens, *, temperature=0.0, top_k=0, top_p=1.0, stop_ids=(),
+             seed=None, num_samples=None, batch_size=None, progress=False):
     """Decode `prompts` (lists of token ids, any lengths) together.
 
-    Returns len(prompts) * num_samples lists of new token ids, prompt-major (out[i * num_samples + j]),
-    each cut before its first stop id. Prompts are sorted by length and cut into chunks of
-    `batch_size` prompts (less padding); each chunk is one left-padded prefill, expanded to
-    num_samples rows per prompt, then decoded one token per step until every row has stopped.
+    Returns one entry per prompt, in prompt order: its new token ids (a list of ints), or with
+    num_samples=n a list of its n samples. Every sample is cut before its first stop id. Prompts are
+    sorted by length and cut into chunks of `batch_size` prompts (less padding); each chunk is one
+    left-padded prefill, expanded to n rows per prompt, then decoded one token per step until every
+    row has stopped.
     """
-    if num_samples < 1 or max_new_tokens < 0:
+    n = 1 if num_samples is None else num_samples
+    if n < 1 or max_new_tokens < 0:
         raise UpftError(f"bad generate arguments: num_samples={num_samples}, max_new_tokens={max_new_tokens}")
     if any(len(p) == 0 for p in prompts):
         raise UpftError("generate: empty prompt")
@@ -494,29 +476,28 @@ def generate(model, prompts, max_new_tokens, temperature=0.0, top_k=0, top_p=1.0
         gen = torch.Generator(device=model.device).manual_seed(seed)
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     bs = batch_size or max(len(prompts), 1)
-    out = [None] * (len(prompts) * num_samples)
-    bar = None
-    if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=len(prompts), desc="generate", unit="prompt")
+    groups = [None] * len(prompts)
+    bar = tqdm(total=len(prompts), desc="generate", unit="prompt", disable=not progress)
     for c in range(0, len(order), bs):
         chunk = order[c:c + bs]
-        rows = _generate_chunk(model, [prompts[i] for i in chunk], max_new_tokens, temperature,
-                               top_k, top_p, stop_ids, gen, num_samples)
-        for j, i in enumerate(chunk):
-            out[i * num_samples:(i + 1) * num_samples] = rows[j * num_samples:(j + 1) * num_samples]
-        if bar:
-            bar.update(len(chunk))
-    if bar:
-        bar.close()
-    return out
+        chunk_groups = _generate_chunk(model, [prompts[i] for i in chunk], max_new_tokens=max_new_tokens,
+                                       num_samples=n, temperature=temperature, top_k=top_k, top_p=top_p,
+                                       stop_ids=stop_ids, generator=gen)
+        for i, g in zip(chunk, chunk_groups):
+            groups[i] = g
+        bar.update(len(chunk))
+    bar.close()
+    return groups if num_samples is not None else [g[0] for g in groups]
 
 
-def _generate_chunk(model, prompts, max_new_tokens, temperature, top_k, top_p, stop_ids, gen, n):
+def _generate_chunk(model, prompts, *, max_new_tokens, num_samples, temperature, top_k, top_p, stop_ids,
+                    generator):
+    """One left-padded batch: returns, per prompt, its num_samples samples (lists of new token ids)."""
+    n = num_samples
     device, cfg = model.device, model.config
     B, Tmax = len(prompts), max(len(p) for p in prompts)
     if max_new_tokens == 0:
-        return [[] for _ in range(B * n)]
+        return [[[] for _ in range(n)] for _ in range(B)]
     ids = torch.zeros(B, Tmax, dtype=torch.long)
     for b, p in enumerate(prompts):
         ids[b, Tmax - len(p):] = torch.tensor(p, dtype=torch.long)  # left padding
@@ -531,7 +512,7 @@ def _generate_chunk(model, prompts, max_new_tokens, temperature, top_k, top_p, s
     outs = [[] for _ in range(B * n)]
     done = torch.zeros(B * n, dtype=torch.bool, device=device)
     for step in range(max_new_tokens):
-        tok = sample_next(logits, temperature, top_k, top_p, gen)          # (live,)
+        tok = sample_next(logits, temperature, top_k, top_p, generator)    # (live,)
         for r, t, d in zip(live, tok.tolist(), done.tolist()):
             if not d:
                 outs[r].append(t)
@@ -547,4 +528,5 @@ def _generate_chunk(model, prompts, max_new_tokens, temperature, top_k, top_p, s
             tok, done = tok[keep], done[keep]
         logits = model(tok[:, None], cache=cache)[:, -1]
     stops = set(stop_ids)
-    return [row[:next((i for i, t in enumerate(row) if t in stops), len(row))] for row in outs]
+    rows = [row[:next((i for i, t in enumerate(row) if t in stops), len(row))] for row in outs]
+    return [rows[b * n:(b + 1) * n] for b in range(B)]  # row b * n + j is sample j of prompt b

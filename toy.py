@@ -9,23 +9,29 @@ minutes on a CPU. This module provides the pieces of that "toy world":
   ChatML special tokens and chat template like Qwen), written as HF-style tokenizer files;
 * the ``config.json`` dict of a small Llama-architecture model.
 
-It is meant as a small analogue of the paper's preconditions (PAPER.md §1.2): samples of one question
+It is meant as a small analogue of the paper's preconditions (docs/method.md §1): samples of one question
 share their opening (the solution first restates the problem), and mistakes tend to come late (carries
 in the larger running totals of later steps). Nothing here is tuned to make UPFT win.
 
-Pretraining the toy model on gold solutions is done by train.py's own training loop (see
-`build_toy_world`).
+The built world (model + question files) ships in assets/toy; `load_world` reads it, and
+`build_world` rebuilds it with the trainer passed in (scripts/build_toy.py passes train.fit).
 """
 
 from __future__ import annotations
 
 import hashlib
-import shutil
-import tempfile
 import json
-import os
 import random
+import shutil
+import time
 from pathlib import Path
+
+import torch
+from tokenizers import Regex, Tokenizer as HFTokenizer, decoders, models, pre_tokenizers, trainers
+
+from data import Tokenizer, UpftError, atomic_dir, read_jsonl, write_json, write_jsonl
+from model import Config, Transformer
+from upft import make_example
 
 TOY_VERSION = "toy-v4"  # bump whenever the generator, tokenizer or model config changes (keys the cache)
 
@@ -42,7 +48,7 @@ CHAT_TEMPLATE = (
     "{%- endif %}"
 )
 
-# Default sampling settings shipped in generation_config.json (UPFT samples at 0.6, PAPER.md §3.2).
+# Default sampling settings shipped in generation_config.json (UPFT samples at 0.6, docs/method.md §3.2).
 GEN_TEMPERATURE = 0.6
 GEN_TOP_P = 0.95
 GEN_TOP_K = 0
@@ -196,11 +202,9 @@ _SPLIT_REGEX = (
 def train_tokenizer(texts, out_dir, vocab_size: int = VOCAB_SIZE) -> Path:
     """Train a byte-level BPE on `texts`; write tokenizer.json, tokenizer_config.json and
     generation_config.json to `out_dir`. Returns out_dir as a Path."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tok = Tokenizer(models.BPE())
+    tok = HFTokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.Split(Regex(_SPLIT_REGEX), behavior="isolated", invert=False),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
@@ -278,16 +282,10 @@ def model_config(vocab_size: int = VOCAB_SIZE) -> dict:
     }
 
 
-def cache_dir() -> Path:
-    """Root of the toy-world cache: $UPFT_CACHE, else ~/.cache/upft."""
-    env = os.environ.get("UPFT_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "upft"
-
-
-def toy_dir() -> Path:
-    """Folder of the current toy world (model + tokenizer + data), keyed by TOY_VERSION."""
-    return cache_dir() / TOY_VERSION
-
+# The built world ships with the code (assets/toy: the model in HF layout, ~3.5 MB, and its question
+# files), so the first `python train.py` needs no pretraining. scripts/build_toy.py rebuilds it with
+# build_world below and checks the result against the shipped one.
+WORLD_DIR = Path(__file__).resolve().parent / "assets" / "toy"
 
 # Settings measured with a transformers LlamaForCausalLM stand-in (fp32, 2 CPU threads, uncontended):
 # 1300 steps in ~258 s, final train loss ~0.08, greedy accuracy 49% on 300 held-out problems.
@@ -299,67 +297,55 @@ N_PRETRAIN = 32_000       # gold solutions the toy model is pretrained on (2000 
 HARDER = dict(min_ops=4, max_ops=6)
 N_UPFT = 2_000            # fresh train-split questions for UPFT/SFT/RFT (never seen in pretraining)
 N_TEST = 500              # held-out questions for base/tuned accuracy
-# Pretraining settings found by experiment (2-core CPU, ~4 min): accuracy jumps once the model learns
+# Pretraining settings found by experiment (2-core CPU, ~6 min): accuracy jumps once the model learns
 # to copy names and numbers from the question (~900 steps), so fewer steps collapse it.
 PRETRAIN = dict(lr=4e-3, epochs=1, batch_size=16, micro_batch_size=16, warmup_ratio=0.02,
                 schedule="cosine", seed=0)
 
 
-def build_toy_world(log=print) -> dict:
-    """The cached toy world, built on first use: {"model_dir", "train", "test", "dir"}.
+def load_world(path=WORLD_DIR) -> dict:
+    """The shipped toy world: {"dir", "model_dir", "train", "test", "build"}."""
+    path = Path(path)
+    if not (path / "build.json").is_file():
+        raise UpftError(f"{path}: no toy world here (rebuild it with: python scripts/build_toy.py)")
+    return {"dir": path, "model_dir": path / "model", "train": read_jsonl(path / "train.jsonl"),
+            "test": read_jsonl(path / "test.jsonl"), "build": json.loads((path / "build.json").read_text())}
 
-    Pretraining is the project's own masked cross-entropy loop (train.fit) run on gold solutions,
-    with the chat prompt masked: the same code path UPFT trains with. Built in a temporary folder and
-    renamed into place, so an interrupted build leaves nothing half-written in the cache.
-    UPFT_TOY_QUICK=1 builds a barely trained miniature under its own cache key (for the end-to-end
-    tests, which check the plumbing, not the accuracy).
+
+def build_world(out_dir, fit, train_config, max_steps=None, log=print) -> dict:
+    """Build the toy world into `out_dir` (atomically) and return its build record.
+
+    `fit(model, examples, tc, pad_id=..., desc=..., log=...)` is the trainer (train.fit, passed in so that
+    the toy world does not depend on the trainer): pretraining is the project's own masked cross-entropy
+    loop run on gold solutions, chat prompt masked, the same code path UPFT trains with. `train_config`
+    builds its config from PRETRAIN (train.TrainConfig). max_steps stops early (a partial rebuild for
+    the tests; the schedule still spans all steps). The record holds every step's loss and the sha256
+    of the weights, so a rebuild can be compared with the shipped world.
     """
-    import time
-
-    import torch
-
-    from data import Tokenizer, read_jsonl, write_json, write_jsonl
-    from model import Config, Transformer, _replace_dir
-    from train import TrainConfig, fit
-    from upft import make_example
-
-    quick = os.environ.get("UPFT_TOY_QUICK") == "1"
-    n_pre, n_upft, n_test = (320, 64, 32) if quick else (N_PRETRAIN, N_UPFT, N_TEST)
-    d = toy_dir().with_name(TOY_VERSION + "-quick") if quick else toy_dir()
-    if (d / "build.json").is_file():
-        return {"dir": d, "model_dir": d / "model", "train": read_jsonl(d / "train.jsonl"),
-                "test": read_jsonl(d / "test.jsonl")}
     t0 = time.time()
-    log(f"building the toy world in {d} (first use only; a few minutes on a CPU)")
-    d.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{d.name}.tmp", dir=d.parent))
-    try:
-        pre = make_split(n_pre, seed=0, split="train")  # 3-5 steps: what the model learns from
-        seen = {r["question"] for r in pre}
-        upft_rows = [r for r in make_split(n_upft + 100, seed=1, split="train", **HARDER)
-                     if r["question"] not in seen][:n_upft]
-        test = make_split(n_test, seed=0, split="test", **HARDER)
+    pre = make_split(N_PRETRAIN, seed=0, split="train")  # 3-5 steps: what the model learns from
+    seen = {r["question"] for r in pre}
+    upft_rows = [r for r in make_split(N_UPFT + 100, seed=1, split="train", **HARDER)
+                 if r["question"] not in seen][:N_UPFT]
+    test = make_split(N_TEST, seed=0, split="test", **HARDER)
+    with atomic_dir(out_dir) as tmp:
         train_tokenizer(tokenizer_corpus(pre), tmp / "tokenizer")
         tok = Tokenizer.from_pretrained(tmp / "tokenizer")
         torch.manual_seed(PRETRAIN["seed"])
         model = Transformer(Config.from_dict(model_config(len(tok)))).init_weights(0.02)
         examples = [make_example(tok, r["question"], tok.encode(r["solution"]), "full", prefix_len=0)
                     for r in pre]
-        tc = TrainConfig(**PRETRAIN)
+        tc = train_config(**PRETRAIN, max_steps=max_steps)
         hist = fit(model, examples, tc, pad_id=tok.pad_id, desc="pretrain toy", log=log)
         model.save_pretrained(tmp / "model", tokenizer_dir=tmp / "tokenizer")
         shutil.rmtree(tmp / "tokenizer")
         write_jsonl(tmp / "train.jsonl", upft_rows)
         write_jsonl(tmp / "test.jsonl", test)
-        write_json(tmp / "build.json", {"version": TOY_VERSION, "pretrain": PRETRAIN,
-                                        "pretrain_questions": n_pre, "final_loss": hist[-1]["loss"],
-                                        "seconds": time.time() - t0})
-        if d.exists():
-            shutil.rmtree(tmp)  # another process finished first: keep its build
-        else:
-            _replace_dir(tmp, d)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    log(f"toy world built in {time.time() - t0:.0f}s")
-    return build_toy_world(log)
+        weights = hashlib.sha256((tmp / "model" / "model.safetensors").read_bytes()).hexdigest()
+        record = {"version": TOY_VERSION, "pretrain": PRETRAIN, "pretrain_questions": N_PRETRAIN,
+                  "steps": len(hist), "final_loss": hist[-1]["loss"], "model_sha256": weights,
+                  "seconds": round(time.time() - t0, 1), "torch": torch.__version__,
+                  "losses": [h["loss"] for h in hist]}
+        write_json(tmp / "build.json", record)
+    log(f"toy world built in {time.time() - t0:.0f}s -> {out_dir}")
+    return record

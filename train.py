@@ -1,22 +1,26 @@
 """UPFT end to end, and the one masked cross-entropy loop that every training in upft goes through.
 
-    python train.py --prefix-len 8                      # embedded toy world (built and cached on first use)
+    python train.py --prefix-len 8                      # the embedded toy world (shipped in assets/toy)
     python train.py --model DIR_OR_ID --data train.jsonl --eval-data test.jsonl --prefix-len 8
 
-Steps (PAPER.md §3.9): load the model; greedy base accuracy on the eval set; sample ONE answer per
-question from the model itself (upft.py: prefix-only decoding for D_p, full traces for the fraction p);
-build the training examples; train; save in HF layout; tuned accuracy; token accounting.
+Steps (docs/method.md §3): check every input; load the model; greedy base accuracy on the eval set;
+sample ONE answer per question from the model itself (upft.py: prefix-only decoding for D_p, full
+traces for the fraction p); build the training examples; train; save in HF layout; tuned accuracy;
+token accounting.
 
-The loss (PAPER.md box, decision 6): the sum of token cross-entropy over every supervised token of an
+The loss (docs/method.md §4): the sum of token cross-entropy over every supervised token of an
 optimizer step, divided by that step's supervised-token count, so gradient accumulation with unequal
 micro-batches equals one big batch, and every token weighs the same (Eq. 8 read literally).
 `--loss-norm sample` reproduces the official code's weighting instead (each sample's token mean,
-averaged over the step's samples, §3.6). AdamW (0.9, 0.95), weight decay 0, clip 1.0, constant LR after a
-3% linear warmup (decision 8). fp32 on CPU; bf16 autocast on CUDA.
+averaged over the step's samples). AdamW (0.9, 0.95), weight decay 0, clip 1.0, constant LR after a
+3% linear warmup. fp32 on CPU; bf16 autocast on CUDA.
 
-Outputs in --out: args.json, train_examples.jsonl (the exact input_ids/labels trained on), rollouts.jsonl,
-metrics.jsonl, checkpoint/ (for --resume, every --save-every steps, atomic), model/ (HF layout),
-results.json. Left out: distributed training, torch.compile, packing.
+The run folder is built as `<out>.partial` and renamed to `<out>` when the run is complete, so a
+folder without that suffix is always a finished run. A failed run deletes its `.partial` folder unless
+it holds something worth resuming (its samples or a training checkpoint); then `--resume` continues it.
+Outputs: args.json, rollouts.jsonl, train_examples.jsonl (the exact input_ids/labels trained on),
+accounting.json, metrics.jsonl, eval_{base,tuned}.json[l], results.json, model/ (HF layout).
+Left out: distributed training, torch.compile, packing.
 """
 from __future__ import annotations
 
@@ -24,22 +28,26 @@ import argparse
 import contextlib
 import json
 import math
-import os
 import shutil
 import sys
-import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
 
-from data import UpftError, read_jsonl, write_json, write_jsonl
-from upft import IGNORE  # label of a position that is not trained (torch / HF convention)
-
+import toy
+import upft
+from data import (IGNORE, Tokenizer, UpftError, atomic_dir, chat_prompt, load_rows, read_jsonl, resolve,
+                  write_json, write_jsonl)
+from eval import evaluate
+from model import Config, Transformer
 
 # ----------------------------------------------------------------------------- the loss
+
 
 def masked_ce_sum(logits, labels):
     """Sum of next-token CE over supervised positions, and their count. logits (B, T, V), labels (B, T)
@@ -103,17 +111,18 @@ def accumulate_grads(model, examples, micro_batch_size, pad_id, loss_norm="token
 
 @dataclass
 class TrainConfig:
-    lr: float = 1e-5
-    epochs: int = 1
-    batch_size: int = 16          # examples per optimizer step
-    micro_batch_size: int = 16    # examples per forward/backward (gradient accumulation = batch / micro)
-    warmup_ratio: float = 0.03
-    max_grad_norm: float = 1.0
+    lr: float
+    epochs: int
+    batch_size: int               # examples per optimizer step
+    micro_batch_size: int         # examples per forward/backward (gradient accumulation = batch / micro)
+    warmup_ratio: float = 0.03    # the paper's warmup (constant_with_warmup)
+    max_grad_norm: float = 1.0    # the official code's clipping
     loss_norm: str = "token"      # "token" (the project default) or "sample" (the official code)
     seed: int = 0
     save_every: int = 0           # optimizer steps between resumable checkpoints (0 = never)
     grad_ckpt: bool = False
     schedule: str = "constant"    # "constant" after warmup (the paper); "cosine" (to 10%) only for toy pretraining
+    max_steps: int | None = None  # stop after this many steps (the schedule still spans every epoch)
 
 
 def lr_at(step, total_steps, tc: TrainConfig):
@@ -141,13 +150,12 @@ def fit(model, examples, tc: TrainConfig, pad_id=0, out=None, resume=False, desc
     With `out`, metrics go to out/metrics.jsonl and, every tc.save_every steps, a resumable checkpoint
     (weights, AdamW state, step, RNG) to out/checkpoint; `resume` continues from it exactly.
     """
-    from tqdm import tqdm
     device = next(model.parameters()).device
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else None
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=(0.9, 0.95), weight_decay=0.0,
                             foreach=device.type == "cuda")
     steps = step_batches(len(examples), tc)
-    start = 0
+    start, stop = 0, min(len(steps), tc.max_steps or len(steps))
     metrics_path = Path(out) / "metrics.jsonl" if out else None
     if resume and out and (Path(out) / "checkpoint").is_dir():
         start = load_checkpoint(Path(out) / "checkpoint", model, opt)
@@ -157,8 +165,7 @@ def fit(model, examples, tc: TrainConfig, pad_id=0, out=None, resume=False, desc
     model.train()
     model.gradient_checkpointing = tc.grad_ckpt
     history = []
-    bar = tqdm(range(start, len(steps)), desc=desc, unit="step", initial=start, total=len(steps),
-               disable=None)
+    bar = tqdm(range(start, stop), desc=desc, unit="step", initial=start, total=stop, disable=None)
     for step in bar:
         batch = [examples[i] for i in steps[step]]
         lr = lr_at(step, len(steps), tc)
@@ -177,7 +184,7 @@ def fit(model, examples, tc: TrainConfig, pad_id=0, out=None, resume=False, desc
         if metrics_path:
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(rec) + "\n")
-        if out and tc.save_every and (step + 1) % tc.save_every == 0 and step + 1 < len(steps):
+        if out and tc.save_every and (step + 1) % tc.save_every == 0 and step + 1 < stop:
             save_checkpoint(Path(out) / "checkpoint", model, opt, step + 1)
     bar.close()
     model.eval()
@@ -189,22 +196,18 @@ def fit(model, examples, tc: TrainConfig, pad_id=0, out=None, resume=False, desc
 
 def save_checkpoint(path: Path, model, opt, step):
     """Weights + AdamW moments as safetensors, step and RNG as JSON (no pickle); folder swapped atomically."""
-    from safetensors.torch import save_file
-    from model import _replace_dir
-    tmp = Path(tempfile.mkdtemp(prefix=".checkpoint.tmp", dir=path.parent))
     names = {id(p): n for n, p in model.named_parameters()}
     tensors = {f"model.{n}": p.detach().contiguous().cpu() for n, p in model.named_parameters()}
     for p, st in opt.state.items():
         for k in ("exp_avg", "exp_avg_sq", "step"):
             tensors[f"opt.{k}.{names[id(p)]}"] = st[k].detach().reshape(-1 if k == "step" else st[k].shape).cpu()
     tensors["rng.torch"] = torch.get_rng_state()
-    save_file(tensors, tmp / "state.safetensors")
-    (tmp / "meta.json").write_text(json.dumps({"step": step}))
-    _replace_dir(tmp, path)
+    with atomic_dir(path) as tmp:
+        save_file(tensors, tmp / "state.safetensors")
+        (tmp / "meta.json").write_text(json.dumps({"step": step}))
 
 
 def load_checkpoint(path: Path, model, opt):
-    from safetensors.torch import load_file
     try:
         t = load_file(path / "state.safetensors")
         step = json.loads((path / "meta.json").read_text())["step"]
@@ -221,134 +224,187 @@ def load_checkpoint(path: Path, model, opt):
     return step
 
 
-# ----------------------------------------------------------------------------- UPFT, end to end
+# ----------------------------------------------------------------------------- the command line
 
-# Defaults that depend on the model: the embedded toy world, or a real checkpoint (PAPER.md §4: the
-# paper's LR is 1e-6 for most runs, 2 epochs on PRM-12K, the official code's global batch is 64).
-# Toy: 1e-5 keeps the paper's ratio of fine-tuning LR to pretraining peak LR (~1/300; the toy model
-# was pretrained at 4e-3); a 10x larger LR (1e-4) makes UPFT teach the toy model to stop early.
-PROFILES = {
-    "toy": dict(lr=1e-5, epochs=2, batch_size=16, micro_batch_size=16, max_len=512, max_new_tokens=256,
-                eval_max_new_tokens=256, limit=1000, eval_limit=500, save_every=20, sample_batch_size=256,
-                eval_batch_size=128),
-    "real": dict(lr=1e-6, epochs=1, batch_size=64, micro_batch_size=4, max_len=4096, max_new_tokens=4096,
-                 eval_max_new_tokens=4096, limit=None, eval_limit=None, save_every=50, sample_batch_size=64,
-                 eval_batch_size=64),
+# Every default that depends on the model, in one place: (the toy world, a real checkpoint via --model).
+# Real: the paper's LR is 1e-6 for most runs, 1 epoch on the large sets, the official code's global
+# batch is 64 and its max length 4096 (docs/method.md §4). Toy: 1e-5 keeps the paper's ratio of
+# fine-tuning LR to pretraining peak LR (~1/300; the toy model was pretrained at 4e-3); a 10x larger LR
+# (1e-4) makes UPFT teach the toy model to stop early.
+DEFAULTS = {               # toy,   real
+    "lr":                  (1e-5, 1e-6),
+    "epochs":              (2, 1),
+    "batch_size":          (16, 64),
+    "micro_batch_size":    (16, 4),
+    "max_len":             (512, 4096),
+    "max_new_tokens":      (256, 4096),
+    "eval_max_new_tokens": (256, 4096),
+    "limit":               (1000, None),
+    "eval_limit":          (500, None),
+    "save_every":          (20, 50),
+    "sample_batch_size":   (256, 64),
+    "eval_batch_size":     (128, 64),
 }
+METHODS = ("upft", "sft", "rft")
+
+
+def build_parser():
+    ap = argparse.ArgumentParser(description="Unsupervised Prefix Fine-Tuning (and the SFT / RFT baselines).")
+
+    def a(flag, help, **kw):  # the default goes into the help text, wherever it comes from
+        name = flag[2:].replace("-", "_")
+        if name in DEFAULTS:
+            toy_v, real_v = DEFAULTS[name]
+            help += f" (default: {toy_v if toy_v is not None else 'all'} on the toy world, " \
+                    f"{real_v if real_v is not None else 'all'} with --model)"
+        elif kw.get("default") is not None and kw.get("action") != "store_true":
+            help += " (default: %(default)s)"
+        ap.add_argument(flag, help=help, **kw)
+
+    a("--model", "HF checkpoint directory or hub id (default: the embedded toy world in assets/toy)")
+    a("--data", "training questions, JSONL with 'question' or 'problem' (answers only needed by rft)")
+    a("--eval-data", "held-out JSONL with answers for base/tuned greedy accuracy (toy: its test split)")
+    a("--method", "what to train on: UPFT, or a baseline", default="upft", choices=METHODS)
+    a("--prefix-len", "L: prefix tokens kept per sample (paper: 8 Llama, 32 Qwen-Math, 128 R1)", type=int,
+      default=8)
+    a("--structure-ratio", "p: fraction of questions trained on a full trace", type=float, default=0.1)
+    a("--num-samples", "prefixes per question for voting (upft; 1 = the paper), or full samples per "
+      "question (rft) (default: 1 for upft, 16 for rft)", type=int)
+    a("--temperature", "sampling temperature (the official code's value)", type=float, default=0.6)
+    a("--top-p", "sampling top-p (default: the model's generation_config.json, else 1.0)", type=float)
+    a("--top-k", "sampling top-k, 0 = off (default: the model's generation_config.json, else 0)", type=int)
+    a("--max-new-tokens", "budget of a full self-generated trace", type=int)
+    a("--max-len", "longest training sequence; longer ones are cut (no forced EOS)", type=int)
+    a("--lr", "peak learning rate (constant after a 3%% warmup)", type=float)
+    a("--epochs", "passes over the training examples", type=int)
+    a("--batch-size", "examples per optimizer step", type=int)
+    a("--micro-batch-size", "examples per forward/backward (gradient accumulation)", type=int)
+    a("--loss-norm", "token: sum CE / supervised tokens of the step; sample: the official per-sample mean",
+      default="token", choices=["token", "sample"])
+    a("--grad-ckpt", "gradient checkpointing (less memory, slower)", action="store_true")
+    a("--limit", "use the first K training questions", type=int)
+    a("--eval-limit", "use the first K eval questions", type=int)
+    a("--eval-max-new-tokens", "budget of a greedy evaluation answer", type=int)
+    a("--eval-batch-size", "sequences decoded together while evaluating", type=int)
+    a("--sample-batch-size", "sequences decoded together while sampling", type=int)
+    a("--seed", "seed of the split, the sampling and the data order", type=int, default=0)
+    a("--out", "run folder (default: runs/<time>-<method>-L<L>-s<seed>); must not exist unless --resume")
+    a("--resume", "continue the interrupted run <out>.partial from its samples and last checkpoint",
+      action="store_true")
+    a("--save-every", "optimizer steps between resumable checkpoints, 0 = never", type=int)
+    a("--device", "cpu or cuda", default="cuda" if torch.cuda.is_available() else "cpu")
+    a("--dtype", "weights dtype (fp32 master weights with bf16 autocast on CUDA is the default)",
+      choices=["float32", "bfloat16"], default="float32")
+    a("--no-eval", "skip base/tuned accuracy", action="store_true")
+    return ap
 
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description="Unsupervised Prefix Fine-Tuning (and the SFT / RFT baselines).")
-    a = ap.add_argument
-    a("--model", help="HF checkpoint directory or hub id (default: the embedded toy world, built on first use)")
-    a("--data", help="training questions, JSONL with 'question' or 'problem' (answers only needed by rft)")
-    a("--eval-data", help="held-out JSONL with answers for base/tuned greedy accuracy (toy: its test split)")
-    a("--method", default="upft", choices=["upft", "sft", "rft"])
-    a("--prefix-len", type=int, default=8, help="L: prefix tokens kept per sample (paper: 8 Llama, 32 Qwen-Math)")
-    a("--structure-ratio", type=float, default=0.1, help="p: fraction of questions trained on a full trace")
-    a("--num-samples", type=int, help="prefixes per question for voting (upft, default 1 = the paper), "
-                                      "or full samples per question (rft, default 16)")
-    a("--temperature", type=float, default=0.6, help="sampling temperature (official code: 0.6)")
-    a("--top-p", type=float, help="default: the model's generation_config.json, else 1.0")
-    a("--top-k", type=int, help="default: the model's generation_config.json, else 0 (off)")
-    a("--max-new-tokens", type=int, help="budget of a full self-generated trace")
-    a("--max-len", type=int, help="longest training sequence; longer ones are cut (no forced EOS)")
-    a("--lr", type=float)
-    a("--epochs", type=int)
-    a("--batch-size", type=int, help="examples per optimizer step")
-    a("--micro-batch-size", type=int, help="examples per forward/backward (gradient accumulation)")
-    a("--loss-norm", default="token", choices=["token", "sample"],
-      help="token: sum CE / supervised tokens of the step (default); sample: official per-sample mean")
-    a("--grad-ckpt", action="store_true", help="gradient checkpointing (less memory, slower)")
-    a("--limit", type=int, help="use the first K training questions")
-    a("--eval-limit", type=int, help="use the first K eval questions")
-    a("--eval-max-new-tokens", type=int)
-    a("--eval-batch-size", type=int, help="sequences decoded together while evaluating")
-    a("--sample-batch-size", type=int, help="sequences decoded together while sampling")
-    a("--seed", type=int, default=0)
-    a("--out", help="run folder (default runs/<time>-<method>-L<L>-s<seed>); must not exist unless --resume")
-    a("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    a("--save-every", type=int, help="optimizer steps between resumable checkpoints")
-    a("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    a("--dtype", choices=["float32", "bfloat16"], help="weights dtype (default fp32; bf16 autocast on CUDA)")
-    a("--no-eval", action="store_true", help="skip base/tuned accuracy")
-    args = ap.parse_args(argv)
-    # validate everything cheap before touching any file (a bad flag writes nothing)
-    if args.prefix_len < 1:
-        raise UpftError(f"--prefix-len must be a positive number of tokens, got {args.prefix_len}")
-    if not 0.0 <= args.structure_ratio <= 1.0:
-        raise UpftError(f"--structure-ratio must be in [0, 1], got {args.structure_ratio}")
-    if args.num_samples is not None and args.num_samples < 1:
-        raise UpftError(f"--num-samples must be >= 1, got {args.num_samples}")
-    if args.temperature < 0:
-        raise UpftError(f"--temperature must be >= 0, got {args.temperature}")
-    profile = PROFILES["real" if args.model else "toy"]
-    for k, v in profile.items():
+    """Parse and check every flag (ranges, combinations, the run folder); nothing is read or written."""
+    args = build_parser().parse_args(argv)
+    for k, (toy_v, real_v) in DEFAULTS.items():
         if getattr(args, k) is None:
-            setattr(args, k, v)
+            setattr(args, k, real_v if args.model else toy_v)
     if args.num_samples is None:
         args.num_samples = 16 if args.method == "rft" else 1
+
+    def need(ok, msg):
+        if not ok:
+            raise UpftError(msg)
+    need(args.prefix_len >= 1, f"--prefix-len must be a positive number of tokens, got {args.prefix_len}")
+    need(0.0 <= args.structure_ratio <= 1.0, f"--structure-ratio must be in [0, 1], got {args.structure_ratio}")
+    need(args.num_samples >= 1, f"--num-samples must be >= 1, got {args.num_samples}")
+    need(args.temperature >= 0, f"--temperature must be >= 0, got {args.temperature}")
+    need(args.top_p is None or 0 < args.top_p <= 1, f"--top-p must be in (0, 1], got {args.top_p}")
+    need(args.top_k is None or args.top_k >= 0, f"--top-k must be >= 0 (0 = off), got {args.top_k}")
     for k in ("lr", "epochs", "batch_size", "micro_batch_size", "max_len", "max_new_tokens", "eval_batch_size",
-              "sample_batch_size", "eval_max_new_tokens"):
-        if getattr(args, k) <= 0:
-            raise UpftError(f"--{k.replace('_', '-')} must be positive, got {getattr(args, k)}")
-    if args.model and not args.data:
-        raise UpftError("--data is required with --model (JSONL of training questions)")
+              "sample_batch_size", "eval_max_new_tokens", "limit", "eval_limit"):
+        v = getattr(args, k)
+        need(v is None or v > 0, f"--{k.replace('_', '-')} must be positive, got {v}")
+    need(args.save_every >= 0, f"--save-every must be >= 0, got {args.save_every}")
+    need(not args.model or args.data, "--data is required with --model (JSONL of training questions)")
     if args.out is None:
         args.out = f"runs/{time.strftime('%Y%m%d-%H%M%S')}-{args.method}-L{args.prefix_len}-s{args.seed}"
-    if Path(args.out).exists() and not args.resume:
-        raise UpftError(f"--out {args.out} already exists (use --resume to continue it, or another --out)")
-    if args.resume and not Path(args.out).is_dir():
-        raise UpftError(f"--resume: {args.out} is not a run folder")
+    out, partial = Path(args.out), partial_dir(args.out)
+    need(not out.exists(), f"--out {out} already exists" + (" (a finished run)" if args.resume else
+                                                            " (choose another --out)"))
+    need(args.resume or not partial.exists(),
+         f"{partial} holds an interrupted run: add --resume to continue it, or delete it")
+    need(not args.resume or partial.is_dir(), f"--resume: no interrupted run at {partial}")
     return args
 
 
-def load_questions(path, limit=None):
-    """Training questions from JSONL ('question' or 'problem'); the answer, when present, is kept for rft."""
-    from eval import load_eval_rows
-    return load_eval_rows(path, limit, require_answer=False)
+def partial_dir(out) -> Path:
+    """Where a run lives until it is complete."""
+    return Path(str(out).rstrip("/") + ".partial")
+
+
+# ----------------------------------------------------------------------------- UPFT, end to end
+
+def load_inputs(args):
+    """Everything a run reads, checked before any model is built, loaded or sampled from: the training
+    and eval questions, the checkpoint's config.json, tokenizer and chat template (rendered for every
+    question). Returns (model_dir, tokenizer, rows, eval_rows)."""
+    method_needs_gold = args.method == "rft"
+    rows = load_rows(args.data, args.limit, require_answer=method_needs_gold) if args.data else None
+    eval_rows = load_rows(args.eval_data, args.eval_limit) if args.eval_data and not args.no_eval else None
+    if args.model:
+        model_dir = resolve(args.model)
+    else:
+        world = toy.load_world()
+        model_dir = world["model_dir"]
+        rows = rows or [{"question": r["question"], "gold": r["answer"]} for r in world["train"][:args.limit]]
+        if eval_rows is None and not args.no_eval:
+            eval_rows = [{"question": r["question"], "gold": r["answer"], "dataset": None}
+                         for r in world["test"][:args.eval_limit]]
+    Config.from_json(Path(model_dir) / "config.json")
+    tok = Tokenizer.from_pretrained(model_dir)
+    # Render every prompt now: a broken or unsafe chat template fails here, and so does a data set whose
+    # every question is longer than --max-len (nothing would be left to train on).
+    longest_fit = [len(chat_prompt(tok, r["question"])) < args.max_len for r in rows]
+    if not any(longest_fit):
+        raise UpftError(f"no training question fits --max-len {args.max_len} (every prompt is longer)")
+    for r in eval_rows or []:
+        chat_prompt(tok, r["question"])
+    return model_dir, tok, rows, eval_rows or []
 
 
 def run(args, log=print):
-    import eval as evaluation
-    import upft
-    from data import Tokenizer
-    from model import Transformer
-
     t0 = time.time()
+    model_dir, tok, rows, eval_rows = load_inputs(args)  # bad input fails here: nothing written yet
+    out = partial_dir(args.out)
+    resumable = lambda: (out / "train_examples.jsonl").exists() or (out / "checkpoint").is_dir()  # noqa: E731
+    try:
+        out.mkdir(parents=True, exist_ok=args.resume)
+        results = _run(args, model_dir, tok, rows, eval_rows, out, t0, log)
+    except BaseException as e:
+        if out.is_dir() and not resumable():
+            shutil.rmtree(out, ignore_errors=True)  # nothing worth keeping: leave no trace
+        elif out.is_dir() and not isinstance(e, UpftError):
+            log(f"the interrupted run is kept in {out}: rerun with --resume to continue it")
+        raise
+    out.rename(args.out)  # complete: the folder takes its final name
+    log(report(results, args.out))
+    return results
+
+
+def _run(args, model_dir, tok, rows, eval_rows, out, t0, log):
     torch.manual_seed(args.seed)
-    # 1. model, tokenizer, data (everything that can fail on bad input happens before --out is created)
-    if args.model:
-        model_dir = args.model
-        rows = load_questions(args.data, args.limit)
-        eval_rows = evaluation.load_eval_rows(args.eval_data, args.eval_limit) if args.eval_data else []
-    else:
-        import toy
-        world = toy.build_toy_world(log=log)
-        model_dir = world["model_dir"]
-        rows = load_questions(args.data, args.limit) if args.data else \
-            [{"question": r["question"], "gold": r["answer"]} for r in world["train"][:args.limit]]
-        eval_rows = evaluation.load_eval_rows(args.eval_data, args.eval_limit) if args.eval_data else \
-            [{"question": r["question"], "gold": r["answer"], "dataset": None} for r in world["test"][:args.eval_limit]]
-    dtype = getattr(torch, args.dtype or "float32")
-    model = Transformer.from_pretrained(model_dir, device=args.device, dtype=dtype)
-    tok = Tokenizer.from_pretrained(model.source_dir)
+    model = Transformer.from_pretrained(model_dir, device=args.device, dtype=getattr(torch, args.dtype))
     gen_cfg = tok.generation_config
     top_p = args.top_p if args.top_p is not None else gen_cfg.get("top_p", 1.0)
     top_k = args.top_k if args.top_k is not None else gen_cfg.get("top_k", 0) or 0
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     write_json(out / "args.json", {**vars(args), "model_dir": str(model_dir), "top_p_used": top_p,
                                    "top_k_used": top_k})
 
     def accuracy(tag):
-        if args.no_eval or not eval_rows:
+        if not eval_rows:
             return None
         path = out / f"eval_{tag}.json"
         if args.resume and path.exists():
             return json.loads(path.read_text())
-        records, summary = evaluation.evaluate(model, tok, eval_rows, args.eval_max_new_tokens,
-                                               batch_size=args.eval_batch_size)
+        records, summary = evaluate(model, tok, eval_rows, args.eval_max_new_tokens,
+                                    batch_size=args.eval_batch_size)
         write_jsonl(out / f"eval_{tag}.jsonl", records)
         write_json(path, summary)
         log(f"{tag} greedy accuracy: {summary['accuracy']:.1%} on {len(eval_rows)} held-out questions")
@@ -356,7 +412,7 @@ def run(args, log=print):
 
     base = accuracy("base")
 
-    # 2. self-generated data (reused on --resume: the sampling is not repeated)
+    # self-generated data (reused on --resume: the sampling is not repeated)
     ex_path = out / "train_examples.jsonl"
     if args.resume and ex_path.exists():
         examples = read_jsonl(ex_path)
@@ -364,27 +420,21 @@ def run(args, log=print):
         log(f"resume: reusing {len(examples)} training examples from {ex_path}")
     else:
         t_s = time.time()
-        rollouts, acct = upft.sample_rollouts(
-            model, tok, rows, method=args.method, prefix_len=args.prefix_len,
-            structure_ratio=args.structure_ratio, num_samples=args.num_samples,
-            max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=top_p, top_k=top_k,
-            seed=args.seed, batch_size=args.sample_batch_size,
-            grade=lambda text, gold: evaluation.is_equiv(evaluation.extract_answer(text), gold))
-        examples, dropped = upft.build_examples(tok, rollouts, args.prefix_len, args.max_len)
+        rollouts, acct = sample(model, tok, rows, args, temperature=args.temperature, top_p=top_p, top_k=top_k)
+        questions = [r["question"] for r in rows]
+        examples, dropped = upft.build_examples(tok, questions, rollouts, args.prefix_len, args.max_len)
         acct.update(questions_used=len(examples), dropped_over_max_len=dropped,
                     prefix_examples=sum(e["kind"] == "prefix" for e in examples),
                     full_examples=sum(e["kind"] == "full" for e in examples),
                     tokens_supervised=upft.supervised_tokens(examples), sampling_seconds=time.time() - t_s)
-        if args.num_samples > 1 and args.method == "upft":
-            agree = [r["agreement"] for r in rollouts if r["kind"] == "prefix"]
-            acct["mean_prefix_agreement"] = sum(agree) / max(len(agree), 1)
+        if not examples:
+            raise UpftError("no training examples (every question was dropped)")
+        for r in rollouts:
+            r.update(question=questions[r["index"]], response=tok.decode(r["response_ids"]))
         write_jsonl(out / "rollouts.jsonl", rollouts)
         write_json(out / "accounting.json", acct)
         write_jsonl(ex_path, examples)  # last: its presence marks the sampling phase as complete
-    if not examples:
-        raise UpftError("no training examples (every question was dropped)")
 
-    # 3. train
     tc = TrainConfig(lr=args.lr, epochs=args.epochs, batch_size=args.batch_size,
                      micro_batch_size=args.micro_batch_size, loss_norm=args.loss_norm, seed=args.seed,
                      save_every=args.save_every, grad_ckpt=args.grad_ckpt)
@@ -394,14 +444,32 @@ def run(args, log=print):
     model.save_pretrained(out / "model")
     shutil.rmtree(out / "checkpoint", ignore_errors=True)  # the final model supersedes it
 
-    # 4. tuned accuracy, accounting
     tuned = accuracy("tuned")
     results = {"method": args.method, "prefix_len": args.prefix_len, "structure_ratio": args.structure_ratio,
                "num_samples": args.num_samples, "seed": args.seed, "base": base, "tuned": tuned,
                "accounting": acct, "wall_seconds": time.time() - t0}
     write_json(out / "results.json", results)
-    log(report(results, out))
     return results
+
+
+def sample(model, tok, rows, args, **sampling):
+    """The method's self-generated rollouts and its token accounting."""
+    questions = [r["question"] for r in rows]
+    common = dict(max_new_tokens=args.max_new_tokens, seed=args.seed, batch_size=args.sample_batch_size,
+                  **sampling)
+    acct = {"method": args.method, "questions": len(rows)}
+    if args.method == "upft":
+        rollouts, acct["tokens_sampled"] = upft.sample_upft(model, tok, questions, args.prefix_len,
+                                                            args.structure_ratio, args.num_samples, **common)
+        if args.num_samples > 1:
+            agree = [r["agreement"] for r in rollouts if r["kind"] == "prefix"]
+            acct["mean_prefix_agreement"] = sum(agree) / max(len(agree), 1)
+    elif args.method == "sft":
+        rollouts, acct["tokens_sampled"] = upft.sample_sft(model, tok, questions, **common)
+    else:
+        rollouts, acct["tokens_sampled"], acct["questions_dropped_no_correct_sample"] = upft.sample_rft(
+            model, tok, questions, [r["gold"] for r in rows], args.num_samples, **common)
+    return rollouts, acct
 
 
 def report(r, out):
@@ -422,13 +490,12 @@ def report(r, out):
 
 def main(argv=None):
     try:
-        args = parse_args(argv)
-        run(args)
+        run(parse_args(argv))
     except UpftError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
-        print("interrupted (rerun with --resume to continue)", file=sys.stderr)
+        print("interrupted", file=sys.stderr)
         sys.exit(130)
 
 

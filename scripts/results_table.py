@@ -1,5 +1,5 @@
 """Regenerate the README's toy-world results table: base, SFT, RFT, UPFT (N=1), UPFT with voting (N=8),
-and a temperature-1 UPFT control (PAPER.md §2b: sampling at T=1 without truncation should teach nothing
+and a temperature-1 UPFT control (docs/method.md §2.1: sampling at T=1 without truncation should teach nothing
 in expectation), over several seeds, with the token accounting and wall time of each run.
 
     python scripts/results_table.py                 # 3 seeds, writes runs/table/ and updates README.md
@@ -60,7 +60,7 @@ def main():
             if not res_file.exists():  # finished runs are reused: the script can be restarted
                 cmd = [sys.executable, str(ROOT / "train.py"), "--prefix-len", str(args.prefix_len),
                        "--seed", str(seed), "--out", str(run_dir), *flags, *args.extra]
-                if run_dir.exists():
+                if Path(f"{run_dir}.partial").exists():  # an interrupted run: continue it
                     cmd.append("--resume")
                 print("$", " ".join(cmd[1:]), flush=True)
                 t = time.time()

@@ -1,6 +1,6 @@
-"""End to end through the real CLIs on a miniature toy world (UPFT_TOY_QUICK=1: same code path as
-`python train.py --prefix-len 8`, with a barely trained model so it runs in CI time). Checks the
-plumbing the acceptance lists ask for; the accuracy figures come from scripts/results_table.py."""
+"""End to end through the real CLIs on the shipped toy world (the same code path as
+`python train.py --prefix-len 8`, on 64 training and 32 held-out questions so it runs in CI time).
+Checks the plumbing the acceptance lists ask for; the accuracy figures come from scripts/results_table.py."""
 import json
 import os
 import subprocess
@@ -18,10 +18,10 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def toy_run(tmp_path_factory):
     d = tmp_path_factory.mktemp("e2e")
-    env = {**os.environ, "UPFT_CACHE": str(d / "cache"), "UPFT_TOY_QUICK": "1"}
+    env = dict(os.environ)
     out = d / "run"
-    p = subprocess.run([sys.executable, "train.py", "--prefix-len", "8", "--out", str(out),
-                        "--eval-max-new-tokens", "64", "--max-new-tokens", "64"],
+    p = subprocess.run([sys.executable, "train.py", "--prefix-len", "8", "--out", str(out), "--limit", "64",
+                        "--eval-limit", "32", "--eval-max-new-tokens", "64", "--max-new-tokens", "64"],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-2000:]
     return d, out, env, p.stdout
@@ -38,14 +38,15 @@ def test_train_cli_reports_accuracy_and_accounting(toy_run):
               "model/model.safetensors", "model/tokenizer.json", "model/generation_config.json"):
         assert (out / f).is_file(), f
     assert not (out / "checkpoint").exists()
+    assert [f.name for f in d.iterdir()] == ["run"]  # no .partial folder left behind
 
 
 def test_eval_cli_matches_train_report(toy_run):
     d, out, env, _ = toy_run
     res = json.loads((out / "results.json").read_text())
-    test = d / "cache" / f"{toy.TOY_VERSION}-quick" / "test.jsonl"
+    test = toy.WORLD_DIR / "test.jsonl"
     p = subprocess.run([sys.executable, "eval.py", "--model", str(out / "model"), "--data", str(test),
-                        "--max-new-tokens", "64", "--out", str(d / "preds.jsonl")],
+                        "--limit", "32", "--max-new-tokens", "64", "--out", str(d / "preds.jsonl")],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
     summary = json.loads((d / "preds.summary.json").read_text())
@@ -55,15 +56,13 @@ def test_eval_cli_matches_train_report(toy_run):
 
 def test_tuned_model_greedy_equals_transformers(toy_run):
     transformers = pytest.importorskip("transformers")
-    sys.path.insert(0, str(ROOT))
-    from data import Tokenizer, read_jsonl
+    from data import Tokenizer, chat_prompt, read_jsonl
     from model import Transformer, generate
-    from upft import chat_prompt
     d, out, env, _ = toy_run
     ours = Transformer.from_pretrained(out / "model")
     tok = Tokenizer.from_pretrained(out / "model")
     ref = transformers.AutoModelForCausalLM.from_pretrained(out / "model", dtype=torch.float32).eval()
-    rows = read_jsonl(d / "cache" / f"{toy.TOY_VERSION}-quick" / "test.jsonl")[:4]
+    rows = read_jsonl(toy.WORLD_DIR / "test.jsonl")[:4]
     prompts = [chat_prompt(tok, r["question"]) for r in rows]
     got = generate(ours, prompts, 48, stop_ids=tok.eos_ids)
     for p, g in zip(prompts, got):
@@ -76,7 +75,7 @@ def test_tuned_model_greedy_equals_transformers(toy_run):
 
 def test_analyses_run_on_toy(toy_run):
     d, out, env, _ = toy_run
-    test = d / "cache" / f"{toy.TOY_VERSION}-quick" / "test.jsonl"
+    test = toy.WORLD_DIR / "test.jsonl"
     for analysis, extra in (("prefix-consistency", ["--num-samples", "4"]),
                             ("error-position", ["--num-samples", "4", "--rollouts", "2"])):
         res = d / f"{analysis}.json"

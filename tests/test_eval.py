@@ -13,7 +13,7 @@ import pytest
 import eval as E
 import model as M
 from conftest import LLAMA, ROOT, build_hf
-from data import Tokenizer
+from data import Tokenizer, load_rows
 from tests.util_tok import make_tokenizer_dir
 
 QUESTIONS = [{"question": "What is 2 + 3?", "answer": "#### 5"},
@@ -38,14 +38,16 @@ def data_file(tmp_path):
 
 def scripted(tok, texts):
     """A stand-in for model.generate: sample j of every prompt is texts[j % len(texts)]."""
-    def generate(model, prompts, max_new_tokens, num_samples=1, **kw):
-        return [tok.encode(texts[j % len(texts)])[:max_new_tokens] for _ in prompts for j in range(num_samples)]
+    def generate(model, prompts, max_new_tokens, num_samples=None, **kw):
+        groups = [[tok.encode(texts[j % len(texts)])[:max_new_tokens] for j in range(num_samples or 1)]
+                  for _ in prompts]
+        return groups if num_samples is not None else [g[0] for g in groups]
     return generate
 
 
 def test_evaluate_real_model(tiny, data_file):
     _, model, tok = tiny
-    rows = E.load_eval_rows(data_file)
+    rows = load_rows(data_file)
     records, summary = E.evaluate(model, tok, rows, max_new_tokens=6, batch_size=2, progress=False)
     assert [r["index"] for r in records] == [0, 1, 2]
     assert [r["gold"] for r in records] == ["5", "\\frac{1}{2}", "7"]
@@ -57,15 +59,15 @@ def test_evaluate_real_model(tiny, data_file):
 
 def test_evaluate_bookkeeping(tiny, data_file, monkeypatch):
     _, model, tok = tiny
-    rows = E.load_eval_rows(data_file)
-    monkeypatch.setattr(M, "generate", scripted(tok, ["so \\boxed{5}", "#### 5", "it is 0.5 \\boxed{1/2}"]))
+    rows = load_rows(data_file)
+    monkeypatch.setattr(E, "generate", scripted(tok, ["so \\boxed{5}", "#### 5", "it is 0.5 \\boxed{1/2}"]))
     records, summary = E.evaluate(model, tok, rows, max_new_tokens=50, n=3, temperature=1.0, progress=False)
     assert records[0]["answers"] == ["5", "5", "1/2"] and records[0]["sample_correct"] == [True, True, False]
     assert records[0]["majority_answer"] == "5" and records[0]["correct"]
     assert records[1]["sample_correct"] == [False, False, True] and not records[1]["correct"]
     assert summary["pass@1"] == pytest.approx((2 / 3 + 1 / 3 + 0) / 3)
     assert summary["maj@n"] == pytest.approx(1 / 3)
-    monkeypatch.setattr(M, "generate", scripted(tok, ["I think 12, so \\boxed{5}"]))
+    monkeypatch.setattr(E, "generate", scripted(tok, ["I think 12, so \\boxed{5}"]))
     records, summary = E.evaluate(model, tok, rows, max_new_tokens=50, progress=False)
     assert [r["correct"] for r in records] == [True, False, False]
     assert summary["accuracy"] == pytest.approx(1 / 3)
@@ -96,7 +98,7 @@ def test_cli_end_to_end(tiny, data_file, tmp_path):
 
 def test_prefix_consistency_real_model(tiny, data_file):
     _, model, tok = tiny
-    rows = E.load_eval_rows(data_file)
+    rows = load_rows(data_file)
     res = E.prefix_consistency(model, tok, rows, num_samples=4, max_new_tokens=8, temperature=1.0)
     assert res["prefix_len"] == [1, 2, 4, 8]                # grid capped at the longest sample
     assert all(1 <= v <= 4 for v in res["avg_samples_per_prefix"])
@@ -108,17 +110,17 @@ def test_prefix_consistency_counts(tiny, monkeypatch):
     # 4 samples: two share everything, the third shares the first 2 tokens only, the fourth nothing.
     a, b = list(range(10, 18)), list(range(20, 28))
     samples = [a, a, a[:2] + b[2:], b]
-    monkeypatch.setattr(M, "generate", lambda *args, **kw: samples)
+    monkeypatch.setattr(E, "generate", lambda *args, **kw: [samples])  # one question, its 4 samples
     res = E.prefix_consistency(model, tok, [{"question": "q", "gold": "1"}], num_samples=4, max_new_tokens=8)
     assert res["prefix_len"] == [1, 2, 4, 8] and res["avg_samples_per_prefix"] == [2, 2, 4 / 3, 4 / 3]
 
 
 def test_error_position_scripted(tiny, data_file, monkeypatch):
     _, model, tok = tiny
-    rows = E.load_eval_rows(data_file)[:2]
+    rows = load_rows(data_file)[:2]
     # Every question gets a correct sample 0 and an incorrect sample 1; rollouts alternate the same way,
     # so each success rate is exactly 1/2 (a rollout's answer is the last box, i.e. the continuation's).
-    monkeypatch.setattr(M, "generate", scripted(tok, ["step one step two \\boxed{5}", "wrong \\boxed{4}"]))
+    monkeypatch.setattr(E, "generate", scripted(tok, ["step one step two \\boxed{5}", "wrong \\boxed{4}"]))
     res = E.error_position(model, tok, rows, num_samples=2, rollouts=4, max_new_tokens=64)
     assert res["questions_used"] == 1                       # question 2's gold 1/2 is never produced
     for kind in ("correct", "incorrect"):
@@ -128,7 +130,7 @@ def test_error_position_scripted(tiny, data_file, monkeypatch):
 
 def test_error_position_real_model_and_cli(tiny, data_file, tmp_path):
     d, model, tok = tiny
-    res = E.error_position(model, tok, E.load_eval_rows(data_file), num_samples=2, rollouts=2, max_new_tokens=4)
+    res = E.error_position(model, tok, load_rows(data_file), num_samples=2, rollouts=2, max_new_tokens=4)
     assert res["questions_used"] == 0 and res["correct"]["prefix_len"] == []   # random model: never right
     out = tmp_path / "pc.json"
     r = subprocess.run([sys.executable, str(ROOT / "eval.py"), "--model", str(d), "--data", str(data_file),

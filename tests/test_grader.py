@@ -1,4 +1,4 @@
-"""The grader in eval.py: extraction, equivalence, real benchmark files, math-verify agreement, bounds.
+"""The grader (grader.py): extraction, equivalence, real benchmark files, math-verify agreement, bounds.
 
 Needs no model. Tests on the real data skip when /work/shared/data is absent; the agreement test
 skips without math-verify (a test-only reference, never a runtime dependency).
@@ -16,7 +16,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
-import eval as E  # noqa: E402
+import grader as E  # noqa: E402
+from data import load_rows  # noqa: E402
 
 
 def read(name):
@@ -50,7 +51,7 @@ def test_extract_answer(text, dataset, expected):
     assert E.extract_answer(text, dataset) == expected
 
 
-# --- equivalence (ECOSYSTEM.md §2.6 checklist) ------------------------------------------------------
+# --- equivalence (the usual grader normalisations) ------------------------------------------------------
 
 @pytest.mark.parametrize("pred, gold", [
     ("(3, \\frac{\\pi}{2})", "\\left( 3, \\frac{\\pi}{2} \\right)"),
@@ -259,7 +260,7 @@ def test_load_eval_rows_fields(tmp_path):
     rows = [{"question": "a", "answer": "x\n#### 1,234"}, {"problem": "b", "expected_answer": "\\frac12"},
             {"question": "c", "answer": 25}, {"question": "d", "answer": "7", "expected_answer": "8"}]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    got = E.load_eval_rows(path)
+    got = load_rows(path)
     assert [(r["question"], r["gold"], r["dataset"]) for r in got] == [
         ("a", "1234", "gsm8k"), ("b", "\\frac12", None), ("c", "25", None), ("d", "7", None)]
-    assert len(E.load_eval_rows(path, limit=2)) == 2
+    assert len(load_rows(path, limit=2)) == 2

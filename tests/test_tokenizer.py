@@ -49,7 +49,7 @@ def test_chat_template_matches_transformers(dirs, template, conv, gen):
 
 
 def test_chat_template_expected_strings(dirs):
-    """The formats users expect (docs/ECOSYSTEM.md 4.1), checked without transformers."""
+    """The formats users expect (the HF file conventions), checked without transformers."""
     msgs = CONVERSATIONS["user"]
     qwen = Tokenizer.from_pretrained(dirs["chatml"]).apply_chat_template(msgs)
     assert qwen == ("<|im_start|>system\nPlease reason step by step, and put your final answer within "

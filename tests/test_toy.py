@@ -1,5 +1,6 @@
 """Tests of the toy world's generator, tokenizer and config (fast, no model training)."""
 
+import hashlib
 import json
 import random
 import re
@@ -7,6 +8,7 @@ import re
 import pytest
 
 import toy
+from data import UpftError, cache_dir
 
 EQ = re.compile(r"(\d+) ([-+*/]) (\d+) = (\d+)")
 
@@ -156,7 +158,37 @@ def test_model_config():
 
 def test_cache_dir(monkeypatch, tmp_path):
     monkeypatch.setenv("UPFT_CACHE", str(tmp_path))
-    assert toy.cache_dir() == tmp_path
-    assert toy.toy_dir() == tmp_path / toy.TOY_VERSION
+    assert cache_dir() == tmp_path
     monkeypatch.delenv("UPFT_CACHE")
-    assert toy.cache_dir().name == "upft"
+    assert cache_dir().name == "upft"
+
+
+def test_shipped_world_is_what_the_generator_makes():
+    world = toy.load_world()
+    b = world["build"]
+    assert b["version"] == toy.TOY_VERSION and b["steps"] == toy.N_PRETRAIN // toy.PRETRAIN["batch_size"]
+    assert len(world["train"]) == toy.N_UPFT and len(world["test"]) == toy.N_TEST
+    assert world["test"] == toy.make_split(toy.N_TEST, seed=0, split="test", **toy.HARDER)
+    weights = (world["model_dir"] / "model.safetensors").read_bytes()
+    assert hashlib.sha256(weights).hexdigest() == b["model_sha256"]
+    assert json.loads((world["model_dir"] / "config.json").read_text())["num_hidden_layers"] == 4
+
+
+def test_missing_world_is_one_line_error(tmp_path):
+    with pytest.raises(UpftError, match="no toy world"):
+        toy.load_world(tmp_path)
+
+
+@pytest.mark.slow
+def test_partial_rebuild_reproduces_the_shipped_build(tmp_path):
+    """Rebuild the world from scratch with train.fit, stopping after 30 pretraining steps: the problems,
+    the tokenizer and the config are byte-identical to the shipped ones, and the first 30 losses match
+    the shipped build's record (the full rebuild: python scripts/build_toy.py)."""
+    from train import TrainConfig, fit
+    record = toy.build_world(tmp_path / "w", fit, TrainConfig, max_steps=30, log=lambda *_: None)
+    shipped = toy.load_world()["build"]
+    for name in ("train.jsonl", "test.jsonl", "model/tokenizer.json", "model/tokenizer_config.json",
+                 "model/config.json", "model/generation_config.json"):
+        assert (tmp_path / "w" / name).read_bytes() == (toy.WORLD_DIR / name).read_bytes(), name
+    assert record["steps"] == 30
+    assert record["losses"] == pytest.approx(shipped["losses"][:30], rel=1e-5)

@@ -10,10 +10,9 @@ import pytest
 import torch
 
 from conftest import LLAMA, ROOT, build_hf
-from data import UpftError
+from data import IGNORE, UpftError
 from model import Config, Transformer
-from train import (IGNORE, TrainConfig, accumulate_grads, fit, masked_ce_sum, parse_args,
-                   per_sample_mean_sum)
+from train import TrainConfig, accumulate_grads, fit, masked_ce_sum, parse_args, per_sample_mean_sum
 from upft import PREFIX_INSTRUCTION, prefix_vote, split_questions
 
 
@@ -106,7 +105,7 @@ def test_fully_masked_micro_batch_no_nan():
     model.zero_grad(set_to_none=True)
     loss, n = accumulate_grads(model, masked, 2, pad_id=0)  # a whole step with nothing supervised
     assert n == 0 and all(p.grad is None for p in model.parameters())
-    hist = fit(model, masked + ex, TrainConfig(lr=1e-3, batch_size=3, micro_batch_size=1), log=lambda *_: None)
+    hist = fit(model, masked + ex, TrainConfig(lr=1e-3, epochs=1, batch_size=3, micro_batch_size=1), log=lambda *_: None)
     assert all(torch.isfinite(p).all() for p in model.parameters()) and len(hist) == 2
 
 
@@ -217,7 +216,7 @@ def test_resume_after_sigkill_gives_same_weights(tiny_dir, tmp_path):
     ref = _cli(common + ["--out", str(tmp_path / "ref")])
     assert ref.wait(timeout=300) == 0, ref.stderr.read()
     p = _cli(common + ["--out", str(tmp_path / "killed")])
-    ckpt = tmp_path / "killed" / "checkpoint" / "meta.json"
+    ckpt = tmp_path / "killed.partial" / "checkpoint" / "meta.json"
     deadline = time.time() + 120
     while time.time() < deadline and p.poll() is None:
         if ckpt.exists() and json.loads(ckpt.read_text())["step"] >= 10:
@@ -226,9 +225,10 @@ def test_resume_after_sigkill_gives_same_weights(tiny_dir, tmp_path):
     assert p.poll() is None, "training finished before it could be killed"
     p.send_signal(signal.SIGKILL)
     p.wait()
-    assert not (tmp_path / "killed" / "model").exists()
+    assert not (tmp_path / "killed").exists() and not (tmp_path / "killed.partial" / "model").exists()
     r = _cli(common + ["--out", str(tmp_path / "killed"), "--resume"])
     assert r.wait(timeout=300) == 0, r.stderr.read()
+    assert not (tmp_path / "killed.partial").exists()
     a = load_file(tmp_path / "ref" / "model" / "model.safetensors")
     b = load_file(tmp_path / "killed" / "model" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -238,27 +238,86 @@ def test_resume_after_sigkill_gives_same_weights(tiny_dir, tmp_path):
 
 # ----------------------------------------------------------------------------- bad input
 
+def _unsafe_template(d):
+    cfg = json.loads((d / "tokenizer_config.json").read_text())
+    cfg["chat_template"] = "{{ ''.__class__.__mro__[1].__subclasses__() }}"
+    (d / "tokenizer_config.json").write_text(json.dumps(cfg))
+
+
 @pytest.mark.parametrize("make, args, msg", [
     (lambda d: (d / "e.jsonl").write_text(""), ["--data", "{d}/e.jsonl"], "empty"),
     (lambda d: (d / "m.jsonl").write_text('{"question": "a"}\n{oops\n'), ["--data", "{d}/m.jsonl"], ":2"),
     (lambda d: (d / "n.jsonl").write_text('{"prompt": "a"}\n'), ["--data", "{d}/n.jsonl"], "question"),
+    (None, ["--data", "{d}/missing.jsonl"], "not found"),
     (None, ["--data", "{d}/q.jsonl", "--prefix-len", "0"], "prefix-len"),
     (None, ["--data", "{d}/q.jsonl", "--prefix-len", "-3"], "prefix-len"),
     (None, ["--data", "{d}/q.jsonl", "--structure-ratio", "1.5"], "structure-ratio"),
     (None, ["--data", "{d}/q.jsonl", "--structure-ratio", "-0.1"], "structure-ratio"),
-    (None, ["--data", "{d}/missing.jsonl"], "not found"),
+    (None, ["--data", "{d}/q.jsonl", "--limit", "-5"], "--limit"),
+    (None, ["--data", "{d}/q.jsonl", "--eval-limit", "0"], "--eval-limit"),
+    (None, ["--data", "{d}/q.jsonl", "--top-p", "0"], "--top-p"),
+    (None, ["--data", "{d}/q.jsonl", "--top-p", "1.5"], "--top-p"),
+    (None, ["--data", "{d}/q.jsonl", "--top-k", "-1"], "--top-k"),
+    (None, ["--data", "{d}/q.jsonl", "--max-len", "8"], "--max-len"),             # no example would be left
+    (lambda d: (d / "na.jsonl").write_text('{"question": "a"}\n'),                 # rft needs answers
+     ["--data", "{d}/na.jsonl", "--method", "rft"], "answer"),
+    (None, ["--data", "{d}/q.jsonl", "--eval-data", "{d}/missing.jsonl"], "not found"),
 ])
-def test_bad_input_one_line_error(make, args, msg, tiny_dir, tmp_path):
+@pytest.mark.parametrize("model", ["tiny", "toy"])
+def test_bad_input_one_line_error(make, args, msg, model, tiny_dir, tmp_path, monkeypatch, capsys):
+    """Each is refused with one line and exit 2 before any model is loaded (loading would fail the test),
+    and nothing is created: no --out, no --out.partial."""
+    import train
     _questions(tmp_path / "q.jsonl")
     if make:
         make(tmp_path)
-    out = tmp_path / "out"
-    p = _cli(["--model", str(tiny_dir), "--out", str(out), *[a.format(d=tmp_path) for a in args]])
-    stdout, stderr = p.communicate(timeout=120)
-    assert p.returncode == 2
+    before = sorted(f.name for f in tmp_path.iterdir())
+
+    def no_load(*a, **kw):
+        raise AssertionError("a model was loaded before the bad input was found")
+    monkeypatch.setattr(train.Transformer, "from_pretrained", no_load)
+    argv = (["--model", str(tiny_dir)] if model == "tiny" else []) + ["--out", str(tmp_path / "out")]
+    with pytest.raises(SystemExit) as e:
+        train.main(argv + [a.format(d=tmp_path) for a in args])
+    stderr = capsys.readouterr().err
+    assert e.value.code == 2, stderr
     assert stderr.startswith("error:") and msg in stderr and "Traceback" not in stderr
     assert len(stderr.strip().splitlines()) == 1
-    assert not out.exists()  # nothing half-written
+    assert sorted(f.name for f in tmp_path.iterdir()) == before  # nothing half-written
+
+
+def test_bad_input_cli_exit_code(tmp_path):
+    """The same through a real process: the toy default with a broken file (the case a new user hits)."""
+    (tmp_path / "b.jsonl").write_text("{broken\n")
+    t = time.time()
+    p = _cli(["--prefix-len", "8", "--data", str(tmp_path / "b.jsonl"), "--out", str(tmp_path / "out")])
+    _, stderr = p.communicate(timeout=60)
+    assert p.returncode == 2 and stderr.startswith("error:") and "b.jsonl:1" in stderr
+    assert len(stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+    assert time.time() - t < 30  # seconds, not the minutes any model work would take
+
+
+def test_unsafe_chat_template_refused_before_any_work(tiny_dir, tmp_path):
+    import shutil
+    d = tmp_path / "model"
+    shutil.copytree(tiny_dir, d)
+    _unsafe_template(d)
+    p = _cli(["--model", str(d), "--data", str(_questions(tmp_path / "q.jsonl")), "--out", str(tmp_path / "out")])
+    _, stderr = p.communicate(timeout=60)
+    assert p.returncode == 2 and "unsafe" in stderr and len(stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
+
+
+def test_failure_after_sampling_leaves_nothing(tiny_dir, tmp_path):
+    """RFT whose every sample is wrong ends with no training examples, after the run folder was made:
+    the run fails with one line and its .partial folder is removed (nothing in it is worth resuming)."""
+    q = tmp_path / "q.jsonl"
+    q.write_text("".join(json.dumps({"question": f"q{i}", "answer": "impossible answer"}) + "\n" for i in range(4)))
+    p = _cli(["--model", str(tiny_dir), "--data", str(q), "--method", "rft", "--num-samples", "2",
+              "--max-new-tokens", "4", "--no-eval", "--out", str(tmp_path / "out")])
+    _, stderr = p.communicate(timeout=120)
+    assert p.returncode == 2 and "no training examples" in stderr and "Traceback" not in stderr
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["q.jsonl"]
 
 
 def test_existing_out_without_resume(tiny_dir, tmp_path):

@@ -30,7 +30,15 @@ BUDGET = 1.5          # seconds of symbolic work per verdict (a list of 40 eleme
 # --- answer extraction -------------------------------------------------------------------------------
 
 def _last_boxed(text):
-    """Content of the last \\boxed{...} / \\fbox{...} (nested braces counted), or of `\\boxed 5`."""
+    """Content of the last \\boxed{...} / \\fbox{...} (nested braces counted), or of `\\boxed 5`.
+    (Part of exercise extract_answer: you may write this helper or do it all in extract_answer.)
+
+    Returns the stripped text between the braces of the LAST `\\boxed` or `\\fbox` in `text`, with
+    nested braces counted (`\\boxed{\\frac{1}{2}}` -> `\\frac{1}{2}`); spaces before the brace are
+    allowed. `\\boxed 5` (no brace) -> the text up to the next `$` or end of line. None when there is no
+    box, when the box is empty, or when its braces never close (the response was cut off).
+    """
+    # >>> exercise: extract_answer
     i = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
     if i < 0:
         return None
@@ -46,13 +54,30 @@ def _last_boxed(text):
     if k > j:                           # `\boxed 5` (lm-eval's last_boxed_only_string): up to `$`/EOL
         return re.split(r"[$\n]", text[k:], maxsplit=1)[0].strip() or None
     return None
+    # <<< exercise: extract_answer
 
 
 _NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?")   # no nested quantifiers: linear on any input
 
 
 def extract_answer(text, dataset=None):
-    """Final answer of a response (a string) or None. dataset="gsm8k" enables the last-number fallback."""
+    """Final answer of a response (a string) or None. dataset="gsm8k" enables the last-number fallback.
+    (Exercise extract_answer, with the helper _last_boxed; docs/method.md §6: the answer is the last
+    `\\boxed{}`.)
+
+    Inputs: text, a model response (str; None or "" give None); dataset, None or "gsm8k".
+    Output: the answer as a string (not normalised: is_equiv does that), or None.
+    Contract, in order of precedence:
+      1. If the text contains `</think>` (R1-style), look only at what follows the LAST one.
+      2. The content of the LAST `\\boxed{...}` or `\\fbox{...}`, nested braces counted (see
+         _last_boxed), even when an earlier box exists ("Try \\boxed{3}... no: \\boxed{5}" -> "5").
+      3. Else the last `#### ...` line (GSM8K's format), stripped, a final "." removed; a plain number
+         loses its thousands commas ("#### 1,234" -> "1234"); with dataset="gsm8k" only its first number
+         is kept ("#### 18 dollars" -> "18").
+      4. Else, for dataset="gsm8k" only, the LAST number in the text (commas removed); for any other
+         dataset None (on MATH a last-number guess is usually wrong).
+    """
+    # >>> exercise: extract_answer
     if not text:
         return None
     text = text.rsplit("</think>", 1)[-1]           # R1-style: grade only what follows the reasoning
@@ -68,6 +93,7 @@ def extract_answer(text, dataset=None):
     if dataset == "gsm8k" and (nums := _NUMBER.findall(text)):
         return nums[-1].replace(",", "")
     return None
+    # <<< exercise: extract_answer
 
 
 # --- normalisation -----------------------------------------------------------------------------------

@@ -392,6 +392,10 @@ class KVCache:
     Every row writes the same slot each step, so one int `pos` is the write index. Row b's first
     `pad[b]` slots are padding: its token positions are slot - pad[b], and its queries never see
     pad keys. A pad query sees only itself, so SDPA never gets an all-masked row (NaN otherwise).
+
+    Who does what: `Transformer.forward` asks for `positions(T)` and `mask(T)` before the layers run,
+    every layer calls `update(layer, k, v)` at the same `pos`, and forward advances `pos += T` once,
+    after the last layer.
     """
 
     def __init__(self, cfg: Config, batch, max_len, pad, device, dtype):
@@ -403,23 +407,66 @@ class KVCache:
         self.pos = 0
 
     def update(self, layer, k, v):
+        """Write this forward's keys and values of one layer into the cache; return all of that layer's
+        keys and values so far. (Exercise kv_cache_update; docs/method.md §3.2: decoding only L tokens per
+        prefix question is cheap because each step reuses the cached keys instead of re-reading the
+        prompt.)
+
+        Inputs: `layer` (int, 0 <= layer < num_hidden_layers); `k`, `v` of shape (B, K, T, D), the keys
+        (already rotated by RoPE) and values of the T new tokens, which occupy slots pos .. pos + T - 1
+        of every row.
+        Output: (keys, values), each (B, K, pos + T, D): slots 0 .. pos + T - 1 of that layer, i.e.
+        everything cached before plus the new tokens, and nothing beyond (the slots after pos + T are
+        still zeros and must not be attended to). Views of the cache are fine.
+        Edge cases: `update` does NOT advance `pos`: every layer of one forward writes at the same slots,
+        and `Transformer.forward` advances `pos` once, after the last layer. Other layers' slots are
+        left untouched. T may be the whole prompt (prefill) or 1 (a decoding step).
+        """
+        # >>> exercise: kv_cache_update
         T = k.shape[2]
         self.k[layer, :, :, self.pos:self.pos + T] = k
         self.v[layer, :, :, self.pos:self.pos + T] = v
         return self.k[layer, :, :, :self.pos + T], self.v[layer, :, :, :self.pos + T]
+        # <<< exercise: kv_cache_update
 
     def positions(self, T):
+        """Position ids (B, T) of the T tokens about to be written at slots pos .. pos + T - 1.
+        (Exercise kv_cache_positions_mask, with `mask`; docs/method.md §3.2: every prompt of a sampling
+        batch has its own length, so the batch is left-padded.)
+
+        Row b's first real token sits at slot pad[b] and has position 0: position = slot - pad[b]. The
+        RoPE angles come from these positions, so a left-padded row must get exactly the positions it
+        would have alone, unpadded. Pad slots (slot < pad[b]) get position 0 (their outputs are never
+        used; clamping keeps them in RoPE's range). Returns a LongTensor on the cache's device.
+        Example: pad = [2, 0], pos = 0, T = 4 -> [[0, 0, 0, 1], [0, 1, 2, 3]]; then pos = 4, T = 1 ->
+        [[2], [4]].
+        """
+        # >>> exercise: kv_cache_positions_mask
         slots = torch.arange(self.pos, self.pos + T, device=self.pad.device)
         return (slots[None, :] - self.pad[:, None]).clamp(min=0)  # (B, T)
+        # <<< exercise: kv_cache_positions_mask
 
     def mask(self, T):
-        """None where SDPA's fast paths are exact (no padding; causal prefill or one new token)."""
+        """Attention mask for the T new queries (slots pos .. pos + T - 1) over the key slots
+        0 .. pos + T - 1: a bool tensor (B, 1, T, pos + T), True = may attend (SDPA's convention), or
+        None where SDPA's own fast paths are exact. (Exercise kv_cache_positions_mask, with `positions`.)
+
+        A real query at slot q of row b sees key slot s iff pad[b] <= s <= q: causal, and never a pad key
+        of its row. A pad query (q < pad[b]) sees only its own slot (s == q): a row with every key masked
+        makes SDPA return NaN, and a NaN value, even at weight 0, poisons the next layer.
+        None exactly when no row has padding (`any_pad` False) and either pos == 0 (a plain causal
+        prefill; forward then sets is_causal) or T == 1 (one new token sees every cached key).
+        Example: pad = [1, 0], pos = 0, T = 3 -> row 0: [[1,0,0],[0,1,0],[0,1,1]], row 1: the lower
+        triangle [[1,0,0],[1,1,0],[1,1,1]].
+        """
+        # >>> exercise: kv_cache_positions_mask
         if not self.any_pad and (self.pos == 0 or T == 1):
             return None
         q = torch.arange(self.pos, self.pos + T, device=self.pad.device)[:, None]  # (T, 1)
         s = torch.arange(self.pos + T, device=self.pad.device)[None, :]            # (1, S)
         valid = (s <= q) & (s >= self.pad[:, None, None])                          # (B, T, S)
         return (valid | (s == q)).unsqueeze(1)                                     # (B, 1, T, S)
+        # <<< exercise: kv_cache_positions_mask
 
     def select(self, keep):
         """Keep only the rows where `keep` (B,) is True (finished rows leave the batch)."""
@@ -435,10 +482,26 @@ class KVCache:
 
 def sample_next(logits, temperature=0.0, top_k=0, top_p=1.0, generator=None):
     """logits (B, V) -> next ids (B,). Order: temperature, then top-k, then top-p; then one draw per row.
+    (Exercise sample_next; docs/method.md §3.2 for the settings UPFT samples with: temperature 0.6,
+    top-p / top-k from the checkpoint; §2.1 for why the temperature is what UPFT learns from.)
 
-    temperature <= 0 is greedy (no division). top_k 0/None and top_p 1.0 are off. top-k keeps exactly
-    k tokens (scatter, so ties cannot leak); top-p keeps the smallest set reaching p, at least one token.
+    Inputs: logits (B, V), any float dtype (work in fp32); `generator` (a torch.Generator or None) is
+    passed to the one random draw, so a seeded generator makes the result reproducible.
+    Output: a LongTensor (B,) of token ids, on the logits' device.
+    Contract, in this order:
+      1. temperature None or <= 0: greedy, argmax of each row (no division, no randomness).
+      2. Otherwise divide the LOGITS by the temperature (before the softmax: dividing probabilities
+         after it changes nothing once they are renormalised).
+      3. top_k (0 or None = off; k >= V = off): keep exactly the k largest logits of each row, even
+         when several logits tie at the k-th value; the rest get probability 0.
+      4. top_p (None or 1.0 = off): sort the probabilities, keep the smallest set of most likely tokens
+         whose mass reaches top_p (a token is kept iff the mass of the tokens ranked above it is still
+         below top_p), and ALWAYS keep the most likely token, however small top_p is.
+      5. One independent draw per row from the kept, renormalised probabilities (torch.multinomial).
+    Example: probabilities [0.5, 0.3, 0.15, 0.05] with top_p = 0.75 keep tokens {0, 1}; with
+    top_p = 0.2 they keep {0}.
     """
+    # >>> exercise: sample_next
     if temperature is None or temperature <= 0:
         return logits.argmax(-1)
     logits = logits.float() / temperature
@@ -453,6 +516,7 @@ def sample_next(logits, temperature=0.0, top_k=0, top_p=1.0, generator=None):
         p_sorted = p_sorted.masked_fill(drop, 0.0)
         probs = torch.zeros_like(probs).scatter(-1, idx, p_sorted)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    # <<< exercise: sample_next
 
 
 @torch.inference_mode()

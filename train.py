@@ -51,11 +51,25 @@ from model import Config, Transformer
 
 def masked_ce_sum(logits, labels):
     """Sum of next-token CE over supervised positions, and their count. logits (B, T, V), labels (B, T)
-    aligned with input_ids: position t's logits predict labels[t + 1] (the shift happens here, once)."""
+    aligned with input_ids: position t's logits predict labels[t + 1] (the shift happens here, once).
+    (Exercise masked_ce_sum; Eq. 8 is a sum of token log-likelihoods; docs/method.md §4 for the
+    normaliser.)
+
+    Inputs: logits (B, T, V) from the model (any float dtype: compute the loss in fp32); labels (B, T),
+    a LongTensor aligned with input_ids, IGNORE (-100) on the prompt and on padding.
+    Output: (loss, n): loss = a 0-dim fp32 tensor that carries the gradient, the SUM over every b and
+    every t < T - 1 with labels[b, t + 1] != IGNORE of -log softmax(logits[b, t])[labels[b, t + 1]];
+    n = an int, the number of those supervised positions (the normaliser the caller divides by: NOT
+    the sequence length, NOT the batch size, NOT B * (T - 1)).
+    Edge cases: labels[:, 0] is never a target (nothing predicts the first token); the logits of the
+    last position predict nothing; with no supervised position the loss is 0 (not NaN) and n = 0.
+    """
+    # >>> exercise: masked_ce_sum
     logits, targets = logits[:, :-1].float(), labels[:, 1:]
     loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
                            ignore_index=IGNORE, reduction="sum")
     return loss, int((targets != IGNORE).sum())
+    # <<< exercise: masked_ce_sum
 
 
 def per_sample_mean_sum(logits, labels):
@@ -86,7 +100,26 @@ def supervised_count(example, loss_norm="token"):
 
 def accumulate_grads(model, examples, micro_batch_size, pad_id, loss_norm="token", autocast=None):
     """Backward over one optimizer step's examples in micro-batches; the gradient is that of
-    (sum of losses) / (step normaliser), however the step is split. Returns (mean loss, normaliser)."""
+    (sum of losses) / (step normaliser), however the step is split. Returns (mean loss, normaliser).
+    (Exercise accumulate_grads; docs/method.md §4. Uses masked_ce_sum, so do that exercise first.)
+
+    Inputs: model (a Transformer; gradients are ADDED to its .grad, the caller zeroes them between
+    steps); examples, the step's list of {"input_ids", "labels"} (labels aligned, IGNORE on the
+    prompt), of unequal lengths and unequal supervised counts; micro_batch_size, the examples per
+    forward/backward (examples[0:m], examples[m:2m], ...; the last one may be smaller); pad_id, the
+    input id used by `collate` for padding; loss_norm "token" (the default) or "sample"; autocast, a
+    context manager for the forward (None = none).
+    Output: (mean loss, normaliser). With loss_norm="token" the normaliser N is the number of
+    supervised tokens of the WHOLE step (`supervised_count` summed over the examples) and, after the
+    call, .grad holds the gradient of (sum of the step's token losses) / N: the gradient of one big
+    batch, whatever micro_batch_size is. Mean loss = that quantity as a float. ("sample": the
+    normaliser counts samples and each sample's loss is its token mean: per_sample_mean_sum.)
+    Each micro-batch's loss sum must therefore be divided by the step's N, not by its own count,
+    not by the number of micro-batches, not by the batch size or the sequence length.
+    Edge cases: a step with no supervised token returns (nan, 0) and leaves .grad untouched (no
+    backward at all); a micro-batch with no supervised token is skipped.
+    """
+    # >>> exercise: accumulate_grads
     counts = [supervised_count(e, loss_norm) for e in examples]
     total = sum(counts)
     if total == 0:
@@ -105,6 +138,7 @@ def accumulate_grads(model, examples, micro_batch_size, pad_id, loss_norm="token
         (loss / total).backward()
         step_loss += loss.item()
     return step_loss / total, total
+    # <<< exercise: accumulate_grads
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -127,12 +161,26 @@ class TrainConfig:
 
 def lr_at(step, total_steps, tc: TrainConfig):
     """Linear warmup over the first warmup_ratio of the steps, then constant (constant_with_warmup).
-    The cosine option (decay to 10% of the peak) is what pretraining the toy model from scratch uses."""
+    The cosine option (decay to 10% of the peak) is what pretraining the toy model from scratch uses.
+    (Exercise lr_at; docs/method.md §4: constant learning rate after a 3% linear warmup.)
+
+    Inputs: step, the 0-based optimizer step (0 <= step < total_steps); total_steps >= 1; tc, a
+    TrainConfig: tc.lr (the peak), tc.warmup_ratio (>= 0), tc.schedule ("constant" or "cosine").
+    Output: the learning rate (float) for that step.
+    Contract: W = max(1, ceil(warmup_ratio * total_steps)) warmup steps. For step < W the rate rises
+    linearly and reaches the peak ON the last warmup step: lr * (step + 1) / W (so step 0 already
+    trains, at lr / W). From step W on: "constant" keeps lr (no decay, ever); "cosine" follows
+    lr * (0.1 + 0.9 * 0.5 * (1 + cos(pi * (step - W) / max(1, total_steps - W)))), i.e. starts at the
+    peak at step W and decays towards 10% of it. warmup_ratio = 0 means W = 1: the peak from step 0.
+    Example: lr 1e-3, warmup_ratio 0.03, 100 steps: W = 3; steps 0, 1, 2 get 1/3, 2/3, 3/3 of 1e-3.
+    """
+    # >>> exercise: lr_at
     warm = max(1, math.ceil(tc.warmup_ratio * total_steps))
     if step < warm or tc.schedule == "constant":
         return tc.lr * min(1.0, (step + 1) / warm)
     progress = (step - warm) / max(1, total_steps - warm)
     return tc.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+    # <<< exercise: lr_at
 
 
 def step_batches(n, tc: TrainConfig):

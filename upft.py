@@ -39,19 +39,45 @@ PREFIX_INSTRUCTION = (" Please provide the initial step towards resolving the qu
 
 def split_questions(n, p, seed):
     """Which questions get a full trace (D_f): a seeded random round(p * n) of them (§3.1; the official
-    code takes the first ones in file order instead). Returns a list of n bools, True = full trace."""
+    code takes the first ones in file order instead). Returns a list of n bools, True = full trace.
+    (Exercise split_questions; the paper's D = D_p + D_f of Eq. 8, p = 0.1 by default.)
+
+    Inputs: n >= 0 questions; p = the fraction of FULL-trace questions (the paper's p; the official
+    code's flag is its complement); seed (int).
+    Output: a list of n bools; exactly round(p * n) of them True (Python's round).
+    Contract: p outside [0, 1] raises UpftError (before anything else). Which questions are True is a
+    random choice that depends only on (n, p, seed): the same arguments always give the same list,
+    whatever the global RNG state (use a torch.Generator seeded with `seed`, not the global one), and
+    different seeds give different choices. Every question is equally likely to be chosen; the choice
+    is not the first k in file order. p = 0 gives no full traces, p = 1 only full traces.
+    """
+    # >>> exercise: split_questions
     if not 0.0 <= p <= 1.0:
         raise UpftError(f"--structure-ratio must be in [0, 1], got {p}")
     k = round(p * n)
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
     full = set(perm[:k])
     return [i in full for i in range(n)]
+    # <<< exercise: split_questions
 
 
 def prefix_vote(samples, L):
     """Most frequent L-token prefix among `samples` (token-id lists). Returns (winner, agreement), where
     agreement = share of samples whose prefix is the winner. Ties go to the prefix that was drawn first
-    (the lowest sample index), a deterministic rule that does not favour any token id."""
+    (the lowest sample index), a deterministic rule that does not favour any token id.
+    (Exercise prefix_vote; §3.3: prefix self-consistency, Fig. 2a, turned into a training signal.)
+
+    Inputs: samples, a non-empty list of token-id lists (N samples of one question, in the order they
+    were drawn; a sample may be shorter than L if it stopped early); L >= 1.
+    Output: (winner, agreement): winner is a list of ints, the first L tokens of a sample (the whole
+    sample if it is shorter: a short sample is its own prefix, so [7] and [7, 8] differ for L = 2);
+    agreement is a float in (0, 1], the number of samples whose L-token prefix equals the winner
+    divided by len(samples).
+    Edge cases: an empty `samples` raises ValueError. Only the first L tokens vote: samples that part
+    after token L agree. Ties: the tied prefix whose first occurrence comes first in `samples` wins,
+    never the smallest (or largest) token ids. N = 1 returns (samples[0][:L], 1.0).
+    """
+    # >>> exercise: prefix_vote
     if not samples:
         raise ValueError("prefix_vote needs at least one sample")
     prefixes = [tuple(s[:L]) for s in samples]
@@ -59,6 +85,7 @@ def prefix_vote(samples, L):
     best = max(counts.values())
     winner = next(p for p in prefixes if counts[p] == best)  # first drawn among the tied
     return list(winner), best / len(prefixes)
+    # <<< exercise: prefix_vote
 
 
 def sample_upft(model, tok, questions, prefix_len, structure_ratio, num_samples=1, max_new_tokens=512,
@@ -94,7 +121,26 @@ def make_example(tok, question, response_ids, kind, prefix_len, max_len=None, fi
             hit the sampling budget without stopping gets no EOS (we do not teach stopping mid-thought).
     Truncation: a sequence longer than max_len is cut at max_len from the right, without forcing an
     EOS (the official code forces one: §5); examples whose prompt leaves no room are dropped.
+    (Exercise make_example; Eq. 8: the prefix term log p(r_<t | x') and the full term log p(r | x).)
+
+    Inputs: tok (data.Tokenizer: use chat_prompt(tok, question, instruction) for the prompt and
+    tok.eos_id for EOS); question (str); response_ids, the sampled answer's token ids (list of ints, as
+    sampled from the PLAIN question); kind "prefix" or "full" (anything else: ValueError); prefix_len
+    = L >= 1 (unused for "full"); max_len (None = no limit); finished (full only: False when the
+    trace hit the sampling budget without stopping).
+    Output: {"kind": kind, "input_ids": [...], "labels": [...]}, two lists of equal length, labels
+    ALIGNED with input_ids (labels[t] = input_ids[t] on supervised positions, IGNORE (-100) on every
+    prompt token; the next-token shift is the loss's job, not this function's).
+    Contract:
+      prefix: input_ids = chat_prompt(tok, question, PREFIX_INSTRUCTION) + response_ids[:L] + [eos];
+              the instruction is appended to the question inside the user turn; the prefix is the
+              first L TOKEN IDS of the response (not L characters, not L words, not re-encoded text).
+      full:   input_ids = chat_prompt(tok, question) + response_ids + ([eos] if finished else []);
+              no instruction.
+      max_len: if len(prompt) >= max_len return None (no answer token would fit); otherwise cut
+              input_ids and labels to their first max_len entries (no EOS forced in).
     """
+    # >>> exercise: make_example
     if kind == "prefix":
         prompt = chat_prompt(tok, question, PREFIX_INSTRUCTION)
         target = list(response_ids[:prefix_len]) + [tok.eos_id]
@@ -108,6 +154,7 @@ def make_example(tok, question, response_ids, kind, prefix_len, max_len=None, fi
     ids = (prompt + target)[:max_len]
     labels = ([IGNORE] * len(prompt) + target)[:max_len]
     return {"kind": kind, "input_ids": ids, "labels": labels}
+    # <<< exercise: make_example
 
 
 def build_examples(tok, questions, rollouts, prefix_len, max_len=None):

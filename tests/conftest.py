@@ -51,3 +51,19 @@ def qwen_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("qwen2")
     build_hf(QWEN2, d, seed=1)
     return d
+
+
+@pytest.fixture(autouse=True)
+def _one_thread_for_tiny_models(request):
+    """The course-kit tests run models of a few thousand parameters: one thread is fastest, and on a busy
+    2-core machine two OpenMP threads per process can make them many times slower."""
+    path = request.node.path
+    if "exercises" not in path.parts and path.name != "test_exercise_variants.py":
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -1,0 +1,94 @@
+"""Contract of model.sample_next: greedy at temperature 0; temperature on the logits; top-k keeps exactly
+k; top-p keeps the smallest set reaching p and never drops the most likely token; one draw per row."""
+import torch
+
+import model
+from helpers import frequencies
+
+N = 40_000   # draws per frequency check: a share's standard error is at most 0.0025
+
+
+def draws(probs, temperature=1.0, seed=0, **kw):
+    """N draws from one row of logits log(probs), as N identical rows."""
+    logits = torch.tensor(probs, dtype=torch.float32).log().expand(N, len(probs)).contiguous()
+    g = torch.Generator().manual_seed(seed)
+    out = model.sample_next(logits, temperature, generator=g, **kw)
+    assert out.shape == (N,) and out.dtype == torch.long, f"expected a LongTensor of shape ({N},), got " \
+                                                          f"{out.dtype} {tuple(out.shape)}"
+    return frequencies(out, len(probs))
+
+
+def close(freq, expected, tol=0.012):
+    expected = torch.tensor(expected, dtype=torch.float64)
+    return bool((freq - expected).abs().max() < tol)
+
+
+def test_temperature_zero_is_greedy():
+    logits = torch.randn(16, 50, generator=torch.Generator().manual_seed(0))
+    for t in (0.0, None, -1.0):
+        got = model.sample_next(logits, t, top_k=5, top_p=0.5)
+        assert torch.equal(got, logits.argmax(-1)), f"temperature {t} must return the argmax of each row"
+
+
+def test_temperature_one_samples_the_softmax():
+    p = [0.5, 0.3, 0.15, 0.05]
+    f = draws(p, 1.0)
+    assert close(f, p), f"at temperature 1 the draws must follow softmax(logits) = {p}, got {f.tolist()}"
+
+
+def test_temperature_divides_the_logits_before_the_softmax():
+    p = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    for t in (0.5, 2.0):
+        want = (p.log() / t).softmax(-1)
+        f = draws(p.tolist(), t, seed=1)
+        assert close(f, want.tolist()), (f"temperature {t}: expected softmax(logits / {t}) = "
+                                         f"{[round(x, 3) for x in want.tolist()]}, got {[round(x, 3) for x in f.tolist()]}")
+
+
+def test_top_k_keeps_exactly_k_tokens():
+    f = draws([0.4, 0.3, 0.2, 0.1], 1.0, top_k=2)
+    assert close(f, [4 / 7, 3 / 7, 0, 0]), f"top_k=2 must sample the 2 best, renormalised; got {f.tolist()}"
+    tied = torch.zeros(2000, 10)  # all ten logits equal: exactly k of them may ever be drawn
+    got = model.sample_next(tied, 1.0, top_k=3, generator=torch.Generator().manual_seed(2))
+    assert len(set(got.tolist())) == 3, f"top_k=3 over ten tied logits drew {len(set(got.tolist()))} distinct ids"
+    f = draws([0.4, 0.3, 0.2, 0.1], 1.0, top_k=4)  # k = V: off
+    assert close(f, [0.4, 0.3, 0.2, 0.1]), "top_k >= vocabulary size must change nothing"
+
+
+def test_top_p_keeps_the_smallest_set_reaching_p():
+    f = draws([0.5, 0.3, 0.15, 0.05], 1.0, top_p=0.75)
+    assert close(f, [0.625, 0.375, 0, 0]), f"top_p=0.75 over [0.5, 0.3, 0.15, 0.05] keeps {{0, 1}}; got {f.tolist()}"
+    f = draws([0.5, 0.3, 0.15, 0.05], 1.0, top_p=0.85)
+    assert close(f, [0.5 / 0.95, 0.3 / 0.95, 0.15 / 0.95, 0]), f"top_p=0.85 keeps {{0, 1, 2}}; got {f.tolist()}"
+    # the vocabulary is not sorted by probability: the set is by probability, not by id
+    f = draws([0.05, 0.3, 0.5, 0.15], 1.0, top_p=0.75)
+    assert close(f, [0, 0.375, 0.625, 0]), f"top_p=0.75 over [0.05, 0.3, 0.5, 0.15] keeps {{1, 2}}; got {f.tolist()}"
+    f = draws([0.5, 0.3, 0.15, 0.05], 1.0, top_p=1.0)
+    assert close(f, [0.5, 0.3, 0.15, 0.05]), "top_p=1.0 must change nothing"
+
+
+def test_top_p_never_drops_the_most_likely_token():
+    for top_p in (0.3, 1e-9):
+        f = draws([0.15, 0.5, 0.3, 0.05], 1.0, top_p=top_p)
+        assert f[1] == 1.0, f"top_p={top_p} below the top probability must keep only the most likely token"
+    f = draws([0.15, 0.5, 0.3, 0.05], 0.7, top_p=1e-9, top_k=3)
+    assert f[1] == 1.0, "the most likely token survives any top_p"
+
+
+def test_temperature_comes_before_top_p():
+    # At temperature 0.5, [0.5, 0.3, 0.15, 0.05] becomes [0.685, 0.247, 0.062, 0.007]: 0.9 is reached
+    # by tokens {0, 1}. Top-p taken on the untempered probabilities would keep token 2 as well.
+    p = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    sharp = (p.log() / 0.5).softmax(-1)
+    want = torch.cat([sharp[:2] / sharp[:2].sum(), torch.zeros(2)])
+    f = draws(p.tolist(), 0.5, top_p=0.9)
+    assert f[2] == 0 and close(f, want.tolist()), (f"temperature, then top-p: expected {want.tolist()}, "
+                                                   f"got {f.tolist()}")
+
+
+def test_one_independent_draw_per_row_and_seeded():
+    logits = torch.zeros(4000, 8)
+    a = model.sample_next(logits, 1.0, generator=torch.Generator().manual_seed(3))
+    b = model.sample_next(logits, 1.0, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(a, b), "the same seeded generator must give the same draws"
+    assert close(frequencies(a, 8), [1 / 8] * 8, tol=0.03), "rows with equal logits must draw independently"

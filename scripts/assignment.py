@@ -1,0 +1,309 @@
+"""The course kit: a student copy of upft made from the reference code, and its grader.
+
+    python scripts/assignment.py list                   # the exercises, in teaching order, and where they are
+    python scripts/assignment.py make DIR               # write a student copy of the repository into DIR
+    python scripts/assignment.py grade [DIR]            # run the contract tests in DIR (default: this copy)
+    python scripts/assignment.py solve DIR [NAME ...]   # put the reference bodies back into DIR (all or some)
+
+An exercise is a function body (or several) between two marker comments in the reference code, a
+line `# >>> exercise: NAME` after the docstring and a line `# <<< exercise: NAME` after the body, both
+at the body's indentation. The docstring above is the exercise's full contract.
+
+`make` copies every file of the repository (git's tracked and untracked-but-not-ignored files, or a
+walk that skips .git, runs/ and caches) except the instructor-only ones below, and replaces what lies
+between the markers by `raise NotImplementedError(...)`; docstrings, signatures, markers and all other
+code stay, so the copy imports and everything that is not an exercise runs. The contract tests of
+exercise NAME are tests/exercises/test_NAME.py; `grade` runs them with pytest in DIR and prints one row
+per exercise (exit 0 only when every exercise passes). docs/teaching.md is the instructor's guide.
+
+Standard library only, so grading works whatever state a student's copy is in.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BEGIN = re.compile(r"^(?P<indent>[ \t]*)# >>> exercise: (?P<name>\w+)[ \t]*$")
+END = re.compile(r"^(?P<indent>[ \t]*)# <<< exercise: (?P<name>\w+)[ \t]*$")
+DEF = re.compile(r"^(?P<indent>[ \t]*)(?:async[ \t]+)?(?:def|class)[ \t]+(?P<name>\w+)")
+# The order of docs/teaching.md (the method's own order, docs/method.md §3-§6); `list` and `grade` use it.
+ORDER = ["split_questions", "sample_next", "kv_cache_update", "kv_cache_positions_mask", "prefix_vote",
+         "make_example", "masked_ce_sum", "accumulate_grads", "lr_at", "extract_answer"]
+TESTS = Path("tests") / "exercises"
+# Never copied into a student copy: the wrong-variant test holds pieces of the reference bodies, and the
+# make/grade round trip needs the reference itself.
+INSTRUCTOR_ONLY = {"tests/test_exercise_variants.py", "tests/test_assignment.py"}
+SKIP_DIRS = {".git", "runs", "__pycache__", ".pytest_cache", ".venv", ".whl", ".gl"}
+STUB = 'raise NotImplementedError("exercise {name}: {func} in {file}; see its docstring and docs/teaching.md")'
+
+
+class KitError(Exception):
+    """A one-line error for the command line."""
+
+
+@dataclass
+class Region:
+    """Lines begin+1 .. end-1 of `file` (0-based) are the body of exercise `name`, inside `func`."""
+    file: str
+    name: str
+    func: str
+    begin: int
+    end: int
+    indent: str
+
+
+def find_regions(text: str, file: str = "<text>") -> list[Region]:
+    """Every marked region of one source file, checked: markers pair up, same name, same indentation,
+    no nesting, a non-empty body, and each region sits inside a def."""
+    lines = text.splitlines()
+    regions, open_ = [], None
+    for i, line in enumerate(lines):
+        if m := BEGIN.match(line):
+            if open_:
+                raise KitError(f"{file}:{i + 1}: exercise {m['name']} opens inside exercise {open_[1]['name']}")
+            open_ = (i, m)
+        elif m := END.match(line):
+            if not open_:
+                raise KitError(f"{file}:{i + 1}: '# <<< exercise: {m['name']}' without its '# >>>' line")
+            j, b = open_
+            if m["name"] != b["name"] or m["indent"] != b["indent"]:
+                raise KitError(f"{file}:{i + 1}: end marker does not match '{lines[j].strip()}' (line {j + 1})")
+            if not any(s.strip() for s in lines[j + 1:i]):
+                raise KitError(f"{file}:{j + 1}: exercise {b['name']} has an empty body")
+            regions.append(Region(file, b["name"], _enclosing(lines, j, b["indent"], file), j, i, b["indent"]))
+            open_ = None
+    if open_:
+        raise KitError(f"{file}:{open_[0] + 1}: exercise {open_[1]['name']} is never closed")
+    return regions
+
+
+def _enclosing(lines, i, indent, file):
+    """Qualified name of the def that holds line i (Class.method for a method)."""
+    names, width = [], len(indent.expandtabs())
+    for line in reversed(lines[:i]):
+        m = DEF.match(line)
+        if m and len(m["indent"].expandtabs()) < width:
+            names.append(m["name"])
+            width = len(m["indent"].expandtabs())
+            if width == 0:
+                break
+    if not names:
+        raise KitError(f"{file}:{i + 1}: exercise marker outside any function")
+    return ".".join(reversed(names))
+
+
+def stub_text(text: str, file: str = "<text>") -> str:
+    """`text` with the body of every marked region replaced by one `raise NotImplementedError(...)`."""
+    lines = text.splitlines(keepends=True)
+    for r in reversed(find_regions(text, file)):
+        stub = r.indent + STUB.format(name=r.name, func=r.func, file=r.file) + "\n"
+        lines[r.begin + 1:r.end] = [stub]
+    return "".join(lines)
+
+
+def is_stub(body: list[str]) -> bool:
+    code = [s.strip() for s in body if s.strip() and not s.strip().startswith("#")]
+    return len(code) == 1 and code[0].startswith('raise NotImplementedError("exercise ')
+
+
+def source_files(root: Path) -> list[str]:
+    """Relative paths of the repository's files: git's view when there is one, else a filtered walk."""
+    if (root / ".git").exists() and shutil.which("git"):
+        p = subprocess.run(["git", "-C", str(root), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                           capture_output=True, text=True)
+        if p.returncode == 0:
+            return sorted({f for f in p.stdout.split("\0") if f and (root / f).is_file()})
+    out = []
+    for d, dirs, files in os.walk(root):
+        dirs[:] = sorted(x for x in dirs if x not in SKIP_DIRS and not x.endswith(".partial"))
+        out += [str((Path(d) / f).relative_to(root)) for f in files if not f.endswith(".pyc")]
+    return sorted(out)
+
+
+def python_files(root: Path) -> list[str]:
+    """The .py files whose markers define the exercises (the tests' own files are not searched)."""
+    return [f for f in source_files(root) if f.endswith(".py") and not f.startswith("tests/")]
+
+
+def exercises(root: Path) -> dict[str, list[Region]]:
+    """{name: its regions}, in teaching order (names missing from ORDER come last, alphabetically)."""
+    found: dict[str, list[Region]] = {}
+    for f in python_files(root):
+        for r in find_regions((root / f).read_text(encoding="utf-8"), f):
+            found.setdefault(r.name, []).append(r)
+    rank = {n: i for i, n in enumerate(ORDER)}
+    return dict(sorted(found.items(), key=lambda kv: (rank.get(kv[0], len(ORDER)), kv[0])))
+
+
+# ----------------------------------------------------------------------------------- the commands
+
+def make(dest, root: Path = ROOT, log=print) -> dict[str, list[Region]]:
+    """Write the student copy into `dest` (which must not exist or be empty); returns its exercises."""
+    dest = Path(dest).resolve()
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise KitError(f"{dest} already exists and is not empty")
+    if dest == root or root in dest.parents and not dest.relative_to(root).parts[0] in SKIP_DIRS:
+        raise KitError(f"{dest} is inside the reference repository (use a folder outside it, or runs/)")
+    ex = exercises(root)
+    for name, regions in ex.items():
+        if all(is_stub((root / r.file).read_text(encoding="utf-8").splitlines()[r.begin + 1:r.end]) for r in regions):
+            raise KitError(f"{root} is already a student copy (exercise {name} is a stub)")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp", dir=dest.parent))
+    try:
+        stubbed = {r.file for rs in ex.values() for r in rs}
+        for f in source_files(root):
+            if f in INSTRUCTOR_ONLY:
+                continue
+            (tmp / f).parent.mkdir(parents=True, exist_ok=True)
+            if f in stubbed:
+                (tmp / f).write_text(stub_text((root / f).read_text(encoding="utf-8"), f), encoding="utf-8")
+            else:
+                shutil.copy2(root / f, tmp / f)
+        if dest.exists():
+            dest.rmdir()
+        os.replace(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log(f"student copy written to {dest}: {len(ex)} exercises stubbed "
+        f"({', '.join(ex)}); grade it with: python scripts/assignment.py grade {dest}")
+    return ex
+
+
+def solve(dest, names=(), root: Path = ROOT, log=print) -> list[str]:
+    """Copy the reference bodies of the named exercises (default: all) into the copy at `dest`."""
+    dest = Path(dest)
+    ref = exercises(root)
+    names = list(names) or list(ref)
+    if unknown := [n for n in names if n not in ref]:
+        raise KitError(f"unknown exercise(s): {', '.join(unknown)} (known: {', '.join(ref)})")
+    files = sorted({r.file for n in names for r in ref[n]})
+    for f in files:
+        src = (root / f).read_text(encoding="utf-8").splitlines(keepends=True)
+        out = (dest / f).read_text(encoding="utf-8").splitlines(keepends=True)
+        theirs = find_regions("".join(out), f)
+        mine = [r for r in find_regions("".join(src), f)]
+        if [r.name for r in theirs] != [r.name for r in mine]:
+            raise KitError(f"{dest / f}: its exercise markers differ from the reference's")
+        for a, b in reversed(list(zip(mine, theirs))):   # from the bottom, so line numbers stay valid
+            if a.name in names:
+                body = src[a.begin + 1:a.end]
+                if is_stub(body):
+                    raise KitError(f"{root / f}: exercise {a.name} is a stub here, not a reference body")
+                out[b.begin + 1:b.end] = body
+        (dest / f).write_text("".join(out), encoding="utf-8")
+    log(f"reference bodies of {', '.join(names)} written into {dest}")
+    return names
+
+
+def run_tests(dest: Path, timeout=900) -> tuple[dict[str, list[dict]], str]:
+    """Run tests/exercises with pytest in `dest`; returns ({test module: [{test, ok, message}]}, output)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        report = Path(tmp) / "report.xml"
+        cmd = [sys.executable, "-m", "pytest", str(TESTS), "-q", "-p", "no:cacheprovider", "-m", "",
+               "--continue-on-collection-errors", f"--junitxml={report}", "-o", "junit_family=xunit2"]
+        try:
+            p = subprocess.run(cmd, cwd=dest, capture_output=True, text=True, timeout=timeout,
+                               env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+        except subprocess.TimeoutExpired:
+            raise KitError(f"the exercise tests did not finish within {timeout}s (an endless loop?)") from None
+        if not report.is_file():
+            raise KitError(f"pytest wrote no report (exit {p.returncode}):\n{(p.stdout + p.stderr)[-2000:]}")
+        results: dict[str, list[dict]] = {}
+        for case in ET.parse(report).getroot().iter("testcase"):
+            where = case.get("classname") or case.get("name") or ""
+            module = next((part for part in where.split(".") if part.startswith("test_")), where)
+            bad = next((c for c in case if c.tag in ("failure", "error")), None)
+            skipped = next((c for c in case if c.tag == "skipped"), None)
+            results.setdefault(module, []).append(
+                {"test": case.get("name") if case.get("classname") else "(import)", "ok": bad is None and skipped is None,
+                 "message": _message(bad if bad is not None else skipped)})
+        return results, p.stdout + p.stderr
+
+
+def _message(node) -> str:
+    """The first informative line of a failure: the exception line, not pytest's 'collection failure'
+    (for an error raised while importing, with the file and line it points at)."""
+    if node is None:
+        return ""
+    msg = (node.get("message") or "").strip()
+    if not msg or msg == "collection failure" or msg.startswith("failed on"):
+        lines = [s[1:].strip() for s in (node.text or "").splitlines() if s.startswith("E ")]
+        msg = next((s for s in lines if re.match(r"\w+(Error|Exception)\b", s)), lines[-1] if lines else msg)
+        where = [m for s in lines if (m := re.match(r'File "(.+)", line (\d+)', s))]
+        if where:
+            msg += f" ({Path(where[-1][1]).name}:{where[-1][2]})"
+    line = msg.splitlines()[0] if msg else "failed"
+    return line if len(line) <= 140 else line[:137] + "..."
+
+
+def grade(dest=ROOT, timeout=900, log=print) -> bool:
+    """Grade the copy at `dest`: one row per exercise; True when every exercise passes."""
+    dest = Path(dest).resolve()
+    ex = exercises(dest)
+    if not ex:
+        raise KitError(f"{dest}: no exercise markers found (is it a copy of upft?)")
+    results, _ = run_tests(dest, timeout)
+    rows, passed = [], 0
+    for name in ex:
+        cases = results.get(f"test_{name}", [])
+        failed = [c for c in cases if not c["ok"]]
+        ok = bool(cases) and not failed
+        passed += ok
+        first = "" if ok else (f"{failed[0]['test']}: {failed[0]['message']}" if failed
+                               else f"no tests found ({TESTS / f'test_{name}.py'})")
+        first = first if len(first) <= 160 else first[:157] + "..."
+        rows.append((name, "passed" if ok else "FAILED", f"{len(cases) - len(failed)}/{len(cases)}", first))
+    w = max(len(r[0]) for r in rows)
+    log(f"{'exercise':<{w}}  {'result':<6}  {'checks':>6}  first failing check")
+    for name, res, checks, first in rows:
+        log(f"{name:<{w}}  {res:<6}  {checks:>6}  {first}")
+    log(f"{passed}/{len(rows)} exercises pass")
+    return passed == len(rows)
+
+
+def list_exercises(root: Path = ROOT, log=print):
+    for i, (name, regions) in enumerate(exercises(root).items(), 1):
+        where = ", ".join(f"{r.file}:{r.func}" for r in regions)
+        log(f"{i:2}. {name:<24} {where}")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description="upft course kit: student copy and grader.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("list", help="the exercises in teaching order")
+    p = sub.add_parser("make", help="write a student copy (exercise bodies stubbed) into DIR")
+    p.add_argument("dir")
+    p = sub.add_parser("grade", help="run the exercise tests in DIR and print one row per exercise")
+    p.add_argument("dir", nargs="?", default=str(ROOT))
+    p.add_argument("--timeout", type=int, default=900, help="seconds for the whole test run (default: 900)")
+    p = sub.add_parser("solve", help="copy the reference bodies of the named exercises (default: all) into DIR")
+    p.add_argument("dir")
+    p.add_argument("names", nargs="*")
+    args = ap.parse_args(argv)
+    try:
+        if args.cmd == "list":
+            list_exercises()
+        elif args.cmd == "make":
+            make(args.dir)
+        elif args.cmd == "solve":
+            solve(args.dir, args.names)
+        else:
+            sys.exit(0 if grade(args.dir, args.timeout) else 1)
+    except KitError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -5,7 +5,8 @@
              answer JSONL for training and evaluation alike: one place for field names and their errors)
   prompts    Tokenizer (tokenizer.json + the checkpoint's own chat template, rendered in jinja2's
              sandbox exactly as transformers does), chat_prompt (the token ids of one user question),
-             IGNORE (the label of a position that is not trained)
+             IGNORE (the label of a position that is not trained), show_example (one training example
+             with its supervised tokens marked)
 
 The tokenizer wraps the Rust `tokenizers` library (the same tokenizer.json a Hugging Face checkpoint
 ships), so the prompts we train and evaluate on are the prompts the model was tuned with.
@@ -355,3 +356,43 @@ def chat_prompt(tok: Tokenizer, question: str, instruction: str = "") -> list[in
     assistant header. UPFT's prefix examples pass the prefix instruction; everything else passes none."""
     return tok.encode(tok.apply_chat_template([{"role": "user", "content": question + instruction}],
                                               add_generation_prompt=True))
+
+
+# ------------------------------------------------------------------------------------- show an example
+
+_MARKS = ("\x1b[30;42m", "\x1b[30;46m")  # supervised tokens: black on green / on cyan, alternating
+_DIM, _RESET = "\x1b[2m", "\x1b[0m"
+
+
+def show_example(tok: Tokenizer, example: dict, color: bool | None = None) -> str:
+    """One training example as text, with the tokens it is trained on marked: each supervised token in
+    [brackets] (or, with color, on an alternating green/cyan background, the prompt dimmed), so token
+    boundaries, the prefix length and the supervised EOS are visible. A newline inside a supervised
+    token is shown as `\\n` (and then kept). color None: colour when stdout is a terminal and NO_COLOR
+    is unset. The first line says how many tokens there are and how many are supervised.
+
+    example: {"input_ids", "labels"} with labels aligned to input_ids (IGNORE = not trained), as
+    upft.make_example returns it and train_examples.jsonl stores it; "kind" is shown when present.
+    """
+    if color is None:
+        color = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+    ids, labels = example["input_ids"], example["labels"]
+    n_sup = sum(1 for t in labels[1:] if t != IGNORE)  # what the loss trains (labels[0] predicts nothing)
+    how = "on a coloured background" if color else "each [in brackets]"
+    out = [f"{example.get('kind', 'training')} example: {len(ids)} tokens, {n_sup} supervised, {how}\n"]
+    plain, k = [], 0
+    for t, (i, y) in enumerate(zip(ids, labels)):
+        if y == IGNORE or t == 0:
+            plain.append(i)
+            continue
+        if plain:
+            text = tok.decode(plain)
+            out.append(f"{_DIM}{text}{_RESET}" if color else text)
+            plain = []
+        piece = tok.decode([i]).replace("\n", "\\n\n")
+        out.append(f"{_MARKS[k % 2]}{piece}{_RESET}" if color else f"[{piece}]")
+        k += 1
+    if plain:
+        text = tok.decode(plain)
+        out.append(f"{_DIM}{text}{_RESET}" if color else text)
+    return "".join(out)

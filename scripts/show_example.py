@@ -1,0 +1,97 @@
+"""Print training examples with the tokens UPFT trains on marked (colour in a terminal, [brackets] otherwise).
+
+    python scripts/show_example.py                          # toy world: sample one answer, show both examples
+    python scripts/show_example.py --index 3 --prefix-len 4 # another toy question, a shorter prefix
+    python scripts/show_example.py --model DIR --question "What is 2 + 3?"
+    python scripts/show_example.py --run runs/<run> --index 0   # an example a run really trained on
+
+Without --run, ONE answer is sampled from the model for the plain question (temperature 0.6 and the
+checkpoint's top-p, as train.py samples), and both examples UPFT can make from it are shown: the prefix
+example (question + instruction, the first L tokens, EOS: docs/method.md §3.4) and the full example
+(plain question, whole answer, EOS). With --run, the examples are read from its train_examples.jsonl:
+example --index, or the first prefix and the first full example.
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import torch  # noqa: E402
+
+import toy  # noqa: E402
+from data import Tokenizer, UpftError, chat_prompt, read_jsonl, show_example  # noqa: E402
+from model import Transformer, generate  # noqa: E402
+from upft import make_example  # noqa: E402
+
+
+def from_run(run: Path, index, color):
+    examples = read_jsonl(run / "train_examples.jsonl")
+    tok_dir = run / "model"
+    if not (tok_dir / "tokenizer.json").is_file():
+        tok_dir = Path(json.loads((run / "args.json").read_text())["model_dir"])
+    tok = Tokenizer.from_pretrained(tok_dir)
+    if index is not None:
+        if not 0 <= index < len(examples):
+            raise UpftError(f"--index {index}: {run / 'train_examples.jsonl'} has {len(examples)} examples")
+        chosen = [examples[index]]
+    else:
+        first = [next((e for e in examples if e.get("kind") == kind), None) for kind in ("prefix", "full")]
+        chosen = [e for e in first if e is not None] or examples[:1]
+    return [show_example(tok, e, color) for e in chosen]
+
+
+def sampled(model_dir, question, prefix_len, seed, temperature, max_new_tokens, color):
+    torch.manual_seed(seed)
+    tok = Tokenizer.from_pretrained(model_dir)
+    model = Transformer.from_pretrained(model_dir)
+    gen = tok.generation_config
+    (response,) = generate(model, [chat_prompt(tok, question)], max_new_tokens, temperature=temperature,
+                           top_p=gen.get("top_p", 1.0), top_k=gen.get("top_k", 0) or 0, stop_ids=tok.eos_ids,
+                           seed=seed)
+    finished = len(response) < max_new_tokens
+    return [show_example(tok, make_example(tok, question, response, "prefix", prefix_len), color),
+            show_example(tok, make_example(tok, question, response, "full", prefix_len, finished=finished), color)]
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description="Show training examples with the supervised tokens marked.")
+    ap.add_argument("--run", help="a run folder: show examples from its train_examples.jsonl")
+    ap.add_argument("--index", type=int, help="with --run: the example; else: the toy training question (default 0)")
+    ap.add_argument("--model", help="checkpoint to sample from (default: the toy world in assets/toy)")
+    ap.add_argument("--question", help="the question (default: toy training question --index)")
+    ap.add_argument("--prefix-len", type=int, default=8, help="L (default: %(default)s)")
+    ap.add_argument("--seed", type=int, default=0, help="sampling seed (default: %(default)s)")
+    ap.add_argument("--temperature", type=float, default=0.6, help="(default: %(default)s)")
+    ap.add_argument("--max-new-tokens", type=int, default=256, help="(default: %(default)s)")
+    ap.add_argument("--color", action=argparse.BooleanOptionalAction, default=None,
+                    help="colour instead of brackets (default: when printing to a terminal)")
+    args = ap.parse_args(argv)
+    try:
+        if args.run:
+            shown = from_run(Path(args.run), args.index, args.color)
+        else:
+            if args.prefix_len < 1:
+                raise UpftError(f"--prefix-len must be a positive number of tokens, got {args.prefix_len}")
+            model_dir, question = args.model, args.question
+            if model_dir is None or question is None:
+                world = toy.load_world()
+                model_dir = model_dir or world["model_dir"]
+                if question is None:
+                    if args.model:
+                        raise UpftError("--question is required with --model")
+                    i = args.index or 0
+                    if not 0 <= i < len(world["train"]):
+                        raise UpftError(f"--index {i}: the toy world has {len(world['train'])} training questions")
+                    question = world["train"][i]["question"]
+            shown = sampled(model_dir, question, args.prefix_len, args.seed, args.temperature,
+                            args.max_new_tokens, args.color)
+    except UpftError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    print("\n\n".join(shown))
+
+
+if __name__ == "__main__":
+    main()

@@ -125,3 +125,29 @@ def test_make_grade_solve_round_trip(tmp_path):
     assert p.returncode == 0, p.stdout + p.stderr
     assert list(rows) == names and all(" passed " in line for line in rows.values())
     assert p.stdout.splitlines()[-1] == f"{len(names)}/{len(names)} exercises pass"
+
+
+BLOCK_TRANSFORMERS = """
+import importlib.abc, sys, time
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in ('transformers', 'math_verify'):
+            raise ModuleNotFoundError(f'No module named {name!r} (blocked: the exercise tests must not need it)')
+sys.meta_path.insert(0, Block())
+import pytest
+t = time.time()
+rc = pytest.main(['tests/exercises', 'tests/test_exercise_variants.py', '-q', '-p', 'no:cacheprovider'])
+print(f'exercise tests: {time.time() - t:.1f}s')
+sys.exit(rc)
+"""
+
+
+@pytest.mark.slow
+def test_exercise_tests_need_no_transformers():
+    """What a student's machine may lack: the exercise and wrong-variant tests pass with transformers (and
+    math-verify) made unimportable. (A real check: a venv with only requirements.txt + pytest, see
+    docs/teaching.md.)"""
+    p = subprocess.run([sys.executable, "-c", BLOCK_TRANSFORMERS], cwd=ROOT, capture_output=True, text=True,
+                       timeout=600)
+    print(p.stdout[-400:])
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]

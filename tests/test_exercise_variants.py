@@ -12,7 +12,8 @@ too (so a broken harness cannot make every variant look caught).
 Instructor-only: `scripts/assignment.py make` leaves this file out of the student copy (it holds
 pieces of the reference bodies).
 
-    python tests/test_exercise_variants.py     # prints the table: variant -> the contract tests that catch it
+    python tests/test_exercise_variants.py               # the table: variant -> the contract tests that catch it
+    python tests/test_exercise_variants.py --write-doc   # ... and write it into docs/teaching.md
 """
 from __future__ import annotations
 
@@ -97,6 +98,17 @@ MB_LOSS = "loss, _ = loss_fn(logits, labels.to(device))\n        (loss / total).
 LR_WARM = "max(1, math.ceil(tc.warmup_ratio * total_steps))"
 
 VARIANTS = [  # (exercise, the usual mistake, patches)
+    # --- the split (§3.1)
+    ("split_questions", "p read as the prefix fraction",
+     sub("upft.split_questions", ("k = round(p * n)", "k = round((1 - p) * n)"))),
+    ("split_questions", "the first k questions in file order (the official code)",
+     sub("upft.split_questions", ("full = set(perm[:k])", "full = set(range(k))"))),
+    ("split_questions", "the global RNG instead of the seed",
+     sub("upft.split_questions", ("torch.randperm(n, generator=torch.Generator().manual_seed(seed))", "torch.randperm(n)"))),
+    ("split_questions", "p * n truncated instead of rounded",
+     sub("upft.split_questions", ("k = round(p * n)", "k = int(p * n)"))),
+    ("split_questions", "p outside [0, 1] accepted",
+     sub("upft.split_questions", ("if not 0.0 <= p <= 1.0:", "if False:"))),
     # --- sampling (docs/method.md §3.2, §2.1)
     ("sample_next", "temperature applied after the softmax",
      sub("model.sample_next", ("logits = logits.float() / temperature", "logits = logits.float()"),
@@ -154,17 +166,6 @@ VARIANTS = [  # (exercise, the usual mistake, patches)
      sub("model.KVCache.mask", (NO_PAD_FAST_PATH, "if not self.any_pad:"))),
     ("kv_cache_positions_mask", "no mask for one-token steps even with padding",
      sub("model.KVCache.mask", (NO_PAD_FAST_PATH, "if T == 1 or (not self.any_pad and self.pos == 0):"))),
-    # --- the split (§3.1)
-    ("split_questions", "p read as the prefix fraction",
-     sub("upft.split_questions", ("k = round(p * n)", "k = round((1 - p) * n)"))),
-    ("split_questions", "the first k questions in file order (the official code)",
-     sub("upft.split_questions", ("full = set(perm[:k])", "full = set(range(k))"))),
-    ("split_questions", "the global RNG instead of the seed",
-     sub("upft.split_questions", ("torch.randperm(n, generator=torch.Generator().manual_seed(seed))", "torch.randperm(n)"))),
-    ("split_questions", "p * n truncated instead of rounded",
-     sub("upft.split_questions", ("k = round(p * n)", "k = int(p * n)"))),
-    ("split_questions", "p outside [0, 1] accepted",
-     sub("upft.split_questions", ("if not 0.0 <= p <= 1.0:", "if False:"))),
     # --- prefix voting (§3.3)
     ("prefix_vote", "ties broken by token id",
      sub("upft.prefix_vote", ("winner = next(p for p in prefixes if counts[p] == best)",
@@ -354,7 +355,22 @@ def table(markdown=True):
     return "\n".join(lines)
 
 
+DOC = ROOT / "docs" / "teaching.md"
+DOC_BLOCK = re.compile(r"(<!-- variants:start -->\n)(.*?)(<!-- variants:end -->)", re.S)
+
+
+def test_teaching_guide_lists_every_variant():
+    """docs/teaching.md's table names exactly these variants (its last column comes from `table()`)."""
+    block = DOC_BLOCK.search(DOC.read_text()).group(2)
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in block.splitlines()[2:]]
+    assert [(r[0].strip("`"), r[1]) for r in rows] == [(e, m.replace("|", "/")) for e, m, _ in VARIANTS], \
+        "docs/teaching.md is out of date: python tests/test_exercise_variants.py --write-doc"
+
+
 if __name__ == "__main__":
     import torch
     torch.set_num_threads(1)   # tiny models: one thread is fastest (see tests/conftest.py)
-    print(table())
+    t = table()
+    if "--write-doc" in sys.argv:
+        DOC.write_text(DOC_BLOCK.sub(lambda m: m.group(1) + t + "\n" + m.group(3), DOC.read_text()))
+    print(t)

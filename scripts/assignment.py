@@ -151,7 +151,7 @@ def make(dest, root: Path = ROOT, log=print) -> dict[str, list[Region]]:
     dest = Path(dest).resolve()
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise KitError(f"{dest} already exists and is not empty")
-    if dest == root or root in dest.parents and not dest.relative_to(root).parts[0] in SKIP_DIRS:
+    if dest == root or (root in dest.parents and dest.relative_to(root).parts[0] not in SKIP_DIRS):
         raise KitError(f"{dest} is inside the reference repository (use a folder outside it, or runs/)")
     ex = exercises(root)
     for name, regions in ex.items():
@@ -192,7 +192,7 @@ def solve(dest, names=(), root: Path = ROOT, log=print) -> list[str]:
         src = (root / f).read_text(encoding="utf-8").splitlines(keepends=True)
         out = (dest / f).read_text(encoding="utf-8").splitlines(keepends=True)
         theirs = find_regions("".join(out), f)
-        mine = [r for r in find_regions("".join(src), f)]
+        mine = find_regions("".join(src), f)
         if [r.name for r in theirs] != [r.name for r in mine]:
             raise KitError(f"{dest / f}: its exercise markers differ from the reference's")
         for a, b in reversed(list(zip(mine, theirs))):   # from the bottom, so line numbers stay valid

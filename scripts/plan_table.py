@@ -29,7 +29,7 @@ MODELS = [  # name, hub id, shapes, L, max_len, sampling/eval budget, extra flag
     ("DeepSeek-R1-Distill-Qwen-7B", "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B",
      {**QWEN_7B, "max_position_embeddings": 131072}, 128, 16384, 16384, ["--grad-ckpt"], 1656, 5.0e6),
 ]
-GPUS, GPU_GIB = 8, 80
+GPUS, GPU_GIB = 8, T.PLAN_GPU_GIB  # an "80 GB" GPU reports about 79 GiB
 # Wall-time estimate, stated assumptions: PRM-12K (12,000 questions, 2 epochs, as the paper trains on it),
 # a 150-token prompt per question (+30 for the prefix instruction on prefix examples), the paper's UPFT
 # sampling = tuning token counts (its Table 2) and RFT's mean response length for the evaluation
@@ -87,7 +87,7 @@ def main():
     print("|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
     print("\n```bash\n" + "\n".join(cmds) + "\n```\n")
-    print("| model | tokens trained (2 epochs) | training FLOPs | training time | tokens decoded | decoding FLOPs "
+    print("| model | tokens trained (2 epochs) | training FLOPs | training time | tokens prefilled + decoded | decoding FLOPs "
           "| decoding time | decoding steps per GPU (worst case) | decoding time, by steps |")
     print("|---|---|---|---|---|---|---|---|---|")
     print("\n".join(times))

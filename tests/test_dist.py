@@ -8,11 +8,16 @@ so that both launches train on the same examples. What they check, in the order 
   - a SIGKILLed rank, then --resume: the same final weights as the uninterrupted 2-process run;
   - the plan's static figures equal the bytes of the real tensors after an optimizer step (1 and 2 ranks);
   - rollouts, predictions, accounting: complete, in question order, written once (by rank 0).
-Tolerances (fp32; the ranks' partial sums are added in another order): loss per step rtol 1e-6, grad
-norm rtol 1e-5, weights atol 1e-5 = 1% of the learning rate (1e-3), which bounds what one AdamW step can
-move a weight: AdamW divides each gradient element by its own running scale, so reduction-order noise in
-a near-zero element is amplified up to the LR. Measured: 1.2e-7 (tiny model, token loss); 5e-7 to 4.3e-6
-on the toy-world models tried (per-sample loss); the loss per step agrees to ~5e-8 relative.
+Tolerances (fp32; the ranks' partial sums are added in another order): loss per step rtol 1e-6; grad
+norm rtol 1e-5 (on the toy model 1e-4 after the first step, see below); weights: every element within
+1e-4 (10% of the learning rate, 1e-3) and fewer than 1 in 1,000 elements beyond 1e-6. The weights
+cannot be held to 1e-6 everywhere: AdamW moves an element by about LR * g / (|g| + eps), so where the
+gradient is ~eps (1e-8) and the result of cancellation, reduction-order noise becomes a visible part of
+the LR, and later steps start from these slightly different weights. (Tried: dividing by each rank's
+own count instead of the all-reduced one makes test_two_processes_equal_one fail.)
+Measured: tiny model, every element within 1.2e-7; shipped toy model, one element off by 6.3e-5 after
+one step (its gradient 2.8e-8, the median |g| 3.6e-3), after 3 steps 2.4e-5 at most and 42 of 0.86M
+elements beyond 1e-6.
 """
 import json
 import os
@@ -37,7 +42,16 @@ QWEN_MATH_7B = dict(model_type="qwen2", vocab_size=152064, hidden_size=3584, int
                     tie_word_embeddings=False)
 STATIC = ("weights", "grads", "optimizer")
 LR = 1e-3
-WEIGHT_ATOL = 1e-2 * LR
+
+
+def _assert_weights_close(w1, w2):
+    """See the module docstring: all within 10% of the LR, all but 1 in 1,000 within 1e-6."""
+    assert w1.keys() == w2.keys()
+    worst = max((w1[k] - w2[k]).abs().max().item() for k in w1)
+    off = sum(int(((w1[k] - w2[k]).abs() > 1e-6).sum()) for k in w1)
+    total = sum(w.numel() for w in w1.values())
+    assert worst < 0.1 * LR and off < 1e-3 * total, (worst, off, total)
+    return worst, off
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 # An audit hook loaded into every rank (sitecustomize on PYTHONPATH): it records which rank moved which
@@ -161,12 +175,11 @@ def test_two_processes_equal_one(runs):
         assert y["loss"] == pytest.approx(x["loss"], rel=1e-6)
         assert y["grad_norm"] == pytest.approx(x["grad_norm"], rel=1e-5)
     w1, w2 = _weights(one), _weights(two)
-    assert w1.keys() == w2.keys()
-    diff = max((w1[k] - w2[k]).abs().max().item() for k in w1)
+    diff, off = _assert_weights_close(w1, w2)
     moved = max((w1[k] - _weights_base(runs)[k]).abs().max().item() for k in w1)
     print(f"\nmax |loss difference| {max(abs(x['loss'] - y['loss']) for x, y in zip(m1, m2)):.2e}, "
-          f"max |weight difference| {diff:.2e} (training moved weights by up to {moved:.2e})")
-    assert diff < WEIGHT_ATOL < moved
+          f"max |weight difference| {diff:.2e}, {off} beyond 1e-6 (training moved weights by up to {moved:.2e})")
+    assert diff < 1e-6 < moved  # this model has no gradient element near AdamW's eps
 
 
 def _weights_base(runs):
@@ -289,13 +302,14 @@ def test_toy_two_processes_equal_one_per_sample_loss(tmp_path, monkeypatch):
     assert (one / "train_examples.jsonl").read_text() == (two / "train_examples.jsonl").read_text()
     m1, m2 = _metrics(one), _metrics(two)
     assert len(m1) == len(m2) == 3 and [m["samples"] for m in m1] == [m["samples"] for m in m2] == [5, 5, 2]
-    for x, y in zip(m1, m2):
+    for k, (x, y) in enumerate(zip(m1, m2)):
         assert y["loss"] == pytest.approx(x["loss"], rel=1e-6)
-    w1, w2 = _weights(one), _weights(two)
-    diff = max((w1[k] - w2[k]).abs().max().item() for k in w1)
+        # step 1 starts from the same weights; later steps from weights that may differ in an eps-level
+        # element (module docstring), which moves this model's gradient norm by a few 1e-5
+        assert y["grad_norm"] == pytest.approx(x["grad_norm"], rel=1e-5 if k == 0 else 1e-4)
+    diff, off = _assert_weights_close(_weights(one), _weights(two))
     print(f"\ntoy, per-sample loss: max |loss difference| {max(abs(x['loss'] - y['loss']) for x, y in zip(m1, m2)):.2e}"
-          f", max |weight difference| {diff:.2e}")
-    assert diff < WEIGHT_ATOL
+          f", max |weight difference| {diff:.2e}, {off} element(s) beyond 1e-6")
 
 
 # ----------------------------------------------------------------------------- the memory plan (no torchrun)

@@ -6,6 +6,8 @@ What is here, top to bottom:
   Attention/MLP     grouped-query attention through SDPA; SwiGLU; q/k/v biases for Qwen2
   Transformer       module names equal the HF state-dict keys, so loading is a strict, shape-checked copy
   from_pretrained / save_pretrained   safetensors only (no pickle), sharded or not, atomic writes
+  load_shards / gather_full           torchrun: each rank reads only its FSDP2 shard of every tensor;
+                                      a sharded model's full weights gathered back into a plain one
   KVCache, sample_next, generate      batched decoding of DIFFERENT prompts (left padding) and
                                       prefill-once-then-expand for n samples of one prompt
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from contextlib import ExitStack
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -289,33 +292,26 @@ class Transformer(nn.Module):
         """Load config.json + model.safetensors (or a sharded index) from a directory or hub id."""
         path = resolve(path_or_id)
         cfg = Config.from_json(path / "config.json")
-        with torch.device("meta"):
-            model = cls(cfg)  # no memory: parameters are filled by assign=True below
         state = load_safetensors(path, device, dtype)
-        expected = {k: v.shape for k, v in model.state_dict().items()}
+        check_tensors(path, cfg, {k: v.shape for k, v in state.items()})
         if cfg.tie_word_embeddings:
             state.pop("lm_head.weight", None)  # some tied checkpoints store a copy; the tie wins
-            expected.pop("lm_head.weight")
         for k in [k for k in state if k.endswith("rotary_emb.inv_freq")]:
             del state[k]  # old checkpoints store the RoPE buffer; we recompute it
-        missing = sorted(set(expected) - set(state))
-        extra = sorted(set(state) - set(expected))
-        if missing:
-            raise UpftError(f"{path}: missing tensor(s) in the safetensors files: {', '.join(missing[:5])}"
-                            + (f" (+{len(missing) - 5} more)" if len(missing) > 5 else ""))
-        if extra:
-            raise UpftError(f"{path}: unexpected tensor(s) in the safetensors files: {', '.join(extra[:5])}"
-                            + (f" (+{len(extra) - 5} more)" if len(extra) > 5 else ""))
-        for k, shape in expected.items():
-            if state[k].shape != shape:
-                raise UpftError(f"{path}: tensor {k} has shape {tuple(state[k].shape)}, "
-                                f"config.json implies {tuple(shape)}")
+        model = cls.from_state_dict(cfg, state, device)
+        cfg.torch_dtype = str(dtype).removeprefix("torch.")
+        model.source_dir = path
+        return model
+
+    @classmethod
+    def from_state_dict(cls, cfg: Config, state: dict, device="cpu") -> "Transformer":
+        """A model around `state`'s tensors (used as they are, no copy); a tied head is re-tied."""
+        with torch.device("meta"):
+            model = cls(cfg)  # no memory: parameters are filled by assign=True below
         model.load_state_dict(state, strict=not cfg.tie_word_embeddings, assign=True)
         if cfg.tie_word_embeddings:
             model.lm_head.weight = model.model.embed_tokens.weight
         model.inv_freq = rope_inv_freq(cfg).to(device)
-        cfg.torch_dtype = str(dtype).removeprefix("torch.")
-        model.source_dir = path
         return model.eval()
 
     def save_pretrained(self, out_dir, max_shard_bytes=5 * 2**30, tokenizer_dir=None):
@@ -354,8 +350,29 @@ class Transformer(nn.Module):
                     shutil.copyfile(Path(src) / name, tmp / name)
 
 
-def load_safetensors(path: Path, device="cpu", dtype=torch.float32) -> dict:
-    """All tensors of a checkpoint, one tensor at a time (mmap), converted to dtype on device."""
+def check_tensors(path, cfg: Config, found: dict) -> None:
+    """Refuse a checkpoint whose tensor names or shapes (found: name -> shape) differ from config.json's."""
+    with torch.device("meta"):
+        expected = {k: v.shape for k, v in Transformer(cfg).state_dict().items()}
+    found = {k: tuple(v) for k, v in found.items() if not k.endswith("rotary_emb.inv_freq")}
+    if cfg.tie_word_embeddings:
+        found.pop("lm_head.weight", None)
+        expected.pop("lm_head.weight")
+    missing = sorted(set(expected) - set(found))
+    extra = sorted(set(found) - set(expected))
+    if missing:
+        raise UpftError(f"{path}: missing tensor(s) in the safetensors files: {', '.join(missing[:5])}"
+                        + (f" (+{len(missing) - 5} more)" if len(missing) > 5 else ""))
+    if extra:
+        raise UpftError(f"{path}: unexpected tensor(s) in the safetensors files: {', '.join(extra[:5])}"
+                        + (f" (+{len(extra) - 5} more)" if len(extra) > 5 else ""))
+    for k, shape in expected.items():
+        if found[k] != tuple(shape):
+            raise UpftError(f"{path}: tensor {k} has shape {found[k]}, config.json implies {tuple(shape)}")
+
+
+def safetensors_files(path: Path) -> list:
+    """The checkpoint's safetensors files: the shards an index lists, or model.safetensors."""
     index = path / "model.safetensors.index.json"
     if index.is_file():
         try:
@@ -368,20 +385,79 @@ def load_safetensors(path: Path, device="cpu", dtype=torch.float32) -> dict:
         pickles = [p.name for p in path.glob("*.bin")] + [p.name for p in path.glob("*.pt")]
         hint = f" (found {pickles[0]}: pickle formats are not loaded, convert to safetensors)" if pickles else ""
         raise UpftError(f"{path}: no model.safetensors or model.safetensors.index.json{hint}")
-    state = {}
     for name in files:
-        f = path / name
-        if not f.is_file():
-            raise UpftError(f"{f}: shard listed in the index is missing")
+        if not (path / name).is_file():
+            raise UpftError(f"{path / name}: shard listed in the index is missing")
+    return [path / name for name in files]
+
+
+def load_safetensors(path: Path, device="cpu", dtype=torch.float32) -> dict:
+    """All tensors of a checkpoint, one tensor at a time (mmap), converted to dtype on device."""
+    state = {}
+    for f in safetensors_files(path):
         try:
             with safe_open(f, framework="pt", device="cpu") as sf:
                 for k in sf.keys():
                     state[k] = sf.get_tensor(k).to(device=device, dtype=dtype)
-        except UpftError:
-            raise
         except Exception as e:  # safetensors raises its own error types for truncated/corrupt files
             raise UpftError(f"{f}: cannot read safetensors file ({type(e).__name__}: {e})") from None
     return state
+
+
+# ----------------------------------------------------------------------------- sharded weights (torchrun)
+# Under torchrun, train.py shards the model with FSDP2 (`fully_shard`): every parameter becomes a DTensor
+# cut along dim 0 as torch.chunk cuts it, rank r holding rows [r * ceil(d0 / W), ...) (possibly none).
+# These two functions move weights between that layout and safetensors / a plain model.
+
+def shard_rows(d0: int, world: int, rank: int) -> tuple:
+    """(first row, number of rows) of rank's dim-0 shard of a d0-row tensor (FSDP2's Shard(0))."""
+    chunk = -(-d0 // world)
+    start = min(rank * chunk, d0)
+    return start, max(0, min(chunk, d0 - start))
+
+
+@torch.no_grad()
+def load_shards(model, path: Path, dtype=torch.float32) -> None:
+    """Fill a sharded model (built on the meta device, fully_shard-ed, then `to_empty`) from a checkpoint:
+    each rank reads only its own rows of each tensor (safetensors slices of the mmap'd files), so no rank
+    ever holds the full weights. The RoPE buffer is recomputed."""
+    with ExitStack() as stack:
+        where = {}
+        for f in safetensors_files(path):
+            try:
+                sf = stack.enter_context(safe_open(f, framework="pt", device="cpu"))
+                where.update({k: (f, sf) for k in sf.keys()})
+            except Exception as e:
+                raise UpftError(f"{f}: cannot read safetensors file ({type(e).__name__}: {e})") from None
+        check_tensors(path, model.config, {k: sf.get_slice(k).get_shape() for k, (_, sf) in where.items()})
+        for name, p in model.named_parameters():  # a tied head appears once, as the embedding
+            local = p.to_local()
+            start, rows = shard_rows(p.shape[0], p.device_mesh.size(), p.device_mesh.get_local_rank())
+            assert local.shape[0] == rows, (name, local.shape, rows)  # FSDP2 cuts as torch.chunk does
+            f, sf = where[name]
+            try:
+                local.copy_(sf.get_slice(name)[start:start + rows].to(dtype))
+            except Exception as e:
+                raise UpftError(f"{f}: cannot read tensor {name} ({type(e).__name__}: {e})") from None
+    model.inv_freq = rope_inv_freq(model.config).to(model.inv_freq.device)
+
+
+@torch.no_grad()
+def gather_full(model, dtype, device, keep=True):
+    """The full weights of a sharded model as a plain Transformer of `dtype` on `device`. Every rank must
+    call it (each tensor is all-gathered in turn, so the transient peak is one full fp32 tensor);
+    a rank with keep=False takes part in the gathers and returns None."""
+    state = {}
+    for name, p in model.named_parameters():
+        t = p.full_tensor()
+        if keep:
+            state[name] = t.to(device=device, dtype=dtype)
+        del t
+    if not keep:
+        return None
+    full = Transformer.from_state_dict(model.config, state, device)
+    full.source_dir = model.source_dir
+    return full
 
 
 # ----------------------------------------------------------------------------- generation

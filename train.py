@@ -2,6 +2,8 @@
 
     python train.py --prefix-len 8                      # the embedded toy world (shipped in assets/toy)
     python train.py --model DIR_OR_ID --data train.jsonl --eval-data test.jsonl --prefix-len 8
+    torchrun --nproc-per-node 8 train.py --model ... --device cuda   # sharded with FSDP2 (section "torchrun")
+    python train.py --plan 8 --model DIR_OR_ID --device cuda         # the memory plan per GPU, then exit
 
 Steps (docs/method.md §3): check every input; load the model; greedy base accuracy on the eval set;
 sample ONE answer per question from the model itself (upft.py: prefix-only decoding for D_p, full
@@ -10,24 +12,27 @@ token accounting.
 
 The loss (docs/method.md §4): the sum of token cross-entropy over every supervised token of an
 optimizer step, divided by that step's supervised-token count, so gradient accumulation with unequal
-micro-batches equals one big batch, and every token weighs the same (Eq. 8 read literally).
-`--loss-norm sample` reproduces the official code's weighting instead (each sample's token mean,
-averaged over the step's samples). AdamW (0.9, 0.95), weight decay 0, clip 1.0, constant LR after a
-3% linear warmup. fp32 on CPU; bf16 autocast on CUDA.
+micro-batches equals one big batch, and every token weighs the same (Eq. 8 read literally). Under
+torchrun the count is the whole step's, over all ranks. `--loss-norm sample` reproduces the official
+code's weighting instead (each sample's token mean, averaged over the step's samples). AdamW (0.9,
+0.95), weight decay 0, clip 1.0, constant LR after a 3% linear warmup. fp32 on CPU; bf16 autocast on
+CUDA (sharded: bf16 compute, fp32 master weights and gradient reduction).
 
 The run folder is built as `<out>.partial` and renamed to `<out>` when the run is complete, so a
 folder without that suffix is always a finished run. A failed run deletes its `.partial` folder unless
 it holds something worth resuming (its samples or a training checkpoint); then `--resume` continues it.
-Outputs: args.json, rollouts.jsonl, train_examples.jsonl (the exact input_ids/labels trained on),
-accounting.json, metrics.jsonl, eval_{base,tuned}.json[l], results.json, model/ (HF layout).
-Left out: distributed training, torch.compile, packing.
+Outputs: args.json, memory_plan.json / memory_measured.json, rollouts.jsonl, train_examples.jsonl (the
+exact input_ids/labels trained on), accounting.json, metrics.jsonl, eval_{base,tuned}.json[l],
+results.json, model/ (HF layout). Left out: torch.compile, packing.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import math
+import os
 import shutil
 import sys
 import time
@@ -35,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
@@ -43,8 +49,8 @@ import toy
 import upft
 from data import (IGNORE, Tokenizer, UpftError, atomic_dir, chat_prompt, load_rows, read_jsonl, resolve,
                   write_json, write_jsonl)
-from eval import evaluate
-from model import Config, Transformer
+from eval import evaluate, summarize
+from model import Config, Transformer, gather_full, load_shards, shard_rows
 
 # ----------------------------------------------------------------------------- the loss
 
@@ -118,25 +124,40 @@ def accumulate_grads(model, examples, micro_batch_size, pad_id, loss_norm="token
     not by the number of micro-batches, not by the batch size or the sequence length.
     Edge cases: a step with no supervised token returns (nan, 0) and leaves .grad untouched (no
     backward at all); a micro-batch with no supervised token is skipped.
+
+    Sharded (torchrun): `examples` is this rank's part of the step. The normaliser stays the whole
+    step's (the ranks' counts all-reduced: no rank divides by its own count) and FSDP sums the ranks'
+    gradients, so any split over ranks equals one big batch. Every rank runs as many micro-batches as
+    the busiest one: a rank with nothing (left) to supervise runs a fully masked row, whose loss and
+    gradient are exactly 0, because FSDP's all-gathers and reduce-scatters must pair up across ranks.
     """
     # >>> exercise: accumulate_grads
     counts = [supervised_count(e, loss_norm) for e in examples]
     total = sum(counts)
+    n_micro = -(-len(examples) // micro_batch_size)
+    sharded = is_sharded(model)
+    if sharded:
+        total, n_micro = all_reduce([total], "sum")[0], all_reduce([n_micro], "max")[0]
     if total == 0:
         return float("nan"), 0  # nothing supervised in this step: no gradient, no NaN
     loss_fn = masked_ce_sum if loss_norm == "token" else per_sample_mean_sum
     device = next(model.parameters()).device
     step_loss = 0.0
-    for i in range(0, len(examples), micro_batch_size):
+    for k in range(n_micro):
+        i = k * micro_batch_size
         mb = examples[i:i + micro_batch_size]
         if sum(counts[i:i + micro_batch_size]) == 0:
-            continue  # an all-masked micro-batch would only add 0 * NaN risks
+            if not sharded:
+                continue  # an all-masked micro-batch would only add 0 * NaN risks
+            mb = mb or [{"input_ids": [pad_id, pad_id], "labels": [IGNORE, IGNORE]}]
         ids, labels = collate(mb, pad_id)
         with autocast or contextlib.nullcontext():
             logits = model(ids.to(device))
         loss, _ = loss_fn(logits, labels.to(device))
         (loss / total).backward()
         step_loss += loss.item()
+    if sharded:
+        step_loss = all_reduce([step_loss], "sum", torch.float64)[0]
     return step_loss / total, total
     # <<< exercise: accumulate_grads
 
@@ -198,42 +219,51 @@ def fit(model, examples, tc: TrainConfig, pad_id=0, out=None, resume=False, desc
     With `out`, metrics go to out/metrics.jsonl and, every tc.save_every steps, a resumable checkpoint
     (weights, AdamW state, step, RNG) to out/checkpoint; `resume` continues from it exactly.
     """
+    sharded = is_sharded(model)
+    rank, world = (dist.get_rank(), dist.get_world_size()) if sharded else (0, 1)
     device = next(model.parameters()).device
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else None
+    # bf16 on CUDA: autocast for one process; sharded, FSDP's mixed-precision policy casts instead
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and not sharded else None
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=(0.9, 0.95), weight_decay=0.0,
                             foreach=device.type == "cuda")
     steps = step_batches(len(examples), tc)
     start, stop = 0, min(len(steps), tc.max_steps or len(steps))
     metrics_path = Path(out) / "metrics.jsonl" if out else None
     if resume and out and (Path(out) / "checkpoint").is_dir():
-        start = load_checkpoint(Path(out) / "checkpoint", model, opt)
+        start = (load_sharded_checkpoint if sharded else load_checkpoint)(Path(out) / "checkpoint", model, opt)
         log(f"resumed from {Path(out) / 'checkpoint'} at step {start}/{len(steps)}")
-    elif metrics_path and metrics_path.exists():
+    elif metrics_path and metrics_path.exists() and rank == 0:
         metrics_path.unlink()
     model.train()
     model.gradient_checkpointing = tc.grad_ckpt
-    history = []
-    bar = tqdm(range(start, stop), desc=desc, unit="step", initial=start, total=stop, disable=None)
+    history, measured = [], False
+    bar = tqdm(range(start, stop), desc=desc, unit="step", initial=start, total=stop,
+               disable=None if rank == 0 else True)
     for step in bar:
-        batch = [examples[i] for i in steps[step]]
+        batch = [examples[i] for i in steps[step]][rank::world]  # torchrun: this rank's part of the step
         lr = lr_at(step, len(steps), tc)
         for g in opt.param_groups:
             g["lr"] = lr
         loss, n = accumulate_grads(model, batch, tc.micro_batch_size, pad_id, tc.loss_norm, autocast)
         gnorm = 0.0
         if n > 0:
-            gnorm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), tc.max_grad_norm))
+            gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.max_grad_norm)
+            gnorm = float(gnorm.full_tensor() if sharded else gnorm)  # sharded: the norm over all ranks
             opt.step()
+            if out and not measured:  # the memory plan's static figures, measured (memory_measured.json)
+                record_state_bytes(Path(out) / "memory_measured.json", model, opt, rank)
+                measured = True
         opt.zero_grad(set_to_none=True)
         rec = {"step": step + 1, "loss": loss, "lr": lr, "grad_norm": gnorm,
                "supervised_tokens" if tc.loss_norm == "token" else "samples": n}
         history.append(rec)
         bar.set_postfix(loss=f"{loss:.4f}")
-        if metrics_path:
+        if metrics_path and rank == 0:
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(rec) + "\n")
         if out and tc.save_every and (step + 1) % tc.save_every == 0 and step + 1 < stop:
-            save_checkpoint(Path(out) / "checkpoint", model, opt, step + 1)
+            (save_sharded_checkpoint if sharded else save_checkpoint)(Path(out) / "checkpoint", model, opt,
+                                                                      step + 1)
     bar.close()
     model.eval()
     model.gradient_checkpointing = False
@@ -270,6 +300,305 @@ def load_checkpoint(path: Path, model, opt):
                                 for k in ("exp_avg", "exp_avg_sq", "step")}
     torch.set_rng_state(t["rng.torch"])
     return step
+
+
+# ----------------------------------------------------------------------------- torchrun: FSDP2 and collectives
+# The paper fine-tunes 7-8B models in full on 8 GPUs (its hyperparameters: App. B, Table 3); its released
+# code runs bf16 DeepSpeed ZeRO-3. Here the same sharding is PyTorch's own FSDP2 (`fully_shard`):
+# `torchrun --nproc-per-node N train.py ...`.
+# Each rank holds 1/N of the fp32 master weights, gradients and AdamW moments; a layer's full weights
+# exist only while it runs. Without torchrun nothing below is used and `python train.py` is unchanged.
+
+def init_distributed(device):
+    """(rank, world, this rank's device). Under torchrun (LOCAL_RANK set) join the process group first:
+    NCCL on CUDA (one GPU per process), gloo on CPU."""
+    if "LOCAL_RANK" not in os.environ:
+        return 0, 1, device
+    if torch.device(device).type == "cuda":
+        device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+def is_sharded(model):
+    from torch.distributed.fsdp import FSDPModule
+    return isinstance(model, FSDPModule)
+
+
+def load_sharded_model(model_dir, device, dtype):
+    """Build the model on the meta device (no memory), shard every decoder layer and then the root with
+    fully_shard, allocate only this rank's shards and read them from the checkpoint (model.load_shards).
+
+    On CUDA the policy is bf16 compute with fp32 master weights and an fp32 gradient reduce-scatter
+    (what ZeRO-3 with bf16 does); on CPU everything stays in `dtype` (fp32) and gloo carries it."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+    path = resolve(model_dir)
+    cfg = Config.from_json(path / "config.json")
+    with torch.device("meta"):
+        model = Transformer(cfg).to(dtype)
+    mesh = init_device_mesh(torch.device(device).type, (dist.get_world_size(),))
+    cuda = torch.device(device).type == "cuda"
+    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if cuda else \
+        MixedPrecisionPolicy()
+    for layer in model.model.layers:
+        fully_shard(layer, mesh=mesh, mp_policy=mp)
+    fully_shard(model, mesh=mesh, mp_policy=mp)  # the root: embeddings, final norm, lm_head
+    for m in model.modules():
+        if isinstance(m, FSDPModule):
+            # FSDP averages gradients over ranks by default (each rank's loss a local mean, as in DDP);
+            # our loss is already divided by the whole step's count, so the ranks' gradients are summed.
+            m.set_gradient_divide_factor(1.0)
+            m.set_force_sum_reduction_for_comms(True)
+    model.to_empty(device=device)
+    load_shards(model, path, dtype)
+    cfg.torch_dtype = str(dtype).removeprefix("torch.")
+    model.source_dir = path
+    return model.eval()
+
+
+def _comm_device():
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+
+
+def all_reduce(values, op="sum", dtype=torch.int64):
+    """Element-wise sum or max of a list of numbers over ranks."""
+    t = torch.tensor(values, dtype=dtype, device=_comm_device())
+    dist.all_reduce(t, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
+    return t.tolist()
+
+
+def all_gather_json(obj):
+    """Every rank's `obj` (JSON-serialisable), in rank order, on every rank. Sent as UTF-8 bytes in a
+    uint8 tensor rather than through all_gather_object, which pickles."""
+    data = torch.frombuffer(bytearray(json.dumps(obj).encode()), dtype=torch.uint8).to(_comm_device())
+    sizes = [torch.zeros(1, dtype=torch.int64, device=data.device) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, torch.tensor([data.numel()], device=data.device))
+    longest = max(int(n) for n in sizes)
+    bufs = [torch.zeros(longest, dtype=torch.uint8, device=data.device) for _ in sizes]
+    dist.all_gather(bufs, torch.cat([data, data.new_zeros(longest - data.numel())]))
+    return [json.loads(bytes(b[:int(n)].cpu().tolist())) for b, n in zip(bufs, sizes)]
+
+
+def state_bytes(model, opt):
+    """Bytes this rank holds in parameters, gradients and optimizer state (local shards when sharded;
+    a tied head counted once; AdamW's `step` scalars included, 4 bytes each)."""
+    def nbytes(t):
+        t = t.to_local() if hasattr(t, "to_local") else t
+        return t.numel() * t.element_size()
+    params = list(model.parameters())
+    return {"weights": sum(nbytes(p) for p in params),
+            "grads": sum(nbytes(p.grad) for p in params if p.grad is not None),
+            "optimizer": sum(nbytes(v) for st in opt.state.values() for v in st.values() if torch.is_tensor(v))}
+
+
+def record_state_bytes(path, model, opt, rank):
+    """Write every rank's state_bytes to `path` (rank 0 writes; all ranks must call when sharded)."""
+    mine = state_bytes(model, opt)
+    ranks = all_gather_json(mine) if is_sharded(model) else [mine]
+    if rank == 0:
+        write_json(path, {"ranks": ranks})
+
+
+def save_sharded_checkpoint(path: Path, model, opt, step):
+    """torchrun: each rank writes its own shards (weights, AdamW moments and steps) and its RNG to
+    rank<r>.safetensors in the folder rank 0 builds aside (atomic_dir); once all have, rank 0 adds
+    meta.json (step, world size, the rows each rank holds) and swaps the folder in. No pickle anywhere
+    (torch.distributed.checkpoint pickles its metadata). A rank that dies midway leaves the previous
+    checkpoint untouched."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    local = lambda t: t.to_local() if hasattr(t, "to_local") else t  # noqa: E731
+    tensors = {}
+    for n, p in model.named_parameters():
+        tensors[f"model.{n}"] = local(p.detach()).contiguous().cpu()
+        for k, v in opt.state.get(p, {}).items():
+            tensors[f"opt.{k}.{n}"] = local(v).detach().reshape(-1 if k == "step" else local(v).shape).cpu()
+    tensors["rng.torch"] = torch.get_rng_state()
+    with atomic_dir(path) if rank == 0 else contextlib.nullcontext() as tmp:
+        tmp = Path(all_gather_json(str(tmp) if rank == 0 else None)[0])  # rank 0's folder, for every rank
+        save_file(tensors, tmp / f"rank{rank:05d}.safetensors")
+        dist.barrier()  # every shard is written
+        if rank == 0:
+            layout = {n: {"shape": list(p.shape), "rows": [shard_rows(p.shape[0], world, r) for r in range(world)]}
+                      for n, p in model.named_parameters()}
+            write_json(tmp / "meta.json", {"step": step, "world_size": world, "layout": layout})
+    dist.barrier()  # swapped in
+
+
+def checkpoint_world(path: Path):
+    """The number of processes a checkpoint was written by (None for a plain `python train.py` one)."""
+    try:
+        return json.loads((path / "meta.json").read_text()).get("world_size")
+    except (OSError, json.JSONDecodeError) as e:
+        raise UpftError(f"{path}: cannot read checkpoint ({type(e).__name__}: {e})") from None
+
+
+def load_sharded_checkpoint(path: Path, model, opt):
+    rank, world = dist.get_rank(), dist.get_world_size()
+    if checkpoint_world(path) != world:
+        raise UpftError(f"{path}: written by {checkpoint_world(path) or 'plain python'} process(es); "
+                        f"resume it with the same launch, not {world} processes")
+    try:
+        t = load_file(path / f"rank{rank:05d}.safetensors")
+    except Exception as e:
+        raise UpftError(f"{path}: cannot read checkpoint ({type(e).__name__}: {e})") from None
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            p.to_local().copy_(t[f"model.{n}"])
+            if f"opt.exp_avg.{n}" in t:
+                st = {"step": t[f"opt.step.{n}"].reshape(())}
+                for k in ("exp_avg", "exp_avg_sq"):
+                    st[k] = torch.zeros_like(p)  # a DTensor sharded like p
+                    st[k].to_local().copy_(t[f"opt.{k}.{n}"])
+                opt.state[p] = st
+    torch.set_rng_state(t["rng.torch"])
+    return json.loads((path / "meta.json").read_text())["step"]
+
+
+# ----------------------------------------------------------------------------- memory plan
+# Bytes per rank, printed at the start of every run and by --plan. The static figures are exact (the
+# tensors fit() holds after an optimizer step; tests/test_dist.py compares them with the real ones);
+# activations, FSDP's transient buffers and decoding are estimates from the formulas below.
+
+GiB = 2 ** 30
+PROMPT_TOKENS = 512     # prompt slots assumed per decoded sequence (chat template + a MATH-style question)
+USABLE = 0.9            # share of a GPU's memory the plan may fill (CUDA context, NCCL, fragmentation)
+PLAN_GPU_GIB = 79.0     # --plan without a GPU: about what an "80 GB" A100 / H100 reports
+MAX_DECODE_BATCH = 1024
+
+
+@functools.lru_cache(maxsize=8)
+def _param_shapes(cfg_json):
+    """Shapes of the unique parameters (a tied head once), and the parameter count of one decoder layer
+    and of the root (embeddings, final norm, head): FSDP's units."""
+    with torch.device("meta"):
+        m = Transformer(Config.from_dict(json.loads(cfg_json)))
+    layer = sum(p.numel() for p in m.model.layers[0].parameters())
+    shapes = tuple(tuple(p.shape) for p in m.parameters())
+    root = sum(math.prod(s) for s in shapes) - layer * len(m.model.layers)
+    return shapes, layer, root
+
+
+def memory_plan(cfg, world=1, rank=0, sharded=False, cuda=False, master_bytes=4, micro_batch=1, max_len=4096,
+                grad_ckpt=False, sample_batch=64, sample_tokens=4096, eval_batch=64, eval_tokens=4096,
+                prompt_tokens=PROMPT_TOKENS):
+    """Bytes one rank needs, by kind; `sharded` = under torchrun (FSDP2), else the plain single process.
+
+    exact:     weights, grads (this rank's shard of every parameter, master dtype), optimizer (AdamW's
+               exp_avg and exp_avg_sq, plus one 4-byte float32 `step` scalar per tensor, which torch
+               keeps on the CPU even on CUDA).
+    estimates, with a = bytes of an activation (2 on CUDA: bf16 compute; else the master dtype):
+      gathered     sharded: the root's parameters (unsharded for the whole step) + 3 layers in a
+                   (running, prefetched, its gradient) + the fp32 reduce-scatter input of one layer;
+                   plain CUDA: autocast's cached bf16 copy of every weight.
+      activations  saved for backward per token and layer: a*(2C + (5H + 4K)D + 4I) + 8C (norm inputs
+                   in fp32, q/k/v, rotated q/k, attention in/out, the SwiGLU products); with gradient
+                   checkpointing only each layer's input (C*a) plus one layer recomputed;
+                   times micro_batch * max_len tokens.
+      logits       per token V*(a + 12) + C*(a + 4): the head's output, its fp32 copy, log-softmax and
+                   its gradient.
+      decoding     the weights decoded with (sharded: a full copy, bf16 on CUDA) + the KV cache
+                   2 * layers * batch * K * (prompt + budget) * D * bytes + the prefill's working set
+                   (one layer's activations and attention scores for batch * prompt tokens).
+    """
+    shapes, layer_n, root_n = _param_shapes(json.dumps(cfg.to_dict(), sort_keys=True))
+    n_all = sum(math.prod(s) for s in shapes)
+    local = sum(shard_rows_of(s, world, rank) for s in shapes) if sharded else n_all
+    a = 2 if cuda else master_bytes
+    C, I, V, L = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size, cfg.num_hidden_layers
+    H, K, D = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+    p = {"weights": local * master_bytes, "grads": local * master_bytes,
+         "optimizer": 2 * local * master_bytes + 4 * len(shapes)}
+    p["gathered"] = ((root_n + 3 * layer_n) * a + 4 * layer_n if sharded else 2 * n_all if cuda else 0)
+    per_layer = a * (2 * C + (5 * H + 4 * K) * D + 4 * I) + 8 * C
+    tokens = micro_batch * max_len
+    p["activations_full"] = tokens * L * per_layer
+    p["activations_ckpt"] = tokens * (L * C * a + per_layer)
+    p["activations"] = p["activations_ckpt"] if grad_ckpt else p["activations_full"]
+    p["logits"] = tokens * (V * (a + 12) + C * (a + 4))
+    p["train_total"] = sum(p[k] for k in ("weights", "grads", "optimizer", "gathered", "activations", "logits"))
+    d = 2 if (sharded and cuda) else master_bytes   # bytes of a decoded weight / cache entry
+    p["decode_weights"] = n_all * d if sharded else 0
+    for phase, batch, budget in (("sample", sample_batch, sample_tokens), ("eval", eval_batch, eval_tokens)):
+        kv, prefill = decode_row_bytes(cfg, prompt_tokens, budget, d)
+        p[f"{phase}_batch"], p[f"{phase}_tokens"] = batch, budget
+        p[f"{phase}_kv"], p[f"{phase}_prefill"] = batch * kv, batch * prefill
+        p[f"{phase}_total"] = p["weights"] + p["decode_weights"] + batch * (kv + prefill)
+    return p
+
+
+def shard_rows_of(shape, world, rank):
+    return shard_rows(shape[0], world, rank)[1] * math.prod(shape[1:])
+
+
+def decode_row_bytes(cfg, prompt, budget, d):
+    """(KV cache, prefill working set) of one decoded sequence, in bytes."""
+    C, I, V, L = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size, cfg.num_hidden_layers
+    H, K, D = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+    kv = 2 * L * K * (prompt + budget) * D * d
+    prefill = prompt * d * (2 * C + 3 * I + (H + 2 * K) * D + H * prompt) + V * 4
+    return kv, prefill
+
+
+def decode_batch(cfg, p, capacity, budget, d):
+    """The largest decoding batch whose KV cache and prefill fit next to the weights (capped)."""
+    kv, prefill = decode_row_bytes(cfg, PROMPT_TOKENS, budget, d)
+    return max(0, min(MAX_DECODE_BATCH, int((capacity - p["weights"] - p["decode_weights"]) // (kv + prefill))))
+
+
+def smallest_fix(cfg, kw, capacity):
+    """None if the plan fits `capacity` bytes per rank, else one line naming the smallest change that
+    fits. Tried in this order, the first that fits wins: a smaller micro-batch (same results), gradient
+    checkpointing (same results, ~1/3 more compute), both, more processes (more GPUs), more processes
+    with both; for decoding, the largest sampling or evaluation batch that fits."""
+    p = memory_plan(cfg, **kw)
+    if p["train_total"] > capacity:
+        mb, w0 = kw["micro_batch"], kw["world"]
+        tries = [(f"--micro-batch-size {m}", dict(micro_batch=m)) for m in range(mb - 1, 0, -1)]
+        if not kw["grad_ckpt"]:
+            tries += [("--grad-ckpt" + (f" --micro-batch-size {m}" if m < mb else ""),
+                       dict(grad_ckpt=True, micro_batch=m)) for m in range(mb, 0, -1)]
+        tries += [(f"torchrun --nproc-per-node {w}", dict(world=w, rank=0, sharded=True)) for w in range(w0 + 1, 65)]
+        tries += [(f"torchrun --nproc-per-node {w} --grad-ckpt --micro-batch-size 1",
+                   dict(world=w, rank=0, sharded=True, grad_ckpt=True, micro_batch=1)) for w in range(w0 + 1, 65)]
+        need = f"memory plan: training needs {p['train_total'] / GiB:.1f} GiB per GPU, {capacity / GiB:.1f} GiB usable"
+        for flag, change in tries:
+            q = memory_plan(cfg, **{**kw, **change})["train_total"]
+            if q <= capacity:
+                return f"{need}; smallest change that fits: {flag} ({q / GiB:.1f} GiB)"
+        return f"{need}; nothing fits, up to 64 processes with --grad-ckpt --micro-batch-size 1"
+    d = 2 if (kw["sharded"] and kw["cuda"]) else kw["master_bytes"]
+    for phase, flag in (("sample", "--sample-batch-size"), ("eval", "--eval-batch-size")):
+        if p[f"{phase}_total"] > capacity:
+            b = decode_batch(cfg, p, capacity, p[f"{phase}_tokens"], d)
+            need = (f"memory plan: {phase} decoding needs {p[f'{phase}_total'] / GiB:.1f} GiB per GPU, "
+                    f"{capacity / GiB:.1f} GiB usable")
+            if b < 1:
+                return f"{need}; not even one sequence fits next to the full weights that every GPU decodes with"
+            return f"{need}; smallest change that fits: {flag} {b}"
+    return None
+
+
+def format_plan(p, kw, capacity=None):
+    g = lambda b: f"{b / GiB:7.2f}"  # noqa: E731
+    mode = (f"torchrun, {kw['world']} process(es), FSDP2" if kw["sharded"] else "one process") + \
+        (", bf16 compute" if kw["cuda"] else "") + f", {kw['master_bytes'] * 8}-bit master weights"
+    ck = "with" if kw["grad_ckpt"] else "without"
+    lines = [f"memory plan per rank, GiB ({mode}; rank {kw['rank']}):",
+             f"  weights {g(p['weights'])}   grads {g(p['grads'])}   AdamW {g(p['optimizer'])}   (exact)",
+             f"  gathered/cast weights {g(p['gathered'])}   logits {g(p['logits'])}   activations, "
+             f"{kw['micro_batch']} x {kw['max_len']} tokens: {g(p['activations_full'])} without, "
+             f"{g(p['activations_ckpt'])} with gradient checkpointing   (estimates)",
+             f"  training total {g(p['train_total'])} ({ck} gradient checkpointing)"]
+    for phase in ("sample", "eval") if p["eval_batch"] else ("sample",):
+        lines.append(f"  {phase:6s} decoding: weights {g(p['weights'] + p['decode_weights'])} + KV cache "
+                     f"{g(p[f'{phase}_kv'])} + prefill {g(p[f'{phase}_prefill'])} = {g(p[f'{phase}_total'])}   "
+                     f"(batch {p[f'{phase}_batch']}, {PROMPT_TOKENS} + {p[f'{phase}_tokens']} tokens)")
+    if capacity:
+        lines.append(f"  usable per GPU: {capacity / GiB:.1f} GiB ({USABLE:.0%} of the device)")
+    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------- the command line
@@ -333,8 +662,10 @@ def build_parser():
     a("--limit", "use the first K training questions", type=int)
     a("--eval-limit", "use the first K eval questions", type=int)
     a("--eval-max-new-tokens", "budget of a greedy evaluation answer", type=int)
-    a("--eval-batch-size", "sequences decoded together while evaluating", type=int)
-    a("--sample-batch-size", "sequences decoded together while sampling", type=int)
+    a("--eval-batch-size", "sequences decoded together while evaluating; on CUDA the largest the memory plan "
+      "fits", type=int)
+    a("--sample-batch-size", "sequences decoded together while sampling; on CUDA the largest the memory plan "
+      "fits", type=int)
     a("--seed", "seed of the split, the sampling and the data order", type=int, default=0)
     a("--out", "run folder (default: runs/<time>-<method>-L<L>-s<seed>); must not exist unless --resume")
     a("--resume", "continue the interrupted run <out>.partial from its samples and last checkpoint",
@@ -344,6 +675,10 @@ def build_parser():
     a("--dtype", "weights dtype (fp32 master weights with bf16 autocast on CUDA is the default)",
       choices=["float32", "bfloat16"], default="float32")
     a("--no-eval", "skip base/tuned accuracy", action="store_true")
+    a("--plan", "print the memory plan and exit (reads only config.json); NPROC: plan for torchrun with that "
+      "many processes (default: this launch)", nargs="?", type=int, const=0, metavar="NPROC")
+    a("--gpu-mem", f"GPU memory to plan against, GiB (default: the device's; {PLAN_GPU_GIB} with --plan on a "
+      "machine without one)", type=float, metavar="GIB")
     return ap
 
 
@@ -351,6 +686,8 @@ def parse_args(argv=None):
     """Parse and check every flag (ranges, combinations, the run folder); nothing is read or written."""
     args = build_parser().parse_args(argv)
     for k, (toy_v, real_v) in DEFAULTS.items():
+        if k in ("sample_batch_size", "eval_batch_size") and args.device.startswith("cuda"):
+            continue  # from the memory plan (plan_for)
         if getattr(args, k) is None:
             setattr(args, k, real_v if args.model else toy_v)
     if args.num_samples is None:
@@ -370,6 +707,10 @@ def parse_args(argv=None):
         v = getattr(args, k)
         need(v is None or v > 0, f"--{k.replace('_', '-')} must be positive, got {v}")
     need(args.save_every >= 0, f"--save-every must be >= 0, got {args.save_every}")
+    need(args.plan is None or args.plan >= 0, f"--plan NPROC must be a number of processes, got {args.plan}")
+    need(args.gpu_mem is None or args.gpu_mem > 0, f"--gpu-mem must be positive, got {args.gpu_mem}")
+    if args.plan is not None:
+        return args  # --plan reads config.json only: no data, no run folder
     need(not args.model or args.data, "--data is required with --model (JSONL of training questions)")
     if args.out is None:
         args.out = f"runs/{time.strftime('%Y%m%d-%H%M%S')}-{args.method}-L{args.prefix_len}-s{args.seed}"
@@ -419,46 +760,90 @@ def load_inputs(args):
 
 def run(args, log=print):
     t0 = time.time()
+    rank, nproc, device = init_distributed(args.device)
+    sharded = dist.is_initialized()  # under torchrun (even with one process): FSDP2
+    log = log if rank == 0 else (lambda *_: None)
     model_dir, tok, rows, eval_rows = load_inputs(args)  # bad input fails here: nothing written yet
     out = partial_dir(args.out)
+    if args.resume and (out / "checkpoint" / "meta.json").is_file():
+        saved = checkpoint_world(out / "checkpoint")
+        if saved != (nproc if sharded else None):
+            raise UpftError(f"--resume: {out / 'checkpoint'} was written by "
+                            f"{f'torchrun with {saved} process(es)' if saved else 'plain python'}; resume it "
+                            f"with the same launch")
+    cfg = Config.from_json(Path(model_dir) / "config.json")
+    kw, plan, capacity, fix = plan_for(args, cfg, nproc, rank, sharded, has_eval=bool(eval_rows))
+    log(format_plan(plan, kw, capacity))
+    if fix:  # CUDA only: refuse before loading anything
+        raise UpftError(fix)
     resumable = lambda: (out / "train_examples.jsonl").exists() or (out / "checkpoint").is_dir()  # noqa: E731
     try:
-        out.mkdir(parents=True, exist_ok=args.resume)
-        results = _run(args, model_dir, tok, rows, eval_rows, out, t0, log)
+        if rank == 0:
+            out.mkdir(parents=True, exist_ok=args.resume)
+            write_json(out / "memory_plan.json", {"settings": kw, "usable_bytes": capacity, "ranks": [
+                memory_plan(cfg, **{**kw, "rank": r}) for r in range(nproc)]})
+        if sharded:
+            dist.barrier()  # the folder exists for every rank
+        results = _run(args, model_dir, tok, rows, eval_rows, out, t0, log, rank, nproc, device)
     except BaseException as e:
-        if out.is_dir() and not resumable():
+        if rank == 0 and out.is_dir() and not resumable():
             shutil.rmtree(out, ignore_errors=True)  # nothing worth keeping: leave no trace
         elif out.is_dir() and not isinstance(e, UpftError):
             log(f"the interrupted run is kept in {out}: rerun with --resume to continue it")
         raise
-    out.rename(args.out)  # complete: the folder takes its final name
+    if sharded:
+        dist.barrier()  # every rank is done with the folder
+    if rank == 0:
+        out.rename(args.out)  # complete: the folder takes its final name
     log(report(results, args.out))
     return results
 
 
-def _run(args, model_dir, tok, rows, eval_rows, out, t0, log):
+def _run(args, model_dir, tok, rows, eval_rows, out, t0, log, rank=0, nproc=1, device=None):
     torch.manual_seed(args.seed)
-    model = Transformer.from_pretrained(model_dir, device=args.device, dtype=getattr(torch, args.dtype))
+    sharded, device = dist.is_initialized(), device or args.device
+    dtype = getattr(torch, args.dtype)
+    if sharded:
+        model = load_sharded_model(model_dir, device, dtype)
+    else:
+        model = Transformer.from_pretrained(model_dir, device=args.device, dtype=dtype)
     gen_cfg = tok.generation_config
     top_p = args.top_p if args.top_p is not None else gen_cfg.get("top_p", 1.0)
     top_k = args.top_k if args.top_k is not None else gen_cfg.get("top_k", 0) or 0
-    write_json(out / "args.json", {**vars(args), "model_dir": str(model_dir), "top_p_used": top_p,
-                                   "top_k_used": top_k})
+    if rank == 0:
+        write_json(out / "args.json", {**vars(args), "model_dir": str(model_dir), "top_p_used": top_p,
+                                       "top_k_used": top_k})
 
-    def accuracy(tag):
+    def decoder():
+        """The model to decode with. Sharded: a full copy for the decoding phase only (bf16 on CUDA, the
+        master dtype on CPU), freed before training. The alternative, decoding through the sharded model,
+        all-gathers every layer for every generated token (the whole model's bytes per decoding step over
+        the interconnect, several times the time to read them from HBM) and keeps every rank in lockstep.
+        The memory plan shows the copy fits: a 7-8B model's is 14-15 GiB next to 1/N of the fp32 state."""
+        return gather_full(model, torch.bfloat16 if "cuda" in device else dtype, device) if sharded else model
+
+    def accuracy(tag, dec):
         if not eval_rows:
             return None
         path = out / f"eval_{tag}.json"
         if args.resume and path.exists():
             return json.loads(path.read_text())
-        records, summary = evaluate(model, tok, eval_rows, args.eval_max_new_tokens,
-                                    batch_size=args.eval_batch_size)
-        write_jsonl(out / f"eval_{tag}.jsonl", records)
-        write_json(path, summary)
+        mine = eval_rows[rank::nproc]  # torchrun: every nproc-th question, gathered back in order below
+        records, summary = evaluate(dec, tok, mine, args.eval_max_new_tokens, batch_size=args.eval_batch_size,
+                                    progress=rank == 0)
+        if sharded:
+            for k, r in enumerate(records):
+                r["index"] = rank + k * nproc
+            records = sorted((r for part in all_gather_json(records) for r in part), key=lambda r: r["index"])
+            summary = summarize(records, 1, args.eval_max_new_tokens)
+        if rank == 0:
+            write_jsonl(out / f"eval_{tag}.jsonl", records)
+            write_json(path, summary)
         log(f"{tag} greedy accuracy: {summary['accuracy']:.1%} on {len(eval_rows)} held-out questions")
         return summary
 
-    base = accuracy("base")
+    dec = decoder()
+    base = accuracy("base", dec)
 
     # self-generated data (reused on --resume: the sampling is not repeated)
     ex_path = out / "train_examples.jsonl"
@@ -468,7 +853,8 @@ def _run(args, model_dir, tok, rows, eval_rows, out, t0, log):
         log(f"resume: reusing {len(examples)} training examples from {ex_path}")
     else:
         t_s = time.time()
-        rollouts, acct = sample(model, tok, rows, args, temperature=args.temperature, top_p=top_p, top_k=top_k)
+        rollouts, acct = sample(dec, tok, rows, args, share=(rank, nproc) if sharded else None,
+                                temperature=args.temperature, top_p=top_p, top_k=top_k)
         questions = [r["question"] for r in rows]
         examples, dropped = upft.build_examples(tok, questions, rollouts, args.prefix_len, args.max_len)
         acct.update(questions_used=len(examples), dropped_over_max_len=dropped,
@@ -479,9 +865,13 @@ def _run(args, model_dir, tok, rows, eval_rows, out, t0, log):
             raise UpftError("no training examples (every question was dropped)")
         for r in rollouts:
             r.update(question=questions[r["index"]], response=tok.decode(r["response_ids"]))
-        write_jsonl(out / "rollouts.jsonl", rollouts)
-        write_json(out / "accounting.json", acct)
-        write_jsonl(ex_path, examples)  # last: its presence marks the sampling phase as complete
+        if rank == 0:
+            write_jsonl(out / "rollouts.jsonl", rollouts)
+            write_json(out / "accounting.json", acct)
+            write_jsonl(ex_path, examples)  # last: its presence marks the sampling phase as complete
+    del dec
+    if "cuda" in device:
+        torch.cuda.empty_cache()  # the decoding copy and its cache, before training
 
     tc = TrainConfig(lr=args.lr, epochs=args.epochs, batch_size=args.batch_size,
                      micro_batch_size=args.micro_batch_size, loss_norm=args.loss_norm, seed=args.seed,
@@ -489,35 +879,121 @@ def _run(args, model_dir, tok, rows, eval_rows, out, t0, log):
     t_t = time.time()
     fit(model, examples, tc, pad_id=tok.pad_id, out=out, resume=args.resume, desc=args.method, log=log)
     acct["training_seconds"] = time.time() - t_t
-    model.save_pretrained(out / "model")
-    shutil.rmtree(out / "checkpoint", ignore_errors=True)  # the final model supersedes it
+    if sharded:  # gathered tensor by tensor; rank 0 keeps them (on the CPU) and writes the HF layout
+        full = gather_full(model, dtype, "cpu", keep=rank == 0)
+        if rank == 0:
+            full.save_pretrained(out / "model")
+        del full
+        dist.barrier()
+    else:
+        model.save_pretrained(out / "model")
+    if rank == 0:
+        shutil.rmtree(out / "checkpoint", ignore_errors=True)  # the final model supersedes it
 
-    tuned = accuracy("tuned")
+    dec = decoder()
+    tuned = accuracy("tuned", dec)
+    del dec
     results = {"method": args.method, "prefix_len": args.prefix_len, "structure_ratio": args.structure_ratio,
                "num_samples": args.num_samples, "seed": args.seed, "base": base, "tuned": tuned,
                "accounting": acct, "wall_seconds": time.time() - t0}
-    write_json(out / "results.json", results)
+    if rank == 0:
+        write_json(out / "results.json", results)
     return results
 
 
-def sample(model, tok, rows, args, **sampling):
-    """The method's self-generated rollouts and its token accounting."""
+def sample(model, tok, rows, args, share=None, **sampling):
+    """The method's self-generated rollouts and its token accounting. share=(rank, world) (torchrun):
+    this rank samples every world-th question (its own seed: seed + 1000 * rank), and the rollouts and
+    counts of all ranks are gathered, in question order, on every rank (all of them train on them)."""
     questions = [r["question"] for r in rows]
+    rank, world = share or (0, 1)
     common = dict(max_new_tokens=args.max_new_tokens, seed=args.seed, batch_size=args.sample_batch_size,
-                  **sampling)
+                  progress=rank == 0, **sampling)
     acct = {"method": args.method, "questions": len(rows)}
+    dropped = 0
     if args.method == "upft":
-        rollouts, acct["tokens_sampled"] = upft.sample_upft(model, tok, questions, args.prefix_len,
-                                                            args.structure_ratio, args.num_samples, **common)
-        if args.num_samples > 1:
-            agree = [r["agreement"] for r in rollouts if r["kind"] == "prefix"]
-            acct["mean_prefix_agreement"] = sum(agree) / max(len(agree), 1)
-    elif args.method == "sft":
-        rollouts, acct["tokens_sampled"] = upft.sample_sft(model, tok, questions, **common)
+        rollouts, sampled = upft.sample_upft(model, tok, questions, args.prefix_len, args.structure_ratio,
+                                             args.num_samples, share=share, **common)
     else:
-        rollouts, acct["tokens_sampled"], acct["questions_dropped_no_correct_sample"] = upft.sample_rft(
-            model, tok, questions, [r["gold"] for r in rows], args.num_samples, **common)
+        mine = list(range(rank, len(rows), world))
+        common["seed"] += 1000 * rank
+        if args.method == "sft":
+            rollouts, sampled = upft.sample_sft(model, tok, [questions[i] for i in mine], **common)
+        else:
+            rollouts, sampled, dropped = upft.sample_rft(model, tok, [questions[i] for i in mine],
+                                                         [rows[i]["gold"] for i in mine], args.num_samples,
+                                                         **common)
+        for r in rollouts:
+            r["index"] = mine[r["index"]]
+    if share:
+        parts = all_gather_json([rollouts, sampled, dropped])
+        rollouts = sorted((r for part in parts for r in part[0]), key=lambda r: r["index"])
+        sampled, dropped = sum(part[1] for part in parts), sum(part[2] for part in parts)
+    acct["tokens_sampled"] = sampled
+    if args.method == "upft" and args.num_samples > 1:
+        agree = [r["agreement"] for r in rollouts if r["kind"] == "prefix"]
+        acct["mean_prefix_agreement"] = sum(agree) / max(len(agree), 1)
+    if args.method == "rft":
+        acct["questions_dropped_no_correct_sample"] = dropped
     return rollouts, acct
+
+
+def plan_for(args, cfg, world, rank, sharded, has_eval=True):
+    """This run's memory plan: (settings, plan, usable GPU bytes or None on CPU, refusal line or None).
+    On CUDA, a decoding batch not given is the largest that fits (written back into args)."""
+    cuda = torch.device(args.device).type == "cuda"
+    capacity = None
+    if cuda:
+        gib = args.gpu_mem or (torch.cuda.get_device_properties(torch.device(args.device)).total_memory / GiB
+                               if torch.cuda.is_available() else PLAN_GPU_GIB)
+        capacity = int(USABLE * gib * GiB)
+    master = 2 if args.dtype == "bfloat16" else 4
+    # the longest sampling budget: full traces (none for UPFT with p = 0: prefixes only)
+    budget = args.max_new_tokens if args.method != "upft" or args.structure_ratio > 0 else args.prefix_len
+    has_eval = has_eval and not args.no_eval
+    kw = dict(world=world, rank=rank, sharded=sharded, cuda=cuda, master_bytes=master,
+              micro_batch=args.micro_batch_size, max_len=args.max_len, grad_ckpt=args.grad_ckpt,
+              sample_batch=args.sample_batch_size or 0, sample_tokens=budget,
+              eval_batch=(args.eval_batch_size or 0) if has_eval else 0, eval_tokens=args.eval_max_new_tokens)
+    plan = memory_plan(cfg, **kw)
+    d = 2 if sharded and cuda else master
+    if args.sample_batch_size is None:
+        args.sample_batch_size = kw["sample_batch"] = max(1, decode_batch(cfg, plan, capacity, budget, d))
+    if args.eval_batch_size is None:
+        args.eval_batch_size = max(1, decode_batch(cfg, plan, capacity, args.eval_max_new_tokens, d))
+        kw["eval_batch"] = args.eval_batch_size if has_eval else 0
+    plan = memory_plan(cfg, **kw)
+    return kw, plan, capacity, smallest_fix(cfg, kw, capacity) if capacity else None
+
+
+def plan_config(args):
+    """config.json alone (--plan loads no weights): a local folder's, the hub's, or the toy model's."""
+    if not args.model:
+        shipped = toy.WORLD_DIR / "model" / "config.json"
+        return Config.from_json(shipped) if shipped.is_file() else Config.from_dict(toy.model_config())
+    path = Path(args.model).expanduser()
+    if path.is_dir():
+        return Config.from_json(path / "config.json")
+    try:  # optional, and only for hub ids, as data.resolve
+        from huggingface_hub import hf_hub_download
+        return Config.from_json(hf_hub_download(args.model, "config.json"))
+    except UpftError:
+        raise
+    except Exception as e:
+        raise UpftError(f"{args.model}: no config.json locally or on the Hugging Face Hub ({type(e).__name__})") \
+            from None
+
+
+def print_plan(args):
+    """--plan [NPROC]: the plan of this launch, or of torchrun with NPROC processes; exits 0."""
+    cfg = plan_config(args)
+    world = args.plan or int(os.environ.get("WORLD_SIZE", 1))
+    sharded = bool(args.plan) or "LOCAL_RANK" in os.environ
+    kw, plan, capacity, fix = plan_for(args, cfg, world, 0, sharded, has_eval=True)
+    if int(os.environ.get("RANK", 0)) == 0:
+        print(format_plan(plan, kw, capacity))
+        if fix:
+            print(fix)
 
 
 def report(r, out):
@@ -538,9 +1014,15 @@ def report(r, out):
 
 def main(argv=None):
     try:
-        run(parse_args(argv))
+        args = parse_args(argv)
+        if args.plan is not None:
+            return print_plan(args)
+        run(args)
+        if dist.is_initialized():
+            dist.destroy_process_group()
     except UpftError as e:
-        print(f"error: {e}", file=sys.stderr)
+        if int(os.environ.get("RANK", 0)) == 0:  # torchrun: every rank checks alike; one line, not N
+            print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

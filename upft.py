@@ -89,16 +89,21 @@ def prefix_vote(samples, L):
 
 
 def sample_upft(model, tok, questions, prefix_len, structure_ratio, num_samples=1, max_new_tokens=512,
-                seed=0, batch_size=64, **sampling):
+                seed=0, batch_size=64, share=None, **sampling):
     """UPFT's self-generated data (§3.2): the D_f questions get one full trace, the D_p questions
     `num_samples` prefixes of only L decoded tokens each (num_samples > 1: the most frequent prefix wins).
-    questions: list of str. sampling: temperature, top_p, top_k. Returns (rollouts, tokens sampled)."""
+    questions: list of str. sampling: temperature, top_p, top_k. Returns (rollouts, tokens sampled).
+    share=(rank, world) (torchrun): the split is still drawn over all questions, but only questions
+    rank, rank + world, ... are decoded here, with this rank's own seed (seed + 1000 * rank); the
+    rollouts keep their global index and the token count is this rank's."""
     if prefix_len < 1:
         raise UpftError(f"--prefix-len must be a positive number of tokens, got {prefix_len}")
+    rank, world = share or (0, 1)
     prompts = [chat_prompt(tok, q) for q in questions]  # the plain question: no instruction
     full = split_questions(len(questions), structure_ratio, seed)
-    fi = [i for i, f in enumerate(full) if f]
-    pi = [i for i, f in enumerate(full) if not f]
+    fi = [i for i, f in enumerate(full) if f and i % world == rank]
+    pi = [i for i, f in enumerate(full) if not f and i % world == rank]
+    seed += 1000 * rank  # the decoding seed of this rank (the split above used the run's seed)
     full_outs = _sample(model, tok, [prompts[i] for i in fi], max_new_tokens, 1, seed, batch_size, sampling)
     pre_outs = _sample(model, tok, [prompts[i] for i in pi], prefix_len, num_samples, seed + 1, batch_size,
                        sampling)
@@ -204,9 +209,11 @@ def sample_rft(model, tok, questions, golds, num_samples=16, max_new_tokens=512,
 # ----------------------------------------------------------------------------- helpers
 
 def _sample(model, tok, prompts, max_new_tokens, n, seed, batch_size, sampling):
-    """n samples per prompt; batch_size counts sequences in flight, so a chunk holds batch_size // n prompts."""
+    """n samples per prompt; batch_size counts sequences in flight, so a chunk holds batch_size // n prompts.
+    A progress bar unless sampling says progress=False (torchrun: ranks other than 0)."""
+    sampling = {"progress": True, **sampling}
     return generate(model, prompts, max_new_tokens, num_samples=n, seed=seed, stop_ids=tok.eos_ids,
-                    batch_size=max(1, batch_size // n), progress=True, **sampling)
+                    batch_size=max(1, batch_size // n), **sampling)
 
 
 def _full(i, ids, max_new_tokens):

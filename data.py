@@ -116,6 +116,8 @@ def load_rows(path, limit=None, require_answer=True) -> list[dict]:
     A row without a question, or without an answer when require_answer, raises UpftError naming the
     file and line. Training questions may omit answers (gold None) unless the method needs them.
     """
+    if limit is not None and limit < 1:
+        raise UpftError(f"limit must be a positive number of rows, got {limit}")
     out = []
     for i, row in enumerate(read_jsonl(path)[:limit]):
         question = next((row[k] for k in ("question", "problem") if row.get(k) is not None), None)

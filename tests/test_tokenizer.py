@@ -294,3 +294,21 @@ def test_write_read_round_trip(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["sub", "x.json"]  # no temp files left behind
     assert os.listdir(tmp_path / "sub") == ["x.jsonl"]
     assert isinstance(resolve(Path(tmp_path)), Path)
+
+
+def test_atomic_dir_swaps_in_or_leaves_nothing(tmp_path):
+    from data import atomic_dir
+    target = tmp_path / "folder"
+    with atomic_dir(target) as tmp:
+        (tmp / "a.txt").write_text("one")
+        assert not target.exists()                      # invisible until the block ends
+    assert (target / "a.txt").read_text() == "one"
+    with pytest.raises(RuntimeError):
+        with atomic_dir(target) as tmp:
+            (tmp / "a.txt").write_text("two")
+            raise RuntimeError("write failed")
+    assert (target / "a.txt").read_text() == "one"      # the old folder is untouched
+    with atomic_dir(target) as tmp:
+        (tmp / "b.txt").write_text("new")
+    assert [f.name for f in target.iterdir()] == ["b.txt"]  # replaced whole
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["folder"]  # no temp or old folders left

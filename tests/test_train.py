@@ -199,6 +199,19 @@ def test_tuned_checkpoint_loads_in_transformers(tiny_dir, tmp_path):
         assert hf[0, len(p):].tolist() == got
 
 
+def test_failed_checkpoint_write_leaves_no_temp_folder(tmp_path, monkeypatch):
+    import train
+    model = tiny_model()
+    opt = torch.optim.AdamW(model.parameters())
+
+    def broken(*a, **kw):
+        raise OSError("disk full")
+    monkeypatch.setattr(train, "save_file", broken)
+    with pytest.raises(OSError):
+        train.save_checkpoint(tmp_path / "checkpoint", model, opt, 3)
+    assert list(tmp_path.iterdir()) == []
+
+
 # ----------------------------------------------------------------------------- resume after SIGKILL
 
 def _cli(args, **kw):

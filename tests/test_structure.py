@@ -1,0 +1,54 @@
+"""The module boundaries a reader relies on: no import cycle between the top-level modules, no
+function-level import of a project module (except commented test seams), and a grader without torch."""
+import ast
+import subprocess
+import sys
+
+from conftest import ROOT
+
+MODULES = {p.stem: p for p in ROOT.glob("*.py")}
+
+
+def project_imports(path):
+    """(imported project module, line, is inside a function/class body, line text) for every import."""
+    src = path.read_text()
+    lines = src.splitlines()
+    for node in ast.walk(ast.parse(src)):
+        if isinstance(node, ast.Import):
+            names = [a.name.split(".")[0] for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names = [node.module.split(".")[0]]
+        else:
+            continue
+        for name in names:
+            if name in MODULES:
+                yield name, node.lineno, node.col_offset > 0, lines[node.lineno - 1]
+
+
+def test_no_import_cycle():
+    graph = {m: {name for name, *_ in project_imports(p)} - {m} for m, p in MODULES.items()}
+    state = {}
+
+    def visit(m, stack):
+        state[m] = "open"
+        for n in graph[m]:
+            assert state.get(n) != "open", "import cycle: " + " -> ".join(stack + [m, n])
+            if n not in state:
+                visit(n, stack + [m])
+        state[m] = "done"
+    for m in graph:
+        if m not in state:
+            visit(m, [])
+
+
+def test_project_imports_are_at_module_level():
+    lazy = [f"{p.name}:{line}" for m, p in MODULES.items() for _, line, nested, text in project_imports(p)
+            if nested and "#" not in text]
+    assert lazy == []
+
+
+def test_grader_does_not_import_torch():
+    code = "import sys, grader; assert 'torch' not in sys.modules, 'grader imported torch'; " \
+           "print(grader.is_equiv('\\\\frac{1}{2}', '0.5'))"
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == "True", r.stderr

@@ -535,16 +535,19 @@ def _run(args, model_dir, tok, rows, eval_rows, out, t0, log):
                      micro_batch_size=args.micro_batch_size, loss_norm=args.loss_norm, seed=args.seed,
                      save_every=args.save_every, grad_ckpt=args.grad_ckpt,
                      objective="entropy" if args.method == "em" else "ce", eval_every=args.eval_every)
-    subset = eval_rows[:args.eval_subset]
+    subset, eval_seconds = eval_rows[:args.eval_subset], [0.0]
 
     def during(m):  # greedy accuracy on a fixed held-out subset; its own inference-mode generate, no RNG
+        t_e = time.time()
         _, s = evaluate(m, tok, subset, args.eval_max_new_tokens, batch_size=args.eval_batch_size,
                         progress=False)
+        eval_seconds[0] += time.time() - t_e
         return {"eval_accuracy": s["accuracy"], "eval_questions": s["questions"]}
     t_t = time.time()
     fit(model, examples, tc, pad_id=tok.pad_id, out=out, resume=args.resume, desc=args.method, log=log,
         evaluate=during if subset else None)
-    acct["training_seconds"] = time.time() - t_t
+    acct["training_seconds"] = time.time() - t_t - eval_seconds[0]  # without the evaluations during it
+    acct["eval_during_training_seconds"] = eval_seconds[0]
     model.save_pretrained(out / "model")
     shutil.rmtree(out / "checkpoint", ignore_errors=True)  # the final model supersedes it
 

@@ -1,0 +1,163 @@
+"""Regenerate the README's pictures (PNG files under docs/) from the toy world and the results table's runs.
+
+    python scripts/figures.py                      # after python scripts/results_table.py
+    python scripts/figures.py --skip-fig2          # only the two pictures drawn from the table's runs
+
+  docs/fig2a_toy.png           prefix self-consistency on the toy (the paper's Fig. 2a; docs/method.md §1)
+  docs/fig2b_toy.png           where errors occur on the toy (the paper's Fig. 2b)
+  docs/accuracy_vs_step.png    greedy accuracy on 100 held-out questions during training, per method
+                               (mean over seeds; the rise-then-fall reported for self-training, §7)
+  docs/accuracy_vs_tokens.png  accuracy change vs tokens sampled (log scale), one point per method with its
+                               95% interval over seeds: the paper's cost claim (§3.2) as a picture
+
+The two Fig. 2 analyses are eval.py's functions with the README's settings (100 questions x 16 samples;
+60 questions x 8 samples x 8 rollouts; temperature 0.6, 256 new tokens); their numbers are also written to
+runs/figures/*.json. matplotlib is needed here only (requirements-plots.txt).
+"""
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
+
+import results_table as rt  # noqa: E402  (the rows, their run folders and the interval)
+
+COLORS = {"baseline": "tab:blue", "upft": "tab:red", "control": "tab:gray"}
+
+
+def pyplot():
+    try:  # matplotlib is optional (requirements-plots.txt, not requirements.txt): only pictures need it
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        sys.exit("error: the pictures need matplotlib: python3 -m pip install -r requirements-plots.txt")
+    return plt
+
+
+def fig2(plt, docs, work):
+    """The paper's two prefix analyses (Fig. 2a, 2b) on the toy world's held-out questions."""
+    import toy
+    from data import Tokenizer, load_rows
+    from eval import error_position, prefix_consistency
+    from model import Transformer
+    world = toy.load_world()
+    tok = Tokenizer.from_pretrained(world["model_dir"])
+    model = Transformer.from_pretrained(world["model_dir"])
+    rows = load_rows(world["dir"] / "test.jsonl")
+    common = dict(max_new_tokens=256, temperature=0.6, top_p=1.0, batch_size=256, seed=0)
+    a = prefix_consistency(model, tok, rows[:100], 16, **common)
+    b = error_position(model, tok, rows[:60], 8, 8, **common)
+    for name, r in (("fig2a_toy", a), ("fig2b_toy", b)):
+        (work / f"{name}.json").write_text(json.dumps(r, indent=1))
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    ax.plot(a["prefix_len"], a["avg_samples_per_prefix"], marker="o", color="tab:red")
+    ax.axhline(16, color="0.7", lw=0.8, ls="--")
+    ax.set(xscale="log", xlabel="prefix length t (tokens)", ylabel="samples sharing the prefix (of 16)",
+           title=f"Prefix self-consistency on the toy (Fig. 2a)\n{a['questions']} held-out questions, "
+                 "16 samples each, T = 0.6", ylim=(0, 17))
+    ax.set_xticks(a["prefix_len"], [str(t) for t in a["prefix_len"]])
+    fig.tight_layout()
+    fig.savefig(docs / "fig2a_toy.png", dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for kind, color in (("correct", "tab:green"), ("incorrect", "tab:red")):
+        r = b[kind]
+        x = [max(t, 0.5) for t in r["prefix_len"]]  # t = 0 (no prefix) drawn at 0.5 on the log axis
+        ax.plot(x, r["success_rate"], marker="o", color=color, label=f"from a {kind} sample")
+    ts = b["correct"]["prefix_len"]
+    ax.set_xscale("log")
+    ax.set_xticks([max(t, 0.5) for t in ts], [str(t) for t in ts])
+    ax.set(xlabel="prefix length t (tokens)", ylabel="rollouts reaching the right answer", ylim=(0, 1),
+           title=f"Where errors occur on the toy (Fig. 2b)\n{b['questions_used']} questions with a correct and "
+                 f"an incorrect sample, {b['rollouts']} rollouts per prefix")
+    ax.legend(loc="lower left")
+    fig.tight_layout()
+    fig.savefig(docs / "fig2b_toy.png", dpi=120)
+    plt.close(fig)
+
+
+def curves(out, seeds, name):
+    """Mean over seeds of the during-training evaluations, point by point (x: the mean step)."""
+    per_seed = []
+    for s in seeds:
+        recs = [json.loads(x) for x in open(rt.run_dir(out, name, s) / "metrics.jsonl")]
+        per_seed.append([(r["step"], r["eval_accuracy"]) for r in recs if "eval_accuracy" in r])
+    n = min(len(p) for p in per_seed)
+    return ([statistics.mean(p[i][0] for p in per_seed) for i in range(n)],
+            [100 * statistics.mean(p[i][1] for p in per_seed) for i in range(n)])
+
+
+def accuracy_vs_step(plt, results, out, seeds, docs):
+    groups = [("Baselines and UPFT", [n for n in results if rt.ROWS[n][2] != "control"]),
+              ("UPFT and the controls that take it apart", ["UPFT (N=1)"] +
+               [n for n in results if rt.ROWS[n][2] == "control"])]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.4), sharey=True)
+    cmap = plt.get_cmap("tab10")
+    for ax, (title, names) in zip(axes, groups):
+        for k, name in enumerate(names):
+            x, y = curves(out, seeds, name)
+            style = dict(lw=2.2, color="tab:red") if name == "UPFT (N=1)" else dict(lw=1.4, color=cmap(k % 10))
+            ax.plot(x, y, marker="o", ms=3.5, label=name, **style)
+        ax.set(title=title, xlabel="optimizer step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7.5, loc="lower left")
+    axes[0].set_ylabel("greedy accuracy, first 100 held-out questions (%)")
+    fig.suptitle(f"Accuracy during training on the toy (mean of {len(seeds)} seeds; step 0 = the base model)",
+                 fontsize=11)
+    fig.tight_layout()
+    fig.savefig(docs / "accuracy_vs_step.png", dpi=120)
+    plt.close(fig)
+
+
+def accuracy_vs_tokens(plt, results, docs):
+    base = [r["base"]["accuracy"] for r in next(iter(results.values()))]
+    fig, ax = plt.subplots(figsize=(8.5, 5.2))
+    for name, rs in results.items():
+        delta = [100 * (r["tuned"]["accuracy"] - b) for r, b in zip(rs, base)]
+        m, h = rt.mean_ci(delta)
+        x = statistics.mean(r["accounting"]["tokens_sampled"] for r in rs)
+        c = COLORS[rt.ROWS[name][2]]
+        ax.errorbar(x, m, yerr=h, fmt="o", color=c, capsize=3, ms=5)
+        ax.annotate(name, (x, m), xytext=(6, 3), textcoords="offset points", fontsize=7, color=c)
+    ax.axhline(0, color="0.5", lw=0.8)
+    ax.set_xscale("log")
+    ax.set(xlabel="tokens sampled per run (log scale)", ylabel="accuracy change vs base (points)",
+           title=f"Accuracy change vs sampling cost on the toy ({len(base)} seeds, 95% intervals)\n"
+                 "blue: baselines, red: UPFT, gray: controls")
+    ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    fig.savefig(docs / "accuracy_vs_tokens.png", dpi=120)
+    plt.close(fig)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--runs", default=str(ROOT / "runs" / "table"), help="the results table's run folders")
+    ap.add_argument("--docs", default=str(ROOT / "docs"))
+    ap.add_argument("--skip-fig2", action="store_true", help="do not rerun the two Fig. 2 analyses")
+    args = ap.parse_args()
+    plt = pyplot()
+    t0 = time.time()
+    docs, work = Path(args.docs), ROOT / "runs" / "figures"
+    work.mkdir(parents=True, exist_ok=True)
+    if not args.skip_fig2:
+        fig2(plt, docs, work)
+    results = rt.load(args.runs, args.seeds)
+    if results:
+        accuracy_vs_step(plt, results, args.runs, args.seeds, docs)
+        accuracy_vs_tokens(plt, results, docs)
+    else:
+        print(f"no finished table runs in {args.runs}: only the Fig. 2 pictures were drawn")
+    print(f"wrote the pictures to {docs} in {time.time() - t0:.0f}s")
+
+
+if __name__ == "__main__":
+    main()

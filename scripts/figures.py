@@ -11,8 +11,9 @@
                                95% interval over seeds: the paper's cost claim (§3.2) as a picture
 
 The two Fig. 2 analyses are eval.py's functions with the README's settings (100 questions x 16 samples;
-60 questions x 8 samples x 8 rollouts; temperature 0.6, 256 new tokens); their numbers are also written to
-runs/figures/*.json. matplotlib is needed here only (requirements-plots.txt).
+60 questions x 8 samples x 8 rollouts; temperature 0.6, 256 new tokens; eval.py's other defaults), so
+they give the README's numbers; these are also written to runs/figures/*.json. matplotlib is needed
+here only (requirements-plots.txt).
 """
 import argparse
 import json
@@ -25,9 +26,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 
 import results_table as rt  # noqa: E402  (the rows, their run folders and the interval)
-
-COLORS = {"baseline": "tab:blue", "upft": "tab:red", "control": "tab:gray"}
-
 
 def pyplot():
     try:  # matplotlib is optional (requirements-plots.txt, not requirements.txt): only pictures need it
@@ -49,7 +47,7 @@ def fig2(plt, docs, work):
     tok = Tokenizer.from_pretrained(world["model_dir"])
     model = Transformer.from_pretrained(world["model_dir"])
     rows = load_rows(world["dir"] / "test.jsonl")
-    common = dict(max_new_tokens=256, temperature=0.6, top_p=1.0, batch_size=256, seed=0)
+    common = dict(max_new_tokens=256, temperature=0.6, top_p=1.0, batch_size=64, seed=0)  # eval.py's defaults
     a = prefix_consistency(model, tok, rows[:100], 16, **common)
     b = error_position(model, tok, rows[:60], 8, 8, **common)
     for name, r in (("fig2a_toy", a), ("fig2b_toy", b)):
@@ -99,12 +97,14 @@ def accuracy_vs_step(plt, results, out, seeds, docs):
               ("UPFT and the controls that take it apart", ["UPFT (N=1)"] +
                [n for n in results if rt.ROWS[n][2] == "control"])]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.4), sharey=True)
-    cmap = plt.get_cmap("tab10")
+    colors = [c for i, c in enumerate(plt.get_cmap("tab10").colors) if i != 3]  # red is UPFT's
     for ax, (title, names) in zip(axes, groups):
-        for k, name in enumerate(names):
+        for k, name in enumerate(n for n in names if n != "UPFT (N=1)"):
             x, y = curves(out, seeds, name)
-            style = dict(lw=2.2, color="tab:red") if name == "UPFT (N=1)" else dict(lw=1.4, color=cmap(k % 10))
-            ax.plot(x, y, marker="o", ms=3.5, label=name, **style)
+            ax.plot(x, y, marker="o", ms=3.5, lw=1.4, color=colors[k % len(colors)], label=name)
+        if "UPFT (N=1)" in names:
+            x, y = curves(out, seeds, "UPFT (N=1)")
+            ax.plot(x, y, marker="o", ms=4, lw=2.4, color="tab:red", label="UPFT (N=1)")
         ax.set(title=title, xlabel="optimizer step")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7.5, loc="lower left")
@@ -117,21 +117,29 @@ def accuracy_vs_step(plt, results, out, seeds, docs):
 
 
 def accuracy_vs_tokens(plt, results, docs):
+    from matplotlib.ticker import FuncFormatter, NullFormatter
     base = [r["base"]["accuracy"] for r in next(iter(results.values()))]
-    fig, ax = plt.subplots(figsize=(8.5, 5.2))
-    for name, rs in results.items():
+    fig, ax = plt.subplots(figsize=(10, 5.2))
+    markers, cmap = "osD^v<>pPXh*d", plt.get_cmap("tab20")
+    seen = []  # x of the points drawn so far: points at (nearly) the same cost are spread sideways
+    for k, (name, rs) in enumerate(results.items()):
         delta = [100 * (r["tuned"]["accuracy"] - b) for r, b in zip(rs, base)]
         m, h = rt.mean_ci(delta)
         x = statistics.mean(r["accounting"]["tokens_sampled"] for r in rs)
-        c = COLORS[rt.ROWS[name][2]]
-        ax.errorbar(x, m, yerr=h, fmt="o", color=c, capsize=3, ms=5)
-        ax.annotate(name, (x, m), xytext=(6, 3), textcoords="offset points", fontsize=7, color=c)
+        near = sum(abs(x / s - 1) < 0.15 for s in seen)
+        seen.append(x)
+        ax.errorbar(x * 1.07 ** near, m, yerr=h, fmt=markers[k % len(markers)], color=cmap(k % 20), capsize=3,
+                    ms=7, label=f"{name}: {m:+.1f} ± {h:.1f}")
     ax.axhline(0, color="0.5", lw=0.8)
     ax.set_xscale("log")
-    ax.set(xlabel="tokens sampled per run (log scale)", ylabel="accuracy change vs base (points)",
-           title=f"Accuracy change vs sampling cost on the toy ({len(base)} seeds, 95% intervals)\n"
-                 "blue: baselines, red: UPFT, gray: controls")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v / 1e6:g}M" if v >= 1e6 else f"{v / 1e3:g}k"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set(xlabel="tokens sampled per run (log scale; points at the same cost are spread sideways)",
+           ylabel="accuracy change vs base (points)",
+           title=f"Accuracy change vs sampling cost on the toy (mean of {len(base)} seeds, 95% intervals)")
     ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7.5, loc="center left", bbox_to_anchor=(1.01, 0.5), title="Δ vs base (points)",
+              title_fontsize=8)
     fig.tight_layout()
     fig.savefig(docs / "accuracy_vs_tokens.png", dpi=120)
     plt.close(fig)

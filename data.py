@@ -30,6 +30,9 @@ import jinja2.nodes
 import tokenizers
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # read the process umask (the only way is to set it and put it back)
+
 IGNORE = -100  # label of a position that is not trained (the torch / Hugging Face convention)
 
 
@@ -69,6 +72,7 @@ def _atomic_write(path, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it private; the result should look like any new file
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
@@ -94,6 +98,7 @@ def atomic_dir(path):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp", dir=path.parent))
+    os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes it private; the result should look like any new folder
     try:
         yield tmp
         if path.exists():

@@ -20,6 +20,7 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,11 +78,31 @@ def load(out, seeds):
     return results
 
 
+def train_run(out, seed, name, args, base_run=None):
+    d = run_dir(out, name, seed)
+    flags = list(ROWS[name][1])
+    if "--eval-every" not in flags:
+        flags += ["--eval-every", str(EVAL_EVERY)]
+    cmd = [sys.executable, str(ROOT / "train.py"), "--prefix-len", str(args.prefix_len), "--seed", str(seed),
+           "--out", str(d), *flags, *args.extra]
+    if base_run:
+        cmd += ["--base-from", str(base_run)]
+    if Path(f"{d}.partial").exists():  # an interrupted run: continue it
+        cmd.append("--resume")
+    print("$", " ".join(cmd[1:]), flush=True)
+    t = time.time()
+    with open(Path(out) / f"{d.name}.log", "w") as log:
+        subprocess.run(cmd, check=True, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    print(f"  {d.name}: {time.time() - t:.0f}s", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--prefix-len", type=int, default=8)
     ap.add_argument("--rows", nargs="+", choices=ORDER, default=ORDER, help="only these rows")
+    ap.add_argument("--jobs", type=int, default=1, help="train.py runs at the same time (each keeps its own "
+                    "thread count, so the numbers do not change; on a shared machine set OMP_WAIT_POLICY=PASSIVE)")
     ap.add_argument("--out", default=str(ROOT / "runs" / "table"))
     ap.add_argument("--no-readme", action="store_true")
     ap.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="flags passed to every train.py run")
@@ -89,26 +110,18 @@ def main():
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    base_run = None  # the first finished run with a base evaluation: the others reuse it
-    for seed in args.seeds:  # seed-major: a partial table already has every row for the first seeds
-        for name in [n for n in ORDER if n in args.rows]:
-            d = run_dir(out, name, seed)
-            if not (d / "results.json").exists():  # finished runs are reused: the script can be restarted
-                flags = list(ROWS[name][1])
-                if "--eval-every" not in flags:
-                    flags += ["--eval-every", str(EVAL_EVERY)]
-                cmd = [sys.executable, str(ROOT / "train.py"), "--prefix-len", str(args.prefix_len),
-                       "--seed", str(seed), "--out", str(d), *flags, *args.extra]
-                if base_run:
-                    cmd += ["--base-from", str(base_run)]
-                if Path(f"{d}.partial").exists():  # an interrupted run: continue it
-                    cmd.append("--resume")
-                print("$", " ".join(cmd[1:]), flush=True)
-                t = time.time()
-                subprocess.run(cmd, check=True, cwd=ROOT)
-                print(f"  {time.time() - t:.0f}s", flush=True)
-            if base_run is None and (d / "eval_base.json").exists():
-                base_run = d
+    jobs = [(seed, name) for seed in args.seeds for name in ORDER if name in args.rows]  # seed-major
+    done = [j for j in jobs if (run_dir(out, j[1], j[0]) / "results.json").exists()]
+    base_run = next((run_dir(out, n, s) for s, n in done if (run_dir(out, n, s) / "eval_base.json").exists()),
+                    None)
+    todo = [j for j in jobs if j not in done]  # finished runs are reused: the script can be restarted
+    if base_run is None and todo:  # the first run measures the base model; the others reuse it
+        seed, name = todo.pop(0)
+        train_run(out, seed, name, args)
+        base_run = run_dir(out, name, seed)
+    with ThreadPoolExecutor(args.jobs) as pool:  # each job is its own train.py process
+        for f in [pool.submit(train_run, out, seed, name, args, base_run) for seed, name in todo]:
+            f.result()
     print(f"this invocation: {time.time() - t0:.0f}s")
     table = make_table(load(out, args.seeds), args)
     print("\n" + table)

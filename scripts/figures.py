@@ -1,7 +1,7 @@
 """Regenerate the README's pictures (PNG files under docs/) from the toy world and the results table's runs.
 
     python scripts/figures.py                      # after python scripts/results_table.py
-    python scripts/figures.py --skip-fig2          # only the two pictures drawn from the table's runs
+    python scripts/figures.py --reuse-fig2         # Fig. 2 drawn from the numbers of the last full run
 
   docs/fig2a_toy.png           prefix self-consistency on the toy (the paper's Fig. 2a; docs/method.md §1)
   docs/fig2b_toy.png           where errors occur on the toy (the paper's Fig. 2b)
@@ -37,7 +37,7 @@ def pyplot():
     return plt
 
 
-def fig2(plt, docs, work):
+def fig2(work):
     """The paper's two prefix analyses (Fig. 2a, 2b) on the toy world's held-out questions."""
     import toy
     from data import Tokenizer, load_rows
@@ -53,6 +53,10 @@ def fig2(plt, docs, work):
     for name, r in (("fig2a_toy", a), ("fig2b_toy", b)):
         (work / f"{name}.json").write_text(json.dumps(r, indent=1))
 
+
+def fig2_draw(plt, docs, work):
+    a, b = (json.loads((work / f"{name}.json").read_text()) for name in ("fig2a_toy", "fig2b_toy"))
+
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     ax.plot(a["prefix_len"], a["avg_samples_per_prefix"], marker="o", color="tab:red")
     ax.axhline(16, color="0.7", lw=0.8, ls="--")
@@ -64,17 +68,21 @@ def fig2(plt, docs, work):
     fig.savefig(docs / "fig2a_toy.png", dpi=120)
     plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    fig, ax = plt.subplots(figsize=(5.5, 4.0))
     for kind, color in (("correct", "tab:green"), ("incorrect", "tab:red")):
         r = b[kind]
         x = [max(t, 0.5) for t in r["prefix_len"]]  # t = 0 (no prefix) drawn at 0.5 on the log axis
-        ax.plot(x, r["success_rate"], marker="o", color=color, label=f"from a {kind} sample")
+        ax.plot(x, r["success_rate"], marker="o", color=color, label=f"from {'an' if kind[0] == 'i' else 'a'} "
+                f"{kind} sample")
+        for t, y, n in zip(x, r["success_rate"], r["trajectories"]):
+            if n < b["questions_used"]:  # only the longer samples reach this t
+                ax.annotate(f"n={n}", (t, y), xytext=(-28, 4), textcoords="offset points", fontsize=7, color=color)
     ts = b["correct"]["prefix_len"]
     ax.set_xscale("log")
     ax.set_xticks([max(t, 0.5) for t in ts], [str(t) for t in ts])
     ax.set(xlabel="prefix length t (tokens)", ylabel="rollouts reaching the right answer", ylim=(0, 1),
            title=f"Where errors occur on the toy (Fig. 2b)\n{b['questions_used']} questions with a correct and "
-                 f"an incorrect sample, {b['rollouts']} rollouts per prefix")
+                 f"an incorrect sample,\n{b['rollouts']} rollouts per prefix, T = 0.6")
     ax.legend(loc="lower left")
     fig.tight_layout()
     fig.savefig(docs / "fig2b_toy.png", dpi=120)
@@ -150,14 +158,16 @@ def main():
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--runs", default=str(ROOT / "runs" / "table"), help="the results table's run folders")
     ap.add_argument("--docs", default=str(ROOT / "docs"))
-    ap.add_argument("--skip-fig2", action="store_true", help="do not rerun the two Fig. 2 analyses")
+    ap.add_argument("--reuse-fig2", action="store_true", help="draw Fig. 2 from runs/figures/*.json (written "
+                    "by an earlier run of this script) instead of rerunning the two analyses")
     args = ap.parse_args()
     plt = pyplot()
     t0 = time.time()
     docs, work = Path(args.docs), ROOT / "runs" / "figures"
     work.mkdir(parents=True, exist_ok=True)
-    if not args.skip_fig2:
-        fig2(plt, docs, work)
+    if not args.reuse_fig2:
+        fig2(work)
+    fig2_draw(plt, docs, work)
     results = rt.load(args.runs, args.seeds)
     if results:
         accuracy_vs_step(plt, results, args.runs, args.seeds, docs)

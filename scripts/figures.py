@@ -27,6 +27,10 @@ sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 
 import results_table as rt  # noqa: E402  (the rows, their run folders and the interval)
 
+def seeds_text(xs):
+    return f"{len(xs)} seed" + ("s" if len(xs) > 1 else "")
+
+
 def pyplot():
     try:  # matplotlib is optional (requirements-plots.txt, not requirements.txt): only pictures need it
         import matplotlib
@@ -104,7 +108,7 @@ def accuracy_vs_step(plt, results, out, seeds, docs):
     groups = [("Baselines and UPFT", [n for n in results if rt.ROWS[n][2] != "control"]),
               ("UPFT and the controls that take it apart", ["UPFT (N=1)"] +
                [n for n in results if rt.ROWS[n][2] == "control"])]
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.4), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5.4), sharey=True)
     colors = [c for i, c in enumerate(plt.get_cmap("tab10").colors) if i != 3]  # red is UPFT's
     for ax, (title, names) in zip(axes, groups):
         for k, name in enumerate(n for n in names if n != "UPFT (N=1)"):
@@ -115,9 +119,9 @@ def accuracy_vs_step(plt, results, out, seeds, docs):
             ax.plot(x, y, marker="o", ms=4, lw=2.4, color="tab:red", label="UPFT (N=1)")
         ax.set(title=title, xlabel="optimizer step")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7.5, loc="lower left")
+        ax.legend(fontsize=7.5, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
     axes[0].set_ylabel("greedy accuracy, first 100 held-out questions (%)")
-    fig.suptitle(f"Accuracy during training on the toy (mean of {len(seeds)} seeds; step 0 = the base model)",
+    fig.suptitle(f"Accuracy during training on the toy (mean of {seeds_text(seeds)}; step 0 = the base model)",
                  fontsize=11)
     fig.tight_layout()
     fig.savefig(docs / "accuracy_vs_step.png", dpi=120)
@@ -137,14 +141,14 @@ def accuracy_vs_tokens(plt, results, docs):
         near = sum(abs(x / s - 1) < 0.15 for s in seen)
         seen.append(x)
         ax.errorbar(x * 1.07 ** near, m, yerr=h, fmt=markers[k % len(markers)], color=cmap(k % 20), capsize=3,
-                    ms=7, label=f"{name}: {m:+.1f} ± {h:.1f}")
+                    ms=7, label=f"{name}: {m:+.1f}" + (f" ± {h:.1f}" if h == h else ""))
     ax.axhline(0, color="0.5", lw=0.8)
     ax.set_xscale("log")
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v / 1e6:g}M" if v >= 1e6 else f"{v / 1e3:g}k"))
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set(xlabel="tokens sampled per run (log scale; points at the same cost are spread sideways)",
            ylabel="accuracy change vs base (points)",
-           title=f"Accuracy change vs sampling cost on the toy (mean of {len(base)} seeds, 95% intervals)")
+           title=f"Accuracy change vs sampling cost on the toy (mean of {seeds_text(base)}, 95% intervals)")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7.5, loc="center left", bbox_to_anchor=(1.01, 0.5), title="Δ vs base (points)",
               title_fontsize=8)

@@ -144,7 +144,7 @@ def make_table(results, args):
     sft_sup = statistics.mean(r["accounting"]["tokens_supervised"] for r in results["SFT"]) \
         if "SFT" in results else float("nan")
     n_eval = first[0]["base"]["questions"]
-    lines = [f"Toy world, {len(args.seeds)} seeds ({', '.join(map(str, args.seeds))}), L = {args.prefix_len}, "
+    lines = [f"Toy world, {len(args.seeds)} seed{'s' if len(args.seeds) > 1 else ''} ({', '.join(map(str, args.seeds))}), L = {args.prefix_len}, "
              f"p = 0.1, {first[0]['accounting']['questions']} training questions, {n_eval} held-out "
              f"questions; greedy accuracy, mean ± 95% t-interval over seeds; Δ is paired with the base "
              f"model (the same for every seed). Same LR (1e-5), epochs (2) and batch (16) for every row.", "",

@@ -183,6 +183,7 @@ def fit(model, examples, tc: TrainConfig, pad_id=0, out=None, resume=False, desc
         log(f"resumed from {Path(out) / 'checkpoint'} at step {start}/{len(steps)}")
     elif metrics_path and metrics_path.exists():
         metrics_path.unlink()
+
     def log_metrics(rec):
         if metrics_path:
             with open(metrics_path, "a") as f:
@@ -287,8 +288,8 @@ DEFAULTS = {               # toy,   real
     "eval_subset":         (100, 100),
 }
 METHODS = ("upft", "sft", "rft", "em", "vote")
-# The controls that take UPFT apart (docs/method.md §7.1): flag -> what it switches off. Each builds its
-# examples from the same split and samples as plain UPFT with the same seed.
+# The switches of the controls that take UPFT apart (docs/method.md §7.1; --method upft only). Each builds
+# its examples from the same split and samples as plain UPFT with the same seed.
 ABLATIONS = ("no_instruction", "no_eos", "full_only", "random_targets")
 
 

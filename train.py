@@ -87,6 +87,17 @@ def per_sample_mean_sum(logits, labels):
     return (tok.sum(1)[keep] / n[keep]).sum(), int(keep.sum())
 
 
+def masked_entropy_sum(logits, labels):
+    """EM-FT's loss (entropy minimisation, arXiv 2505.15134; docs/method.md §7): the entropy of the
+    model's next-token distribution, summed over the positions that predict a supervised token, and
+    their count. Same mask and shift as masked_ce_sum (position t predicts labels[t + 1]); the labels
+    are only a mask: no target token enters the loss."""
+    logp = logits[:, :-1].float().log_softmax(-1)
+    mask = labels[:, 1:] != IGNORE
+    entropy = -(logp.exp() * logp).sum(-1)  # (B, T-1): H(p(. | x, y_<t))
+    return entropy[mask].sum(), int(mask.sum())
+
+
 def collate(examples, pad_id):
     """Right-pad a micro-batch: (input_ids, labels) as (B, T) LongTensors, pads labelled IGNORE."""
     T = max(len(e["input_ids"]) for e in examples)
@@ -104,7 +115,8 @@ def supervised_count(example, loss_norm="token"):
     return n if loss_norm == "token" else int(n > 0)
 
 
-def accumulate_grads(model, examples, micro_batch_size, pad_id, loss_norm="token", autocast=None):
+def accumulate_grads(model, examples, micro_batch_size, pad_id, loss_norm="token", autocast=None,
+                     objective="ce"):
     """Backward over one optimizer step's examples in micro-batches; the gradient is that of
     (sum of losses) / (step normaliser), however the step is split. Returns (mean loss, normaliser).
     (Exercise accumulate_grads; docs/method.md §4. Uses masked_ce_sum, so do that exercise first.)
@@ -130,6 +142,7 @@ def accumulate_grads(model, examples, micro_batch_size, pad_id, loss_norm="token
     gradients, so any split over ranks equals one big batch. Every rank runs as many micro-batches as
     the busiest one: a rank with nothing (left) to supervise runs a fully masked row, whose loss and
     gradient are exactly 0, because FSDP's all-gathers and reduce-scatters must pair up across ranks.
+    objective "entropy" (EM-FT) sums token entropies instead of cross-entropies (token norm only).
     """
     # >>> exercise: accumulate_grads
     counts = [supervised_count(e, loss_norm) for e in examples]
@@ -141,6 +154,8 @@ def accumulate_grads(model, examples, micro_batch_size, pad_id, loss_norm="token
     if total == 0:
         return float("nan"), 0  # nothing supervised in this step: no gradient, no NaN
     loss_fn = masked_ce_sum if loss_norm == "token" else per_sample_mean_sum
+    if objective == "entropy":
+        loss_fn = masked_entropy_sum
     device = next(model.parameters()).device
     step_loss = 0.0
     for k in range(n_micro):
@@ -178,6 +193,8 @@ class TrainConfig:
     grad_ckpt: bool = False
     schedule: str = "constant"    # "constant" after warmup (the paper); "cosine" (to 10%) only for toy pretraining
     max_steps: int | None = None  # stop after this many steps (the schedule still spans every epoch)
+    objective: str = "ce"         # "ce" (every method) or "entropy" (EM-FT: no target, §7)
+    eval_every: int = 0           # optimizer steps between held-out evaluations during training (0 = never)
 
 
 def lr_at(step, total_steps, tc: TrainConfig):
@@ -213,11 +230,15 @@ def step_batches(n, tc: TrainConfig):
     return steps
 
 
-def fit(model, examples, tc: TrainConfig, pad_id=0, out=None, resume=False, desc="train", log=print):
+def fit(model, examples, tc: TrainConfig, pad_id=0, out=None, resume=False, desc="train", log=print,
+        evaluate=None):
     """Train `model` in place on examples ({"input_ids", "labels"}); returns the per-step metrics.
 
     With `out`, metrics go to out/metrics.jsonl and, every tc.save_every steps, a resumable checkpoint
     (weights, AdamW state, step, RNG) to out/checkpoint; `resume` continues from it exactly.
+    With `evaluate` (a function of the model -> dict) and tc.eval_every = K, it is called before the
+    first step, every K steps and after the last, in eval mode; its records ({"step", **result}) go to
+    the metrics too. It must not touch the training's random streams (greedy generate does not).
     """
     sharded = is_sharded(model)
     rank, world = (dist.get_rank(), dist.get_world_size()) if sharded else (0, 1)
@@ -234,6 +255,25 @@ def fit(model, examples, tc: TrainConfig, pad_id=0, out=None, resume=False, desc
         log(f"resumed from {Path(out) / 'checkpoint'} at step {start}/{len(steps)}")
     elif metrics_path and metrics_path.exists() and rank == 0:
         metrics_path.unlink()
+
+    def log_metrics(rec):
+        if metrics_path and rank == 0:
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+
+    def eval_now(step):  # accuracy during training (the rise-then-fall of self-training, §7)
+        model.eval()
+        model.gradient_checkpointing = False
+        rec = {"step": step, **evaluate(model)}
+        log(f"step {step}: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
+                                         for k, v in rec.items() if k != "step"))
+        log_metrics(rec)
+        model.train()
+        model.gradient_checkpointing = tc.grad_ckpt
+
+    evaluating = evaluate is not None and tc.eval_every > 0
+    if evaluating and start == 0:
+        eval_now(0)
     model.train()
     model.gradient_checkpointing = tc.grad_ckpt
     history, measured = [], False
@@ -244,7 +284,8 @@ def fit(model, examples, tc: TrainConfig, pad_id=0, out=None, resume=False, desc
         lr = lr_at(step, len(steps), tc)
         for g in opt.param_groups:
             g["lr"] = lr
-        loss, n = accumulate_grads(model, batch, tc.micro_batch_size, pad_id, tc.loss_norm, autocast)
+        loss, n = accumulate_grads(model, batch, tc.micro_batch_size, pad_id, tc.loss_norm, autocast,
+                                   objective=tc.objective)
         gnorm = 0.0
         if n > 0:
             gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.max_grad_norm)
@@ -258,9 +299,9 @@ def fit(model, examples, tc: TrainConfig, pad_id=0, out=None, resume=False, desc
                "supervised_tokens" if tc.loss_norm == "token" else "samples": n}
         history.append(rec)
         bar.set_postfix(loss=f"{loss:.4f}")
-        if metrics_path and rank == 0:
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(rec) + "\n")
+        log_metrics(rec)
+        if evaluating and ((step + 1) % tc.eval_every == 0 or step + 1 == stop):
+            eval_now(step + 1)
         if out and tc.save_every and (step + 1) % tc.save_every == 0 and step + 1 < stop:
             (save_sharded_checkpoint if sharded else save_checkpoint)(Path(out) / "checkpoint", model, opt,
                                                                       step + 1)
@@ -621,12 +662,17 @@ DEFAULTS = {               # toy,   real
     "save_every":          (20, 50),
     "sample_batch_size":   (256, 64),
     "eval_batch_size":     (128, 64),
+    "eval_subset":         (100, 100),
 }
-METHODS = ("upft", "sft", "rft")
+METHODS = ("upft", "sft", "rft", "em", "vote")
+# The switches of the controls that take UPFT apart (docs/method.md §7.1; --method upft only). Each builds
+# its examples from the same split and samples as plain UPFT with the same seed.
+ABLATIONS = ("no_instruction", "no_eos", "full_only", "random_targets")
 
 
 def build_parser():
-    ap = argparse.ArgumentParser(description="Unsupervised Prefix Fine-Tuning (and the SFT / RFT baselines).")
+    ap = argparse.ArgumentParser(description="Unsupervised Prefix Fine-Tuning (and the SFT / RFT / EM-FT / "
+                                             "majority-vote baselines, and the controls that take UPFT apart).")
 
     def a(flag, help, **kw):  # the default goes into the help text, wherever it comes from
         name = flag[2:].replace("-", "_")
@@ -641,12 +687,14 @@ def build_parser():
     a("--model", "HF checkpoint directory or hub id (default: the embedded toy world in assets/toy)")
     a("--data", "training questions, JSONL with 'question' or 'problem' (answers only needed by rft)")
     a("--eval-data", "held-out JSONL with answers for base/tuned greedy accuracy (toy: its test split)")
-    a("--method", "what to train on: UPFT, or a baseline", default="upft", choices=METHODS)
+    a("--method", "what to train on: UPFT, or a baseline (sft: one self-generated trace; rft: the first of N "
+      "that matches the label; em: sft's traces, entropy-minimisation loss; vote: the first of N that "
+      "matches the majority answer, no labels)", default="upft", choices=METHODS)
     a("--prefix-len", "L: prefix tokens kept per sample (paper: 8 Llama, 32 Qwen-Math, 128 R1)", type=int,
       default=8)
     a("--structure-ratio", "p: fraction of questions trained on a full trace", type=float, default=0.1)
     a("--num-samples", "prefixes per question for voting (upft; 1 = the paper), or full samples per "
-      "question (rft) (default: 1 for upft, 16 for rft)", type=int)
+      "question (rft, vote) (default: 1 for upft, 16 for rft and vote)", type=int)
     a("--temperature", "sampling temperature (the official code's value)", type=float, default=0.6)
     a("--top-p", "sampling top-p (default: the model's generation_config.json, else 1.0)", type=float)
     a("--top-k", "sampling top-k, 0 = off (default: the model's generation_config.json, else 0)", type=int)
@@ -659,6 +707,15 @@ def build_parser():
     a("--loss-norm", "token: sum CE / supervised tokens of the step; sample: the official per-sample mean",
       default="token", choices=["token", "sample"])
     a("--grad-ckpt", "gradient checkpointing (less memory, slower)", action="store_true")
+    a("--no-instruction", "control (upft): prefix examples without the prefix instruction", action="store_true")
+    a("--no-eos", "control (upft): no EOS after the prefix (L supervised tokens, not L + 1)", action="store_true")
+    a("--full-only", "control (upft): train only on the full traces of the fraction p (prefix questions "
+      "are neither sampled nor trained)", action="store_true")
+    a("--random-targets", "control (upft): each prefix example gets the sampled prefix of another question "
+      "(a seeded derangement)", action="store_true")
+    a("--eval-every", "greedy accuracy on the first --eval-subset held-out questions every K optimizer "
+      "steps (and before the first, after the last), into metrics.jsonl; 0 = never", type=int, default=0)
+    a("--eval-subset", "held-out questions evaluated during training (--eval-every)", type=int)
     a("--limit", "use the first K training questions", type=int)
     a("--eval-limit", "use the first K eval questions", type=int)
     a("--eval-max-new-tokens", "budget of a greedy evaluation answer", type=int)
@@ -679,6 +736,8 @@ def build_parser():
       "many processes (default: this launch)", nargs="?", type=int, const=0, metavar="NPROC")
     a("--gpu-mem", f"GPU memory to plan against, GiB (default: the device's; {PLAN_GPU_GIB} with --plan on a "
       "machine without one)", type=float, metavar="GIB")
+    a("--base-from", "a finished run on the same model and held-out questions whose base accuracy is "
+      "reused instead of evaluated again (greedy: the same numbers; the training does not depend on it)")
     return ap
 
 
@@ -691,7 +750,7 @@ def parse_args(argv=None):
         if getattr(args, k) is None:
             setattr(args, k, real_v if args.model else toy_v)
     if args.num_samples is None:
-        args.num_samples = 16 if args.method == "rft" else 1
+        args.num_samples = 16 if args.method in ("rft", "vote") else 1
 
     def need(ok, msg):
         if not ok:
@@ -709,9 +768,26 @@ def parse_args(argv=None):
     need(args.save_every >= 0, f"--save-every must be >= 0, got {args.save_every}")
     need(args.plan is None or args.plan >= 0, f"--plan NPROC must be a number of processes, got {args.plan}")
     need(args.gpu_mem is None or args.gpu_mem > 0, f"--gpu-mem must be positive, got {args.gpu_mem}")
+    need(args.method != "vote" or args.num_samples >= 2,
+         f"--method vote needs --num-samples >= 2 (a vote of one sample is no vote), got {args.num_samples}")
+    need(args.method != "em" or args.loss_norm == "token", "--method em supports --loss-norm token only")
+    on = [f"--{k.replace('_', '-')}" for k in ABLATIONS if getattr(args, k)]
+    need(not on or args.method == "upft", f"{', '.join(on)}: a control of UPFT, only with --method upft")
+    need(not args.full_only or len(on) == 1, f"--full-only drops the prefix examples: {', '.join(on[1:])} "
+         "would change nothing")
+    need(not args.full_only or args.structure_ratio > 0, "--full-only with --structure-ratio 0 leaves no example")
+    need(not args.random_targets or args.structure_ratio < 1,
+         "--random-targets with --structure-ratio 1 leaves no prefix example to pair")
+    need(args.eval_every >= 0, f"--eval-every must be >= 0, got {args.eval_every}")
+    need(args.eval_subset > 0, f"--eval-subset must be positive, got {args.eval_subset}")
+    need(not (args.eval_every and args.no_eval), "--eval-every needs held-out evaluation (drop --no-eval)")
+    need(not (args.eval_every and args.model and not args.eval_data),
+         "--eval-every needs --eval-data (held-out questions with answers)")
     if args.plan is not None:
         return args  # --plan reads config.json only: no data, no run folder
     need(not args.model or args.data, "--data is required with --model (JSONL of training questions)")
+    if args.base_from:
+        check_base_from(args, need)
     if args.out is None:
         args.out = f"runs/{time.strftime('%Y%m%d-%H%M%S')}-{args.method}-L{args.prefix_len}-s{args.seed}"
     out, partial = Path(args.out), partial_dir(args.out)
@@ -721,6 +797,20 @@ def parse_args(argv=None):
          f"{partial} holds an interrupted run: add --resume to continue it, or delete it")
     need(not args.resume or partial.is_dir(), f"--resume: no interrupted run at {partial}")
     return args
+
+
+# What the base evaluation depends on: a reused one must agree on all of them.
+BASE_EVAL_KEYS = ("model", "eval_data", "eval_limit", "eval_max_new_tokens", "eval_batch_size", "device", "dtype")
+
+
+def check_base_from(args, need):
+    src = Path(args.base_from)
+    need((src / "eval_base.json").is_file() and (src / "args.json").is_file(),
+         f"--base-from {src}: not a finished run with a base evaluation (eval_base.json, args.json)")
+    prev = json.loads((src / "args.json").read_text())
+    diff = [k for k in BASE_EVAL_KEYS if prev.get(k) != getattr(args, k)]
+    need(not diff, f"--base-from {src}: its base evaluation used other settings ({', '.join(diff)})")
+    need(not args.no_eval, "--base-from with --no-eval: there is no evaluation to reuse")
 
 
 def partial_dir(out) -> Path:
@@ -843,7 +933,10 @@ def _run(args, model_dir, tok, rows, eval_rows, out, t0, log, rank=0, nproc=1, d
         return summary
 
     dec = decoder()
-    base = accuracy("base", dec)
+    if args.base_from and eval_rows:  # the base model's greedy accuracy, measured once by an earlier run
+        for name in ("eval_base.json", "eval_base.jsonl"):
+            shutil.copyfile(Path(args.base_from) / name, out / name)
+    base = accuracy("base", dec) if not args.base_from else json.loads((out / "eval_base.json").read_text())
 
     # self-generated data (reused on --resume: the sampling is not repeated)
     ex_path = out / "train_examples.jsonl"
@@ -856,7 +949,11 @@ def _run(args, model_dir, tok, rows, eval_rows, out, t0, log, rank=0, nproc=1, d
         rollouts, acct = sample(dec, tok, rows, args, share=(rank, nproc) if sharded else None,
                                 temperature=args.temperature, top_p=top_p, top_k=top_k)
         questions = [r["question"] for r in rows]
-        examples, dropped = upft.build_examples(tok, questions, rollouts, args.prefix_len, args.max_len)
+        if args.full_only or args.random_targets:  # the controls (§7.1), on UPFT's own samples
+            rollouts = upft.ablate_rollouts(rollouts, args.full_only, args.random_targets, seed=args.seed)
+        examples, dropped = upft.build_examples(
+            tok, questions, rollouts, args.prefix_len, args.max_len, eos=not args.no_eos,
+            instruction="" if args.no_instruction else upft.PREFIX_INSTRUCTION)
         acct.update(questions_used=len(examples), dropped_over_max_len=dropped,
                     prefix_examples=sum(e["kind"] == "prefix" for e in examples),
                     full_examples=sum(e["kind"] == "full" for e in examples),
@@ -875,10 +972,21 @@ def _run(args, model_dir, tok, rows, eval_rows, out, t0, log, rank=0, nproc=1, d
 
     tc = TrainConfig(lr=args.lr, epochs=args.epochs, batch_size=args.batch_size,
                      micro_batch_size=args.micro_batch_size, loss_norm=args.loss_norm, seed=args.seed,
-                     save_every=args.save_every, grad_ckpt=args.grad_ckpt)
+                     save_every=args.save_every, grad_ckpt=args.grad_ckpt,
+                     objective="entropy" if args.method == "em" else "ce", eval_every=args.eval_every)
+    subset, eval_seconds = eval_rows[:args.eval_subset], [0.0]
+
+    def during(m):  # greedy accuracy on a fixed held-out subset; its own inference-mode generate, no RNG
+        t_e = time.time()
+        _, s = evaluate(m, tok, subset, args.eval_max_new_tokens, batch_size=args.eval_batch_size,
+                        progress=False)
+        eval_seconds[0] += time.time() - t_e
+        return {"eval_accuracy": s["accuracy"], "eval_questions": s["questions"]}
     t_t = time.time()
-    fit(model, examples, tc, pad_id=tok.pad_id, out=out, resume=args.resume, desc=args.method, log=log)
-    acct["training_seconds"] = time.time() - t_t
+    fit(model, examples, tc, pad_id=tok.pad_id, out=out, resume=args.resume, desc=args.method, log=log,
+        evaluate=during if subset else None)
+    acct["training_seconds"] = time.time() - t_t - eval_seconds[0]  # without the evaluations during it
+    acct["eval_during_training_seconds"] = eval_seconds[0]
     if sharded:  # gathered tensor by tensor; rank 0 keeps them (on the CPU) and writes the HF layout
         full = gather_full(model, dtype, "cpu", keep=rank == 0)
         if rank == 0:
@@ -894,7 +1002,8 @@ def _run(args, model_dir, tok, rows, eval_rows, out, t0, log, rank=0, nproc=1, d
     tuned = accuracy("tuned", dec)
     del dec
     results = {"method": args.method, "prefix_len": args.prefix_len, "structure_ratio": args.structure_ratio,
-               "num_samples": args.num_samples, "seed": args.seed, "base": base, "tuned": tuned,
+               "num_samples": args.num_samples, "seed": args.seed, "loss_norm": args.loss_norm,
+               "controls": [k for k in ABLATIONS if getattr(args, k)], "base": base, "tuned": tuned,
                "accounting": acct, "wall_seconds": time.time() - t0}
     if rank == 0:
         write_json(out / "results.json", results)
@@ -913,12 +1022,16 @@ def sample(model, tok, rows, args, share=None, **sampling):
     dropped = 0
     if args.method == "upft":
         rollouts, sampled = upft.sample_upft(model, tok, questions, args.prefix_len, args.structure_ratio,
-                                             args.num_samples, share=share, **common)
+                                             args.num_samples, share=share, prefixes=not args.full_only,
+                                             **common)
     else:
         mine = list(range(rank, len(rows), world))
         common["seed"] += 1000 * rank
-        if args.method == "sft":
+        if args.method in ("sft", "em"):  # EM-FT trains on SFT's samples; only the loss differs
             rollouts, sampled = upft.sample_sft(model, tok, [questions[i] for i in mine], **common)
+        elif args.method == "vote":  # no gold answer is passed: the majority answer is the pseudo-label
+            rollouts, sampled, dropped = upft.sample_vote(model, tok, [questions[i] for i in mine],
+                                                          args.num_samples, **common)
         else:
             rollouts, sampled, dropped = upft.sample_rft(model, tok, [questions[i] for i in mine],
                                                          [rows[i]["gold"] for i in mine], args.num_samples,
@@ -935,6 +1048,10 @@ def sample(model, tok, rows, args, share=None, **sampling):
         acct["mean_prefix_agreement"] = sum(agree) / max(len(agree), 1)
     if args.method == "rft":
         acct["questions_dropped_no_correct_sample"] = dropped
+    if args.method == "vote":
+        acct["questions_dropped_no_answer"] = dropped
+        shares = [r["vote_share"] for r in rollouts]
+        acct["mean_vote_share"] = sum(shares) / max(len(shares), 1)
     return rollouts, acct
 
 

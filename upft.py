@@ -11,8 +11,11 @@ Read next to the paper and docs/method.md (section numbers below are that file's
   Eq. 8             max E_{D_p}[log p(r_<t | x')] + E_{D_f}[log p(r | x)]: the sum of both kinds of
                     examples under one masked cross-entropy (train.py)                             §4
 Baselines through the same sampler (§7): `sample_sft` = one full self-generated trace per question,
-no filter; `sample_rft` = N full samples, keep one whose final answer matches the label (questions
-with none are dropped).
+no filter (also the data of EM-FT, which only changes the loss: train.masked_entropy_sum);
+`sample_rft` = N full samples, keep one whose final answer matches the label (questions with none are
+dropped); `sample_vote` = the same N samples, the majority answer replaces the label (no label read).
+Controls that take UPFT apart (§7.1): `build_examples(..., instruction=, eos=)` and `ablate_rollouts`
+(full traces only; each prefix example trained on another question's prefix).
 
 Definitions: L = --prefix-len, in model tokens of the raw sampled response (no whitespace
 normalisation: §5); p = --structure-ratio = fraction of FULL-trace questions.
@@ -25,7 +28,7 @@ from collections import Counter
 import torch
 
 from data import IGNORE, UpftError, chat_prompt
-from grader import extract_answer, is_equiv
+from grader import extract_answer, is_equiv, majority_vote, normalize
 from model import generate
 
 # The paper's prefix-task template (Fig. 3 of v1), exact text, leading space included; appended to the
@@ -89,13 +92,15 @@ def prefix_vote(samples, L):
 
 
 def sample_upft(model, tok, questions, prefix_len, structure_ratio, num_samples=1, max_new_tokens=512,
-                seed=0, batch_size=64, share=None, **sampling):
+                seed=0, batch_size=64, share=None, prefixes=True, **sampling):
     """UPFT's self-generated data (§3.2): the D_f questions get one full trace, the D_p questions
     `num_samples` prefixes of only L decoded tokens each (num_samples > 1: the most frequent prefix wins).
     questions: list of str. sampling: temperature, top_p, top_k. Returns (rollouts, tokens sampled).
     share=(rank, world) (torchrun): the split is still drawn over all questions, but only questions
     rank, rank + world, ... are decoded here, with this rank's own seed (seed + 1000 * rank); the
-    rollouts keep their global index and the token count is this rank's."""
+    rollouts keep their global index and the token count is this rank's.
+    prefixes=False (the full-trace-only control, §7.1) skips the D_p sampling; the full traces are the
+    same (they are drawn first, from their own seed)."""
     if prefix_len < 1:
         raise UpftError(f"--prefix-len must be a positive number of tokens, got {prefix_len}")
     rank, world = share or (0, 1)
@@ -106,9 +111,9 @@ def sample_upft(model, tok, questions, prefix_len, structure_ratio, num_samples=
     seed += 1000 * rank  # the decoding seed of this rank (the split above used the run's seed)
     full_outs = _sample(model, tok, [prompts[i] for i in fi], max_new_tokens, 1, seed, batch_size, sampling)
     pre_outs = _sample(model, tok, [prompts[i] for i in pi], prefix_len, num_samples, seed + 1, batch_size,
-                       sampling)
+                       sampling) if prefixes else []
     rollouts = [_full(i, samples[0], max_new_tokens) for i, samples in zip(fi, full_outs)]
-    for i, samples in zip(pi, pre_outs):
+    for i, samples in zip(pi, pre_outs):  # (empty when prefixes=False)
         winner, agreement = prefix_vote(samples, prefix_len)
         rollouts.append({"index": i, "kind": "prefix", "response_ids": winner, "agreement": agreement,
                          "finished": len(winner) < prefix_len})
@@ -116,7 +121,8 @@ def sample_upft(model, tok, questions, prefix_len, structure_ratio, num_samples=
     return sorted(rollouts, key=lambda r: r["index"]), sampled
 
 
-def make_example(tok, question, response_ids, kind, prefix_len, max_len=None, finished=True):
+def make_example(tok, question, response_ids, kind, prefix_len, max_len=None, finished=True,
+                 instruction=PREFIX_INSTRUCTION, eos=True):
     """One training example {"input_ids", "labels", "kind"} (labels aligned with input_ids, IGNORE on
     the prompt), or None when even the prompt does not fit max_len (§3.4).
 
@@ -144,11 +150,12 @@ def make_example(tok, question, response_ids, kind, prefix_len, max_len=None, fi
               no instruction.
       max_len: if len(prompt) >= max_len return None (no answer token would fit); otherwise cut
               input_ids and labels to their first max_len entries (no EOS forced in).
+    instruction / eos: the prefix task's two parts, switched off one at a time by the controls (§7.1).
     """
     # >>> exercise: make_example
     if kind == "prefix":
-        prompt = chat_prompt(tok, question, PREFIX_INSTRUCTION)
-        target = list(response_ids[:prefix_len]) + [tok.eos_id]
+        prompt = chat_prompt(tok, question, instruction)
+        target = list(response_ids[:prefix_len]) + ([tok.eos_id] if eos else [])
     elif kind == "full":
         prompt = chat_prompt(tok, question)
         target = list(response_ids) + ([tok.eos_id] if finished else [])
@@ -162,18 +169,44 @@ def make_example(tok, question, response_ids, kind, prefix_len, max_len=None, fi
     # <<< exercise: make_example
 
 
-def build_examples(tok, questions, rollouts, prefix_len, max_len=None):
-    """Training examples for every rollout, plus how many were dropped by max_len."""
+def build_examples(tok, questions, rollouts, prefix_len, max_len=None, instruction=PREFIX_INSTRUCTION,
+                   eos=True):
+    """Training examples for every rollout, plus how many were dropped by max_len. A rollout with a
+    "target_ids" (the random-target control, `ablate_rollouts`) is trained on those instead of its own."""
     examples, dropped = [], 0
     for r in rollouts:
-        ex = make_example(tok, questions[r["index"]], r["response_ids"], r["kind"], prefix_len, max_len,
-                          r.get("finished", True))
+        ex = make_example(tok, questions[r["index"]], r.get("target_ids", r["response_ids"]), r["kind"],
+                          prefix_len, max_len, r.get("finished", True), instruction=instruction, eos=eos)
         if ex is None:
             dropped += 1
             continue
         ex["index"] = r["index"]
         examples.append(ex)
     return examples, dropped
+
+
+def ablate_rollouts(rollouts, full_only=False, random_targets=False, seed=0):
+    """The controls that take UPFT apart (§7.1), applied to UPFT's own rollouts (same split, same samples):
+
+    full_only:      keep the full traces (the fraction p) and drop every prefix rollout.
+    random_targets: every prefix rollout is trained on the prefix sampled for ANOTHER question: a
+                    uniformly random derangement of the prefix rollouts (seeded; redrawn until no rollout
+                    keeps its own), stored as "target_ids" / "target_from" (the question it came from).
+                    The masks, lengths and prompts stay; only the pairing of prompt and target is broken.
+    Returns new rollout dicts; the input is not modified."""
+    out = [dict(r) for r in rollouts if not (full_only and r["kind"] == "prefix")]
+    if random_targets:
+        pre = [r for r in out if r["kind"] == "prefix"]
+        if len(pre) < 2:
+            raise UpftError("the random-target control needs at least 2 prefix questions")
+        g = torch.Generator().manual_seed(seed)  # its own generator: no other random stream moves
+        while True:
+            perm = torch.randperm(len(pre), generator=g).tolist()
+            if all(j != i for i, j in enumerate(perm)):
+                break
+        for r, j in zip(pre, perm):
+            r["target_ids"], r["target_from"] = list(pre[j]["response_ids"]), pre[j]["index"]
+    return out
 
 
 def supervised_tokens(examples):
@@ -203,6 +236,28 @@ def sample_rft(model, tok, questions, golds, num_samples=16, max_new_tokens=512,
         ok = next((s for s in samples if is_equiv(extract_answer(tok.decode(s)), gold)), None)
         if ok is not None:
             rollouts.append(_full(i, ok, max_new_tokens))
+    return rollouts, _sampled_tokens(outs, max_new_tokens), len(questions) - len(rollouts)
+
+
+def sample_vote(model, tok, questions, num_samples=16, max_new_tokens=512, seed=0, batch_size=64, **sampling):
+    """Majority-vote self-training (offline TTRL, arXiv 2504.16084; §7): the same num_samples full traces
+    per question as RFT (same seed, same sampler), but the pseudo-label is the most common extracted
+    answer (grader.majority_vote, ties to the earliest sample) and the first sample that reaches it is
+    kept. No gold answer is taken or read. Questions whose samples have no extractable answer are
+    dropped. Each kept rollout records its vote share (samples agreeing with the vote / num_samples).
+    Returns (rollouts, tokens sampled, questions dropped)."""
+    prompts = [chat_prompt(tok, q) for q in questions]
+    outs = _sample(model, tok, prompts, max_new_tokens, num_samples, seed, batch_size, sampling)
+    rollouts = []
+    for i, samples in enumerate(outs):
+        answers = [extract_answer(tok.decode(s)) for s in samples]
+        vote = majority_vote(answers)
+        if vote is None:
+            continue  # no sample has an answer: nothing to vote on
+        agree = [a is not None and normalize(a) == normalize(vote) for a in answers]
+        r = _full(i, samples[agree.index(True)], max_new_tokens)
+        r.update(pseudo_label=vote, vote_share=sum(agree) / len(samples))
+        rollouts.append(r)
     return rollouts, _sampled_tokens(outs, max_new_tokens), len(questions) - len(rollouts)
 
 

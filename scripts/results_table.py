@@ -1,12 +1,17 @@
-"""Regenerate the README's toy-world results table: base, SFT, RFT, UPFT (N=1), UPFT with voting (N=8),
-and a temperature-1 UPFT control (docs/method.md §2.1: sampling at T=1 without truncation should teach nothing
-in expectation), over several seeds, with the token accounting and wall time of each run.
+"""Regenerate the README's toy-world results table: base; the baselines SFT, RFT, majority vote and EM-FT;
+UPFT (N=1), UPFT with prefix voting (N=8), the temperature-1 control (docs/method.md §2.1) and the
+controls that take UPFT apart (§7.1); over several seeds, with the token accounting and time of each run.
 
     python scripts/results_table.py                 # 3 seeds, writes runs/table/ and updates README.md
     python scripts/results_table.py --seeds 0 --no-readme
 
-Every run is a plain `train.py` invocation (shown in the output), so any cell can be reproduced alone.
-Accuracy: greedy, on the toy world's held-out questions; mean over seeds with a 95% t-interval.
+Every run is a plain `train.py` invocation with the toy defaults (shown in the output), so any cell can
+be reproduced alone; every method gets the same LR, epochs and batch. Accuracy: greedy, on the toy
+world's held-out questions; mean over seeds with a 95% t-interval. Two flags only save time and change
+no number: `--base-from` (the base model's greedy accuracy is measured once, by the first run, and
+reused by the others) and `--eval-every` (accuracy on the first 100 held-out questions during training,
+for docs/accuracy_vs_step.png; evaluation uses no random stream of the training). Finished runs are
+reused and an interrupted one is resumed, so the script can be restarted.
 """
 import argparse
 import json
@@ -15,16 +20,34 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-METHODS = {  # name -> train.py flags
-    "SFT": ["--method", "sft"],
-    "RFT (16 samples)": ["--method", "rft", "--num-samples", "16"],
-    "UPFT (N=1)": ["--method", "upft"],
-    "UPFT + voting (N=8)": ["--method", "upft", "--num-samples", "8"],
-    "UPFT control (T=1, no top-p)": ["--method", "upft", "--temperature", "1.0", "--top-p", "1.0"],
+EVAL_EVERY = 32  # optimizer steps between evaluations during training: ~5 points for the 126-step runs
+# name -> (run folder stem, train.py flags, kind). The first five keep the folder names of earlier tables.
+ROWS = {
+    "SFT": ("sft", ["--method", "sft"], "baseline"),
+    "RFT (16 samples)": ("rft", ["--method", "rft", "--num-samples", "16"], "baseline"),
+    "UPFT (N=1)": ("upft", ["--method", "upft"], "upft"),
+    "UPFT + voting (N=8)": ("upft-vote", ["--method", "upft", "--num-samples", "8"], "upft"),
+    "UPFT control (T=1, no top-p)": ("upft-t1", ["--method", "upft", "--temperature", "1.0", "--top-p", "1.0"],
+                                     "control"),
+    "majority vote (16 samples)": ("vote", ["--method", "vote", "--num-samples", "16"], "baseline"),
+    "EM-FT": ("em", ["--method", "em"], "baseline"),
+    "UPFT, no instruction": ("upft-noinstr", ["--method", "upft", "--no-instruction"], "control"),
+    "UPFT, no EOS": ("upft-noeos", ["--method", "upft", "--no-eos"], "control"),
+    "UPFT, prefix part only (p = 0)": ("upft-p0", ["--method", "upft", "--structure-ratio", "0"], "control"),
+    # 100 examples, 14 steps: evaluated every 3 steps to get as many points as the others
+    "UPFT, full-trace part only": ("upft-fullonly", ["--method", "upft", "--full-only", "--eval-every", "3"],
+                                   "control"),
+    "UPFT, random targets": ("upft-random", ["--method", "upft", "--random-targets"], "control"),
+    "UPFT, per-sample loss (official)": ("upft-sample", ["--method", "upft", "--loss-norm", "sample"], "control"),
 }
+# the order of the printed table
+ORDER = ["SFT", "RFT (16 samples)", "majority vote (16 samples)", "EM-FT", "UPFT (N=1)", "UPFT + voting (N=8)",
+         "UPFT control (T=1, no top-p)", "UPFT, no instruction", "UPFT, no EOS", "UPFT, prefix part only (p = 0)",
+         "UPFT, full-trace part only", "UPFT, random targets", "UPFT, per-sample loss (official)"]
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
 
@@ -41,63 +64,66 @@ def fmt(xs, pct=True):
     return f"{m * s:.1f} ± {h * s:.1f}" if not math.isnan(h) else f"{m * s:.1f}"
 
 
+def run_dir(out, name, seed):
+    return Path(out) / f"{ROWS[name][0]}-s{seed}"
+
+
+def load(out, seeds):
+    """{row name: [results.json of each seed]} for the rows whose every seed has finished."""
+    results = {}
+    for name in ORDER:
+        files = [run_dir(out, name, s) / "results.json" for s in seeds]
+        if all(f.exists() for f in files):
+            results[name] = [json.loads(f.read_text()) for f in files]
+    return results
+
+
+def train_run(out, seed, name, args, base_run=None):
+    d = run_dir(out, name, seed)
+    flags = list(ROWS[name][1])
+    if "--eval-every" not in flags:
+        flags += ["--eval-every", str(EVAL_EVERY)]
+    cmd = [sys.executable, str(ROOT / "train.py"), "--prefix-len", str(args.prefix_len), "--seed", str(seed),
+           "--out", str(d), *flags, *args.extra]
+    if base_run:
+        cmd += ["--base-from", str(base_run)]
+    if Path(f"{d}.partial").exists():  # an interrupted run: continue it
+        cmd.append("--resume")
+    print("$", " ".join(cmd[1:]), flush=True)
+    t = time.time()
+    with open(Path(out) / f"{d.name}.log", "w") as log:
+        subprocess.run(cmd, check=True, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    print(f"  {d.name}: {time.time() - t:.0f}s", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--prefix-len", type=int, default=8)
+    ap.add_argument("--rows", nargs="+", choices=ORDER, default=ORDER, help="only these rows")
+    ap.add_argument("--jobs", type=int, default=1, help="train.py runs at the same time (each keeps its own "
+                    "thread count, so the numbers do not change; on a shared machine set OMP_WAIT_POLICY=PASSIVE)")
     ap.add_argument("--out", default=str(ROOT / "runs" / "table"))
     ap.add_argument("--no-readme", action="store_true")
     ap.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="flags passed to every train.py run")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    results = {}
-    for name, flags in METHODS.items():
-        for seed in args.seeds:
-            run_dir = out / f"{name.split()[0].lower()}{'-vote' if 'voting' in name else ''}" \
-                            f"{'-t1' if 'control' in name else ''}-s{seed}"
-            res_file = run_dir / "results.json"
-            if not res_file.exists():  # finished runs are reused: the script can be restarted
-                cmd = [sys.executable, str(ROOT / "train.py"), "--prefix-len", str(args.prefix_len),
-                       "--seed", str(seed), "--out", str(run_dir), *flags, *args.extra]
-                if Path(f"{run_dir}.partial").exists():  # an interrupted run: continue it
-                    cmd.append("--resume")
-                print("$", " ".join(cmd[1:]), flush=True)
-                t = time.time()
-                subprocess.run(cmd, check=True, cwd=ROOT)
-                print(f"  {time.time() - t:.0f}s", flush=True)
-            results.setdefault(name, []).append(json.loads(res_file.read_text()))
-
-    first = next(iter(results.values()))
-    base = [r["base"]["accuracy"] for r in first]
-    rft_sampled = statistics.mean(r["accounting"]["tokens_sampled"] for r in results["RFT (16 samples)"])
-    sft_sup = statistics.mean(r["accounting"]["tokens_supervised"] for r in results["SFT"])
-    n_eval = first[0]["base"]["questions"]
-    lines = [f"Toy world, {len(args.seeds)} seeds ({', '.join(map(str, args.seeds))}), L = {args.prefix_len}, "
-             f"p = 0.1, {first[0]['accounting']['questions']} training questions, {n_eval} held-out "
-             f"questions; greedy accuracy, mean ± 95% t-interval over seeds.", "",
-             "| method | accuracy (%) | Δ vs base (pts) | tokens sampled | tokens supervised | "
-             "sampled / RFT | supervised / SFT | wall time (s) |",
-             "|---|---|---|---|---|---|---|---|",
-             f"| base | {fmt(base)} | – | – | – | – | – | – |"]
-    for name, rs in results.items():
-        acc = [r["tuned"]["accuracy"] for r in rs]
-        delta = [a - b for a, b in zip(acc, base)]
-        sampled = statistics.mean(r["accounting"]["tokens_sampled"] for r in rs)
-        sup = statistics.mean(r["accounting"]["tokens_supervised"] for r in rs)
-        wall = statistics.mean(r["wall_seconds"] for r in rs)
-        lines.append(f"| {name} | {fmt(acc)} | {fmt(delta)} | {sampled:,.0f} | {sup:,.0f} | "
-                     f"{sampled / rft_sampled:.1%} | {sup / sft_sup:.1%} | {wall:.0f} |")
-    vote = results.get("UPFT + voting (N=8)")
-    if vote:
-        agree = statistics.mean(r["accounting"].get("mean_prefix_agreement", float("nan")) for r in vote)
-        lines += ["", f"Mean agreement of the winning 8-sample prefix: {agree:.1%}."]
-    upft = results["UPFT (N=1)"]
-    ratio_s = statistics.mean(r["accounting"]["tokens_sampled"] for r in upft) / rft_sampled
-    ratio_t = statistics.mean(r["accounting"]["tokens_supervised"] for r in upft) / sft_sup
-    lines += [f"UPFT (N=1) sampled tokens / RFT's: {ratio_s:.2%} (target ≤ 2%); "
-              f"supervised tokens / SFT's: {ratio_t:.1%} (target ≤ 30%)."]
-    table = "\n".join(lines)
+    t0 = time.time()
+    jobs = [(seed, name) for seed in args.seeds for name in ORDER if name in args.rows]  # seed-major
+    done = [j for j in jobs if (run_dir(out, j[1], j[0]) / "results.json").exists()]
+    base_run = next((run_dir(out, n, s) for s, n in done if (run_dir(out, n, s) / "eval_base.json").exists()),
+                    None)
+    todo = [j for j in jobs if j not in done]  # finished runs are reused: the script can be restarted
+    if base_run is None and todo:  # the first run measures the base model; the others reuse it
+        seed, name = todo.pop(0)
+        train_run(out, seed, name, args)
+        base_run = run_dir(out, name, seed)
+    with ThreadPoolExecutor(args.jobs) as pool:  # each job is its own train.py process
+        for f in [pool.submit(train_run, out, seed, name, args, base_run) for seed, name in todo]:
+            f.result()
+    print(f"this invocation: {time.time() - t0:.0f}s")
+    table = make_table(load(out, args.seeds), args)
     print("\n" + table)
     (out / "table.md").write_text(table + "\n")
     if not args.no_readme:
@@ -108,6 +134,61 @@ def main():
             text = text[:text.index(start) + len(start)] + "\n" + table + "\n" + text[text.index(end):]
             readme.write_text(text)
             print(f"updated {readme}")
+
+
+def make_table(results, args):
+    first = next(iter(results.values()))
+    base = [r["base"]["accuracy"] for r in first]
+    rft = results.get("RFT (16 samples)")
+    rft_sampled = statistics.mean(r["accounting"]["tokens_sampled"] for r in rft) if rft else float("nan")
+    sft_sup = statistics.mean(r["accounting"]["tokens_supervised"] for r in results["SFT"]) \
+        if "SFT" in results else float("nan")
+    n_eval = first[0]["base"]["questions"]
+    lines = [f"Toy world, {len(args.seeds)} seed{'s' if len(args.seeds) > 1 else ''} ({', '.join(map(str, args.seeds))}), L = {args.prefix_len}, "
+             f"p = 0.1, {first[0]['accounting']['questions']} training questions, {n_eval} held-out "
+             f"questions; greedy accuracy, mean ± 95% t-interval over seeds; Δ is paired with the base "
+             f"model (the same for every seed). Same LR (1e-5), epochs (2) and batch (16) for every row.", "",
+             "| method | accuracy (%) | Δ vs base (pts) | tokens sampled | tokens supervised | "
+             "sampled / RFT | supervised / SFT | sampling + training (s) | wall time (s) |",
+             "|---|---|---|---|---|---|---|---|---|",
+             f"| base | {fmt(base)} | – | – | – | – | – | – | – |"]
+    total_wall = 0.0
+    for name, rs in results.items():
+        acc = [r["tuned"]["accuracy"] for r in rs]
+        delta = [a - b for a, b in zip(acc, base)]
+        sampled = statistics.mean(r["accounting"]["tokens_sampled"] for r in rs)
+        sup = statistics.mean(r["accounting"]["tokens_supervised"] for r in rs)
+        work = statistics.mean(r["accounting"]["sampling_seconds"] + r["accounting"]["training_seconds"]
+                               for r in rs)
+        wall = statistics.mean(r["wall_seconds"] for r in rs)
+        total_wall += sum(r["wall_seconds"] for r in rs)
+        lines.append(f"| {name} | {fmt(acc)} | {fmt(delta)} | {sampled:,.0f} | {sup:,.0f} | "
+                     f"{sampled / rft_sampled:.1%} | {sup / sft_sup:.1%} | {work:.0f} | {wall:.0f} |")
+    notes = []
+    if "UPFT + voting (N=8)" in results:
+        agree = statistics.mean(r["accounting"]["mean_prefix_agreement"] for r in results["UPFT + voting (N=8)"])
+        notes.append(f"Mean agreement of the winning 8-sample prefix: {agree:.1%}.")
+    if "majority vote (16 samples)" in results:
+        vs = results["majority vote (16 samples)"]
+        share = statistics.mean(r["accounting"]["mean_vote_share"] for r in vs)
+        drop = statistics.mean(r["accounting"]["questions_dropped_no_answer"] for r in vs)
+        notes.append(f"Majority vote: mean vote share of the pseudo-label {share:.1%}; {drop:.1f} questions "
+                     f"per run dropped (no sample with an answer).")
+    if rft:
+        drop = statistics.mean(r["accounting"]["questions_dropped_no_correct_sample"] for r in rft)
+        notes.append(f"RFT: {drop:.1f} questions per run dropped (no correct sample among 16).")
+    if "UPFT (N=1)" in results and rft and "SFT" in results:
+        upft = results["UPFT (N=1)"]
+        ratio_s = statistics.mean(r["accounting"]["tokens_sampled"] for r in upft) / rft_sampled
+        ratio_t = statistics.mean(r["accounting"]["tokens_supervised"] for r in upft) / sft_sup
+        notes.append(f"UPFT (N=1) sampled tokens / RFT's: {ratio_s:.2%} (target ≤ 2%); "
+                     f"supervised tokens / SFT's: {ratio_t:.1%} (target ≤ 30%).")
+    runs = sum(len(rs) for rs in results.values())
+    notes.append(f"Sampling + training: without the evaluations. Wall time: the whole run, including the "
+                 f"evaluations during training (every {EVAL_EVERY} steps on 100 held-out questions) and the "
+                 f"tuned evaluation; the base evaluation ran once and was reused. The {runs} runs took "
+                 f"{total_wall / 60:.0f} min in all on this machine (2 CPU cores shared with other jobs).")
+    return "\n".join(lines + [""] + notes)
 
 
 if __name__ == "__main__":

@@ -275,6 +275,17 @@ def _unsafe_template(d):
     (lambda d: (d / "na.jsonl").write_text('{"question": "a"}\n'),                 # rft needs answers
      ["--data", "{d}/na.jsonl", "--method", "rft"], "answer"),
     (None, ["--data", "{d}/q.jsonl", "--eval-data", "{d}/missing.jsonl"], "not found"),
+    (None, ["--data", "{d}/q.jsonl", "--method", "vote", "--num-samples", "1"], "--num-samples >= 2"),
+    (None, ["--data", "{d}/q.jsonl", "--method", "em", "--loss-norm", "sample"], "--method em"),
+    (None, ["--data", "{d}/q.jsonl", "--method", "sft", "--no-eos"], "--no-eos"),            # controls: upft only
+    (None, ["--data", "{d}/q.jsonl", "--method", "vote", "--random-targets"], "--random-targets"),
+    (None, ["--data", "{d}/q.jsonl", "--full-only", "--no-instruction"], "--full-only"),
+    (None, ["--data", "{d}/q.jsonl", "--full-only", "--structure-ratio", "0"], "--full-only"),
+    (None, ["--data", "{d}/q.jsonl", "--random-targets", "--structure-ratio", "1"], "--random-targets"),
+    (None, ["--data", "{d}/q.jsonl", "--eval-every", "-1"], "--eval-every"),
+    (None, ["--data", "{d}/q.jsonl", "--eval-every", "5", "--eval-subset", "0"], "--eval-subset"),
+    (None, ["--data", "{d}/q.jsonl", "--eval-every", "5", "--no-eval"], "--no-eval"),
+    (None, ["--data", "{d}/q.jsonl", "--base-from", "{d}/nowhere"], "--base-from"),
 ])
 @pytest.mark.parametrize("model", ["tiny", "toy"])
 def test_bad_input_one_line_error(make, args, msg, model, tiny_dir, tmp_path, monkeypatch, capsys):

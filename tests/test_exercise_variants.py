@@ -92,7 +92,7 @@ def _regex_box(text):   # extract_answer: a regex up to the first closing brace 
 
 RETURN_CACHE = "return self.k[layer, :, :, :self.pos + T], self.v[layer, :, :, :self.pos + T]"
 VALID = "valid = (s <= q) & (s >= self.pad[:, None, None])"
-PREFIX_TARGET = "target = list(response_ids[:prefix_len]) + [tok.eos_id]"
+PREFIX_TARGET = "target = list(response_ids[:prefix_len]) + ([tok.eos_id] if eos else [])"
 NO_PAD_FAST_PATH = "if not self.any_pad and (self.pos == 0 or T == 1):"
 MB_LOSS = "loss, _ = loss_fn(logits, labels.to(device))\n        (loss / total).backward()"
 LR_WARM = "max(1, math.ceil(tc.warmup_ratio * total_steps))"
@@ -205,10 +205,10 @@ VARIANTS = [  # (exercise, the usual mistake, patches)
     ("make_example", "instruction on the full-trace examples",
      sub("upft.make_example", ("prompt = chat_prompt(tok, question)\n", "prompt = chat_prompt(tok, question, PREFIX_INSTRUCTION)\n"))),
     ("make_example", "no instruction on the prefix examples",
-     sub("upft.make_example", ("chat_prompt(tok, question, PREFIX_INSTRUCTION)", "chat_prompt(tok, question)"))),
+     sub("upft.make_example", ("chat_prompt(tok, question, instruction)", "chat_prompt(tok, question)"))),
     ("make_example", "instruction put before the question",
-     sub("upft.make_example", ("chat_prompt(tok, question, PREFIX_INSTRUCTION)",
-                               'chat_prompt(tok, PREFIX_INSTRUCTION.strip() + " " + question)'))),
+     sub("upft.make_example", ("chat_prompt(tok, question, instruction)",
+                               'chat_prompt(tok, instruction.strip() + " " + question)'))),
     ("make_example", "EOS after a full trace that hit the sampling budget",
      sub("upft.make_example", ("([tok.eos_id] if finished else [])", "[tok.eos_id]"))),
     ("make_example", "EOS forced in on truncation (the official code)",

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from conftest import ROOT, SHARED_DATA
-from data import Tokenizer, UpftError, read_jsonl
+from data import IGNORE, Tokenizer, UpftError, read_jsonl
 from model import Transformer, generate
 
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -245,13 +245,13 @@ def test_upft_run_saves_a_model_transformers_loads(smol_dir, tok, tmp_path):
     assert (acct["questions"], acct["prefix_examples"], acct["full_examples"]) == (24, 22, 2)
     examples = read_jsonl(out / "train_examples.jsonl")
     for e in examples:
-        sup = [t for t in e["labels"][1:] if t != -100]
+        sup = [t for t in e["labels"][1:] if t != IGNORE]
         assert sup, e
         if e["kind"] == "prefix":  # the first <= 8 sampled tokens, then the supervised <|im_end|>
             assert len(sup) <= 9 and sup[-1] == 2
         prompt = tok.decode(e["input_ids"][:len(e["input_ids"]) - len(sup)])
         assert DEFAULT_SYSTEM in prompt and prompt.endswith("<|im_start|>assistant\n")
-    assert acct["tokens_supervised"] == sum(sum(t != -100 for t in e["labels"][1:]) for e in examples)
+    assert acct["tokens_supervised"] == sum(sum(t != IGNORE for t in e["labels"][1:]) for e in examples)
 
     tuned = Transformer.from_pretrained(out / "model")
     base = Transformer.from_pretrained(smol_dir)

@@ -1004,7 +1004,9 @@ def _run(args, model_dir, tok, rows, eval_rows, out, t0, log, rank=0, nproc=1, d
     results = {"method": args.method, "prefix_len": args.prefix_len, "structure_ratio": args.structure_ratio,
                "num_samples": args.num_samples, "seed": args.seed, "loss_norm": args.loss_norm,
                "controls": [k for k in ABLATIONS if getattr(args, k)], "base": base, "tuned": tuned,
-               "accounting": acct, "wall_seconds": time.time() - t0}
+               "accounting": acct, "wall_seconds": time.time() - t0,
+               # a resumed run's clocks (wall, training) restart at the resume: its times are partial
+               "resumed": bool(args.resume)}
     if rank == 0:
         write_json(out / "results.json", results)
     return results

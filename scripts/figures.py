@@ -153,7 +153,7 @@ def accuracy_vs_tokens(plt, results, docs):
     ax.legend(fontsize=7.5, loc="center left", bbox_to_anchor=(1.01, 0.5), title="Δ vs base (points)",
               title_fontsize=8)
     fig.tight_layout()
-    fig.savefig(docs / "accuracy_vs_tokens.png", dpi=120)
+    fig.savefig(docs / "accuracy_vs_tokens.png", dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 

@@ -68,13 +68,20 @@ def run_dir(out, name, seed):
     return Path(out) / f"{ROWS[name][0]}-s{seed}"
 
 
+def resumed(r):
+    """Whether a run was resumed: results.json says so (older runs: the resume flag in args.json)."""
+    if "resumed" in r:
+        return r["resumed"]
+    return json.loads((Path(r["_dir"]) / "args.json").read_text()).get("resume", False)
+
+
 def load(out, seeds):
     """{row name: [results.json of each seed]} for the rows whose every seed has finished."""
     results = {}
     for name in ORDER:
         files = [run_dir(out, name, s) / "results.json" for s in seeds]
         if all(f.exists() for f in files):
-            results[name] = [json.loads(f.read_text()) for f in files]
+            results[name] = [{**json.loads(f.read_text()), "_dir": str(f.parent)} for f in files]
     return results
 
 
@@ -152,18 +159,21 @@ def make_table(results, args):
              "sampled / RFT | supervised / SFT | sampling + training (s) | wall time (s) |",
              "|---|---|---|---|---|---|---|---|---|",
              f"| base | {fmt(base)} | – | – | – | – | – | – | – |"]
-    total_wall = 0.0
+    total_wall, resumed_runs = 0.0, 0
     for name, rs in results.items():
         acc = [r["tuned"]["accuracy"] for r in rs]
         delta = [a - b for a, b in zip(acc, base)]
         sampled = statistics.mean(r["accounting"]["tokens_sampled"] for r in rs)
         sup = statistics.mean(r["accounting"]["tokens_supervised"] for r in rs)
+        whole = [r for r in rs if not resumed(r)]  # a resumed run's clocks restart at the resume
+        resumed_runs += len(rs) - len(whole)
         work = statistics.mean(r["accounting"]["sampling_seconds"] + r["accounting"]["training_seconds"]
-                               for r in rs)
-        wall = statistics.mean(r["wall_seconds"] for r in rs)
+                               for r in whole) if whole else float("nan")
+        wall = statistics.mean(r["wall_seconds"] for r in whole) if whole else float("nan")
         total_wall += sum(r["wall_seconds"] for r in rs)
+        mark = "" if len(whole) == len(rs) else f" ({len(whole)})"
         lines.append(f"| {name} | {fmt(acc)} | {fmt(delta)} | {sampled:,.0f} | {sup:,.0f} | "
-                     f"{sampled / rft_sampled:.1%} | {sup / sft_sup:.1%} | {work:.0f} | {wall:.0f} |")
+                     f"{sampled / rft_sampled:.1%} | {sup / sft_sup:.1%} | {work:.0f}{mark} | {wall:.0f}{mark} |")
     notes = []
     if "UPFT + voting (N=8)" in results:
         agree = statistics.mean(r["accounting"]["mean_prefix_agreement"] for r in results["UPFT + voting (N=8)"])
@@ -184,10 +194,15 @@ def make_table(results, args):
         notes.append(f"UPFT (N=1) sampled tokens / RFT's: {ratio_s:.2%} (target ≤ 2%); "
                      f"supervised tokens / SFT's: {ratio_t:.1%} (target ≤ 30%).")
     runs = sum(len(rs) for rs in results.values())
+    if resumed_runs:
+        notes.append(f"{resumed_runs} run{'s were' if resumed_runs > 1 else ' was'} interrupted and resumed (`--resume`, which reuses the samples "
+                     f"and the last checkpoint and changes no number); their clocks restarted at the resume, so "
+                     f"the time columns average the other runs only, their count in parentheses.")
     notes.append(f"Sampling + training: without the evaluations. Wall time: the whole run, including the "
                  f"evaluations during training (every {EVAL_EVERY} steps on 100 held-out questions) and the "
                  f"tuned evaluation; the base evaluation ran once and was reused. The {runs} runs took "
-                 f"{total_wall / 60:.0f} min in all on this machine (2 CPU cores shared with other jobs).")
+                 f"{'at least ' if resumed_runs else ''}{total_wall / 60:.0f} min in all on this machine (2 CPU "
+                 f"cores shared with other jobs{'; resumed runs counted from their resume' if resumed_runs else ''}).")
     return "\n".join(lines + [""] + notes)
 
 

@@ -247,6 +247,9 @@ def test_resume_after_sigkill_gives_same_weights(tiny_dir, tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     steps = [json.loads(s)["step"] for s in open(tmp_path / "killed" / "metrics.jsonl")]
     assert steps[-1] == 72
+    # the resumed run says so (its clocks restarted at the resume); the uninterrupted one does not
+    resumed = [json.loads((tmp_path / d / "results.json").read_text())["resumed"] for d in ("ref", "killed")]
+    assert resumed == [False, True]
 
 
 # ----------------------------------------------------------------------------- bad input

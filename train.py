@@ -137,20 +137,12 @@ def accumulate_grads(model, examples, micro_batch_size, pad_id, loss_norm="token
     Edge cases: a step with no supervised token returns (nan, 0) and leaves .grad untouched (no
     backward at all); a micro-batch with no supervised token is skipped.
 
-    Sharded (torchrun): `examples` is this rank's part of the step. The normaliser stays the whole
-    step's (the ranks' counts all-reduced: no rank divides by its own count) and FSDP sums the ranks'
-    gradients, so any split over ranks equals one big batch. Every rank runs as many micro-batches as
-    the busiest one: a rank with nothing (left) to supervise runs a fully masked row, whose loss and
-    gradient are exactly 0, because FSDP's all-gathers and reduce-scatters must pair up across ranks.
     objective "entropy" (EM-FT) sums token entropies instead of cross-entropies (token norm only).
+    A sharded model (torchrun) goes through accumulate_grads_sharded instead (fit chooses).
     """
     # >>> exercise: accumulate_grads
     counts = [supervised_count(e, loss_norm) for e in examples]
     total = sum(counts)
-    n_micro = -(-len(examples) // micro_batch_size)
-    sharded = is_sharded(model)
-    if sharded:
-        total, n_micro = all_reduce([total], "sum")[0], all_reduce([n_micro], "max")[0]
     if total == 0:
         return float("nan"), 0  # nothing supervised in this step: no gradient, no NaN
     loss_fn = masked_ce_sum if loss_norm == "token" else per_sample_mean_sum
@@ -158,21 +150,16 @@ def accumulate_grads(model, examples, micro_batch_size, pad_id, loss_norm="token
         loss_fn = masked_entropy_sum
     device = next(model.parameters()).device
     step_loss = 0.0
-    for k in range(n_micro):
-        i = k * micro_batch_size
+    for i in range(0, len(examples), micro_batch_size):
         mb = examples[i:i + micro_batch_size]
         if sum(counts[i:i + micro_batch_size]) == 0:
-            if not sharded:
-                continue  # an all-masked micro-batch would only add 0 * NaN risks
-            mb = mb or [{"input_ids": [pad_id, pad_id], "labels": [IGNORE, IGNORE]}]
+            continue  # an all-masked micro-batch would only add 0 * NaN risks
         ids, labels = collate(mb, pad_id)
         with autocast or contextlib.nullcontext():
             logits = model(ids.to(device))
         loss, _ = loss_fn(logits, labels.to(device))
         (loss / total).backward()
         step_loss += loss.item()
-    if sharded:
-        step_loss = all_reduce([step_loss], "sum", torch.float64)[0]
     return step_loss / total, total
     # <<< exercise: accumulate_grads
 
@@ -284,8 +271,12 @@ def fit(model, examples, tc: TrainConfig, pad_id=0, out=None, resume=False, desc
         lr = lr_at(step, len(steps), tc)
         for g in opt.param_groups:
             g["lr"] = lr
-        loss, n = accumulate_grads(model, batch, tc.micro_batch_size, pad_id, tc.loss_norm, autocast,
-                                   objective=tc.objective)
+        if sharded:
+            loss, n = accumulate_grads_sharded(model, batch, tc.micro_batch_size, pad_id, tc.loss_norm,
+                                               objective=tc.objective)
+        else:
+            loss, n = accumulate_grads(model, batch, tc.micro_batch_size, pad_id, tc.loss_norm, autocast,
+                                       objective=tc.objective)
         gnorm = 0.0
         if n > 0:
             gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.max_grad_norm)
@@ -366,6 +357,32 @@ def init_distributed(device):
 def is_sharded(model):
     from torch.distributed.fsdp import FSDPModule
     return isinstance(model, FSDPModule)
+
+
+def accumulate_grads_sharded(model, examples, micro_batch_size, pad_id, loss_norm="token", objective="ce"):
+    """accumulate_grads on a sharded model: `examples` is this rank's part of the step. The normaliser
+    stays the whole step's (the ranks' counts all-reduced: no rank divides by its own count) and FSDP
+    sums the ranks' gradients, so any split over ranks equals one big batch. Every rank runs as many
+    micro-batches as the busiest one, because FSDP's all-gathers and reduce-scatters must pair up across
+    ranks: a rank with nothing (left) to supervise runs a fully masked row, whose loss and gradient are
+    exactly 0 (no NaN). Returns (the step's mean loss over all ranks, the step's normaliser)."""
+    counts = [supervised_count(e, loss_norm) for e in examples]
+    total = all_reduce([sum(counts)], "sum")[0]
+    n_micro = all_reduce([-(-len(examples) // micro_batch_size)], "max")[0]
+    if total == 0:
+        return float("nan"), 0  # the same on every rank: nothing supervised in this step anywhere
+    loss_fn = masked_ce_sum if loss_norm == "token" else per_sample_mean_sum
+    if objective == "entropy":
+        loss_fn = masked_entropy_sum
+    device = next(model.parameters()).device
+    step_loss = 0.0
+    for k in range(n_micro):
+        mb = examples[k * micro_batch_size:(k + 1) * micro_batch_size]
+        ids, labels = collate(mb or [{"input_ids": [pad_id, pad_id], "labels": [IGNORE, IGNORE]}], pad_id)
+        loss, _ = loss_fn(model(ids.to(device)), labels.to(device))  # bf16 on CUDA: FSDP's policy casts
+        (loss / total).backward()
+        step_loss += loss.item()
+    return all_reduce([step_loss], "sum", torch.float64)[0] / total, total
 
 
 def load_sharded_model(model_dir, device, dtype):
@@ -912,20 +929,25 @@ def _run(args, model_dir, tok, rows, eval_rows, out, t0, log, rank=0, nproc=1, d
         The memory plan shows the copy fits: a 7-8B model's is 14-15 GiB next to 1/N of the fp32 state."""
         return gather_full(model, torch.bfloat16 if "cuda" in device else dtype, device) if sharded else model
 
+    def evaluate_spread(dec, rows, progress):
+        """evaluate(); under torchrun each rank decodes every nproc-th row and all ranks get every
+        record back, in order, with the summary of them all."""
+        records, summary = evaluate(dec, tok, rows[rank::nproc], args.eval_max_new_tokens,
+                                    batch_size=args.eval_batch_size, progress=progress and rank == 0)
+        if sharded:
+            for k, r in enumerate(records):
+                r["index"] = rank + k * nproc
+            records = sorted((r for part in all_gather_json(records) for r in part), key=lambda r: r["index"])
+            summary = summarize(records, 1, args.eval_max_new_tokens)
+        return records, summary
+
     def accuracy(tag, dec):
         if not eval_rows:
             return None
         path = out / f"eval_{tag}.json"
         if args.resume and path.exists():
             return json.loads(path.read_text())
-        mine = eval_rows[rank::nproc]  # torchrun: every nproc-th question, gathered back in order below
-        records, summary = evaluate(dec, tok, mine, args.eval_max_new_tokens, batch_size=args.eval_batch_size,
-                                    progress=rank == 0)
-        if sharded:
-            for k, r in enumerate(records):
-                r["index"] = rank + k * nproc
-            records = sorted((r for part in all_gather_json(records) for r in part), key=lambda r: r["index"])
-            summary = summarize(records, 1, args.eval_max_new_tokens)
+        records, summary = evaluate_spread(dec, eval_rows, progress=True)
         if rank == 0:
             write_jsonl(out / f"eval_{tag}.jsonl", records)
             write_json(path, summary)
@@ -933,9 +955,11 @@ def _run(args, model_dir, tok, rows, eval_rows, out, t0, log, rank=0, nproc=1, d
         return summary
 
     dec = decoder()
-    if args.base_from and eval_rows:  # the base model's greedy accuracy, measured once by an earlier run
+    if args.base_from and eval_rows and rank == 0:  # the base's greedy accuracy, measured by an earlier run
         for name in ("eval_base.json", "eval_base.jsonl"):
             shutil.copyfile(Path(args.base_from) / name, out / name)
+    if args.base_from and sharded:
+        dist.barrier()  # copied before any rank reads it
     base = accuracy("base", dec) if not args.base_from else json.loads((out / "eval_base.json").read_text())
 
     # self-generated data (reused on --resume: the sampling is not repeated)
@@ -977,9 +1001,8 @@ def _run(args, model_dir, tok, rows, eval_rows, out, t0, log, rank=0, nproc=1, d
     subset, eval_seconds = eval_rows[:args.eval_subset], [0.0]
 
     def during(m):  # greedy accuracy on a fixed held-out subset; its own inference-mode generate, no RNG
-        t_e = time.time()
-        _, s = evaluate(m, tok, subset, args.eval_max_new_tokens, batch_size=args.eval_batch_size,
-                        progress=False)
+        t_e = time.time()  # torchrun: from a full copy, spread over ranks, as the base and tuned accuracy
+        _, s = evaluate_spread(decoder() if sharded else m, subset, progress=False)
         eval_seconds[0] += time.time() - t_e
         return {"eval_accuracy": s["accuracy"], "eval_questions": s["questions"]}
     t_t = time.time()

@@ -112,8 +112,9 @@ def _ok(p, timeout=300):
     return out
 
 
-def _metrics(run):
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+def _metrics(run, kind="loss"):
+    """metrics.jsonl's training records (kind "loss") or its accuracy-during-training ones ("eval_accuracy")."""
+    return [r for r in _lines(run / "metrics.jsonl") if kind in r]
 
 
 def _weights(run):
@@ -128,6 +129,7 @@ def _lines(path):
 # ----------------------------------------------------------------------------- 1 vs 2 processes (tiny model)
 
 N_Q, BATCH, EPOCHS, SAVE_EVERY = 16, 3, 2, 2   # 6 steps per epoch, the last of 1 example: rank 1 gets none
+EVAL_EVERY = 5                                 # accuracy during training at steps 0, 5, 10 and 12
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +141,7 @@ def runs(tiny_dir, tmp_path_factory):
     common = ["--model", tiny_dir, "--data", q, "--eval-data", q, "--eval-limit", 5, "--prefix-len", 4,
               "--structure-ratio", 0.25, "--max-new-tokens", 12, "--eval-max-new-tokens", 8, "--lr", LR,
               "--batch-size", BATCH, "--micro-batch-size", 1, "--epochs", EPOCHS, "--temperature", 0,
-              "--save-every", SAVE_EVERY, "--device", "cpu"]
+              "--save-every", SAVE_EVERY, "--eval-every", EVAL_EVERY, "--device", "cpu"]
     (d / "site").mkdir()
     (d / "site" / "sitecustomize.py").write_text(AUDIT)
     audit = {**ENV, "PYTHONPATH": str(d / "site"), "UPFT_WRITE_LOG": str(d / "writes"),
@@ -170,6 +172,9 @@ def test_two_processes_equal_one(runs):
     assert sum(a != b and b > 0 for a, b in per_rank) >= 4 and sum(b == 0 for a, b in per_rank) == EPOCHS
     m1, m2 = _metrics(one), _metrics(two)
     assert [m["step"] for m in m1] == [m["step"] for m in m2] == list(range(1, len(steps) + 1))
+    # accuracy during training: from a gathered copy, spread over the ranks, the same records
+    assert _metrics(one, "eval_accuracy") == _metrics(two, "eval_accuracy")
+    assert [r["step"] for r in _metrics(two, "eval_accuracy")] == [0, 5, 10, 12]
     for x, y in zip(m1, m2):
         assert x["supervised_tokens"] == y["supervised_tokens"] > 0
         assert y["loss"] == pytest.approx(x["loss"], rel=1e-6)
@@ -220,7 +225,7 @@ def test_files_complete_ordered_and_written_once_by_rank_0(runs):
               "eval_tuned.jsonl", "results.json", "model", "memory_plan.json", "memory_measured.json"):
         assert names.count(f) == 1, (f, names)
     steps = len(T.step_batches(N_Q, T.TrainConfig(lr=LR, batch_size=BATCH, micro_batch_size=1, epochs=EPOCHS)))
-    assert names.count("metrics.jsonl") == steps  # one appended line per step
+    assert names.count("metrics.jsonl") == len(_lines(two / "metrics.jsonl")) == steps + 4  # one line each
     assert names.count("checkpoint") == steps // SAVE_EVERY - 1  # every 2 steps but the last
 
 

@@ -67,3 +67,14 @@ def _one_thread_for_tiny_models(request):
         yield
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    """A tiny random Llama (LLAMA, seed 5) with a real (tiny, trained) tokenizer and a ChatML template,
+    shared by the training and the torchrun tests (one per test module)."""
+    from util_tok import make_tokenizer_dir  # tests/util_tok.py: trains a tokenizer with `tokenizers`
+    d = tmp_path_factory.mktemp("tiny")
+    build_hf(LLAMA, d, seed=5)
+    make_tokenizer_dir(d, template="chatml", vocab_size=256)
+    return d

@@ -31,7 +31,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import LLAMA, ROOT, build_hf
+from conftest import LLAMA, ROOT
 from model import Config, Transformer, shard_rows
 
 import train as T
@@ -70,15 +70,6 @@ if _log and "RANK" in os.environ:
                 f.write(path + "\\n")
     sys.addaudithook(_hook)
 '''
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    from util_tok import make_tokenizer_dir
-    d = tmp_path_factory.mktemp("tiny")
-    build_hf(LLAMA, d, seed=5)
-    make_tokenizer_dir(d, template="chatml", vocab_size=256)
-    return d
 
 
 @pytest.fixture(scope="module")

@@ -9,21 +9,11 @@ import time
 import pytest
 import torch
 
-from conftest import LLAMA, ROOT, build_hf
+from conftest import LLAMA, ROOT
 from data import IGNORE, UpftError
 from model import Config, Transformer
 from train import TrainConfig, accumulate_grads, fit, masked_ce_sum, parse_args, per_sample_mean_sum
 from upft import PREFIX_INSTRUCTION, prefix_vote, split_questions
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    """A tiny random Llama with a real (tiny, trained) tokenizer and the Qwen2.5-Math chat template."""
-    from util_tok import make_tokenizer_dir
-    d = tmp_path_factory.mktemp("tiny")
-    build_hf(LLAMA, d, seed=5)
-    make_tokenizer_dir(d, template="chatml", vocab_size=256)
-    return d
 
 
 def tiny_model(seed=0):

@@ -195,7 +195,8 @@ def make_table(results, args):
                      f"supervised tokens / SFT's: {ratio_t:.1%} (target ≤ 30%).")
     runs = sum(len(rs) for rs in results.values())
     if resumed_runs:
-        notes.append(f"{resumed_runs} run{'s were' if resumed_runs > 1 else ' was'} interrupted and resumed (`--resume`, which reuses the samples "
+        were = "s were" if resumed_runs > 1 else " was"
+        notes.append(f"{resumed_runs} run{were} interrupted and resumed (`--resume`, which reuses the samples "
                      f"and the last checkpoint and changes no number); their clocks restarted at the resume, so "
                      f"the time columns average the other runs only, their count in parentheses.")
     notes.append(f"Sampling + training: without the evaluations. Wall time: the whole run, including the "

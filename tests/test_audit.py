@@ -7,7 +7,7 @@ import torch
 
 import upft
 from data import IGNORE, Tokenizer, chat_prompt, read_jsonl
-from test_train import _questions, _run, random_examples, tiny_dir, tiny_model  # noqa: F401 (fixture)
+from test_train import _questions, _run, random_examples, tiny_model  # noqa: F401 (fixture)
 from train import accumulate_grads, collate, masked_entropy_sum, parse_args, run
 from upft import PREFIX_INSTRUCTION, split_questions
 

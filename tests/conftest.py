@@ -1,5 +1,7 @@
 """Shared test fixtures: tiny random checkpoints in real HF layout, built by transformers (test-only)."""
+import json
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -78,3 +80,14 @@ def tiny_dir(tmp_path_factory):
     build_hf(LLAMA, d, seed=5)
     make_tokenizer_dir(d, template="chatml", vocab_size=256)
     return d
+
+
+def wait_for_checkpoint(proc, meta, step, timeout, poll=0.05):
+    """Wait until `proc` has written a checkpoint at optimizer step >= `step` (its meta.json) and is
+    still running, so a test can kill it mid-training. False if it finished first or time ran out."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if meta.exists() and json.loads(meta.read_text())["step"] >= step:
+            break
+        time.sleep(poll)
+    return proc.poll() is None

@@ -31,7 +31,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import LLAMA, ROOT
+from conftest import LLAMA, ROOT, wait_for_checkpoint
 from model import Config, Transformer, shard_rows
 
 import train as T
@@ -235,12 +235,7 @@ def test_sigkill_one_rank_then_resume(runs):
     d, killed = runs.dir, runs.dir / "killed"
     p = _train([*runs.common, "--out", killed, "--grad-ckpt"], nproc=2)
     meta = Path(f"{killed}.partial") / "checkpoint" / "meta.json"
-    deadline = time.time() + 240
-    while time.time() < deadline and p.poll() is None:
-        if meta.exists() and json.loads(meta.read_text())["step"] >= 4:
-            break
-        time.sleep(0.02)
-    assert p.poll() is None, "training finished before a rank could be killed"
+    assert wait_for_checkpoint(p, meta, 4, timeout=240, poll=0.02), "training finished before a rank could be killed"
     worker = _rank_pid(p.pid, 1)
     os.kill(worker, signal.SIGKILL)
     p.communicate(timeout=120)

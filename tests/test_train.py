@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from conftest import LLAMA, ROOT
+from conftest import LLAMA, ROOT, wait_for_checkpoint
 from data import IGNORE, UpftError
 from model import Config, Transformer
 from train import TrainConfig, accumulate_grads, fit, masked_ce_sum, parse_args, per_sample_mean_sum
@@ -220,12 +220,7 @@ def test_resume_after_sigkill_gives_same_weights(tiny_dir, tmp_path):
     assert ref.wait(timeout=300) == 0, ref.stderr.read()
     p = _cli(common + ["--out", str(tmp_path / "killed")])
     ckpt = tmp_path / "killed.partial" / "checkpoint" / "meta.json"
-    deadline = time.time() + 120
-    while time.time() < deadline and p.poll() is None:
-        if ckpt.exists() and json.loads(ckpt.read_text())["step"] >= 10:
-            break
-        time.sleep(0.05)
-    assert p.poll() is None, "training finished before it could be killed"
+    assert wait_for_checkpoint(p, ckpt, 10, timeout=120), "training finished before it could be killed"
     p.send_signal(signal.SIGKILL)
     p.wait()
     assert not (tmp_path / "killed").exists() and not (tmp_path / "killed.partial" / "model").exists()

@@ -19,6 +19,7 @@ H query heads, K key/value heads, D head_dim, C hidden size, V vocab.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import shutil
@@ -26,6 +27,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -556,13 +558,15 @@ class KVCache:
         self.pad = self.pad.repeat_interleave(n)
 
 
-def sample_next(logits, temperature=0.0, top_k=0, top_p=1.0, generator=None):
+def sample_next(logits, temperature=0.0, top_k=0, top_p=1.0, generator=None, u=None):
     """logits (B, V) -> next ids (B,). Order: temperature, then top-k, then top-p; then one draw per row.
     (Exercise sample_next; docs/method.md §3.2 for the settings UPFT samples with: temperature 0.6,
     top-p / top-k from the checkpoint; §2.1 for why the temperature is what UPFT learns from.)
 
     Inputs: logits (B, V), any float dtype (work in fp32); `generator` (a torch.Generator or None) is
-    passed to the one random draw, so a seeded generator makes the result reproducible.
+    passed to the one random draw, so a seeded generator makes the result reproducible; `u` (optional,
+    (B,) float64 in [0, 1)): the row's uniform number, given by a caller that keeps one random stream
+    per row (`generate` does: `stream_uniforms`); then `generator` is not used.
     Output: a LongTensor (B,) of token ids, on the logits' device.
     Contract, in this order:
       1. temperature None or <= 0: greedy, argmax of each row (no division, no randomness).
@@ -573,9 +577,15 @@ def sample_next(logits, temperature=0.0, top_k=0, top_p=1.0, generator=None):
       4. top_p (None or 1.0 = off): sort the probabilities, keep the smallest set of most likely tokens
          whose mass reaches top_p (a token is kept iff the mass of the tokens ranked above it is still
          below top_p), and ALWAYS keep the most likely token, however small top_p is.
-      5. One independent draw per row from the kept, renormalised probabilities (torch.multinomial).
+      5. One independent draw per row from the kept, renormalised probabilities, by inverse transform:
+         u[b] uniform in [0, 1) (u = torch.rand(B, dtype=torch.float64, generator=generator) unless
+         given); the token is the first, in vocabulary order, whose cumulative kept probability exceeds
+         u[b] times the row's kept total (work in float64: then u * total < total, so some token always
+         qualifies, and a token of probability 0 never does). A tiny change of the logits therefore
+         changes the token only when u[b] falls within that change of a boundary of the cumulative sum.
     Example: probabilities [0.5, 0.3, 0.15, 0.05] with top_p = 0.75 keep tokens {0, 1}; with
-    top_p = 0.2 they keep {0}.
+    top_p = 0.2 they keep {0}. With probabilities [0.5, 0.3, 0.2] and u = 0.6 the token is 1
+    (cumulative 0.5, 0.8, 1.0: the first above 0.6).
     """
     # >>> exercise: sample_next
     if temperature is None or temperature <= 0:
@@ -591,8 +601,38 @@ def sample_next(logits, temperature=0.0, top_k=0, top_p=1.0, generator=None):
         drop[..., 0] = False
         p_sorted = p_sorted.masked_fill(drop, 0.0)
         probs = torch.zeros_like(probs).scatter(-1, idx, p_sorted)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    if u is None:
+        u = torch.rand(probs.shape[0], dtype=torch.float64, generator=generator, device=probs.device)
+    cdf = probs.double().cumsum(-1)
+    return torch.searchsorted(cdf, (u.to(cdf.device) * cdf[:, -1])[:, None], right=True).squeeze(-1)
     # <<< exercise: sample_next
+
+
+# One random stream per sample. A draw of `generate` never comes from a generator shared by the rows,
+# whose state would depend on everything drawn before it (other rows, other batches, other ranks).
+# Sample j of a prompt draws its t-th token with the t-th number of its OWN stream, and that number is
+# a hash of (seed, the prompt's token ids, j, t): no state at all (a counter-based generator). So the
+# samples of a question are a function of (seed, question, model) only, whatever the batch size,
+# chunking, question order or number of processes; batched logits differ from unbatched ones only by
+# float noise, which moves a token only when its uniform falls within that noise of a boundary of the
+# cumulative probabilities (sample_next, step 5): expected never at our sizes (docs/method.md §3.2).
+
+def stream_keys(prompts, seed, n):
+    """A 64-bit key per sample: row b * n + j (sample j of prompt b) gets a hash of (seed, j, prompt b)."""
+    return np.array([int.from_bytes(hashlib.blake2b(repr((seed, j, list(p))).encode(), digest_size=8)
+                                    .digest(), "little") for p in prompts for j in range(n)], dtype=np.uint64)
+
+
+def stream_uniforms(keys, step):
+    """Number `step` of every stream in `keys` (np.uint64, one per row): float64 uniforms in [0, 1), (B,).
+    splitmix64 (Steele, Lea and Flood 2014): the state key + (step + 1) * the golden-ratio constant,
+    mixed; the top 53 bits, over 2**53."""
+    with np.errstate(over="ignore"):
+        z = keys + np.uint64(step + 1) * np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z ^= z >> np.uint64(31)
+    return torch.from_numpy((z >> np.uint64(11)).astype(np.float64) * 2.0 ** -53)
 
 
 @torch.inference_mode()
@@ -604,16 +644,15 @@ def generate(model, prompts, max_new_tokens, *, temperature=0.0, top_k=0, top_p=
     num_samples=n a list of its n samples. Every sample is cut before its first stop id. Prompts are
     sorted by length and cut into chunks of `batch_size` prompts (less padding); each chunk is one
     left-padded prefill, expanded to n rows per prompt, then decoded one token per step until every
-    row has stopped.
+    row has stopped. With a `seed`, every sample draws from its own random stream (`stream_keys`), so
+    a prompt gets the same samples in any batch, order or process; without one, from torch's global
+    generator.
     """
     n = 1 if num_samples is None else num_samples
     if n < 1 or max_new_tokens < 0:
         raise UpftError(f"bad generate arguments: num_samples={num_samples}, max_new_tokens={max_new_tokens}")
     if any(len(p) == 0 for p in prompts):
         raise UpftError("generate: empty prompt")
-    gen = None
-    if seed is not None:
-        gen = torch.Generator(device=model.device).manual_seed(seed)
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     bs = batch_size or max(len(prompts), 1)
     groups = [None] * len(prompts)
@@ -622,7 +661,8 @@ def generate(model, prompts, max_new_tokens, *, temperature=0.0, top_k=0, top_p=
         chunk = order[c:c + bs]
         chunk_groups = _generate_chunk(model, [prompts[i] for i in chunk], max_new_tokens=max_new_tokens,
                                        num_samples=n, temperature=temperature, top_k=top_k, top_p=top_p,
-                                       stop_ids=stop_ids, generator=gen)
+                                       stop_ids=stop_ids,
+                                       keys=None if seed is None else stream_keys([prompts[i] for i in chunk], seed, n))
         for i, g in zip(chunk, chunk_groups):
             groups[i] = g
         bar.update(len(chunk))
@@ -630,9 +670,9 @@ def generate(model, prompts, max_new_tokens, *, temperature=0.0, top_k=0, top_p=
     return groups if num_samples is not None else [g[0] for g in groups]
 
 
-def _generate_chunk(model, prompts, *, max_new_tokens, num_samples, temperature, top_k, top_p, stop_ids,
-                    generator):
-    """One left-padded batch: returns, per prompt, its num_samples samples (lists of new token ids)."""
+def _generate_chunk(model, prompts, *, max_new_tokens, num_samples, temperature, top_k, top_p, stop_ids, keys):
+    """One left-padded batch: returns, per prompt, its num_samples samples (lists of new token ids).
+    keys: the random stream of every row (stream_keys), or None (torch's global generator)."""
     n = num_samples
     device, cfg = model.device, model.config
     B, Tmax = len(prompts), max(len(p) for p in prompts)
@@ -652,7 +692,8 @@ def _generate_chunk(model, prompts, *, max_new_tokens, num_samples, temperature,
     outs = [[] for _ in range(B * n)]
     done = torch.zeros(B * n, dtype=torch.bool, device=device)
     for step in range(max_new_tokens):
-        tok = sample_next(logits, temperature, top_k, top_p, generator)    # (live,)
+        u = None if keys is None or not temperature or temperature <= 0 else stream_uniforms(keys[live], step)
+        tok = sample_next(logits, temperature, top_k, top_p, u=u)            # (live,)
         for r, t, d in zip(live, tok.tolist(), done.tolist()):
             if not d:
                 outs[r].append(t)

@@ -974,7 +974,8 @@ def _run(args, model_dir, tok, rows, eval_rows, out, t0, log, rank=0, nproc=1, d
                                 temperature=args.temperature, top_p=top_p, top_k=top_k)
         questions = [r["question"] for r in rows]
         if args.full_only or args.random_targets:  # the controls (§7.1), on UPFT's own samples
-            rollouts = upft.ablate_rollouts(rollouts, args.full_only, args.random_targets, seed=args.seed)
+            rollouts = upft.ablate_rollouts(rollouts, questions, args.full_only, args.random_targets,
+                                            seed=args.seed)
         examples, dropped = upft.build_examples(
             tok, questions, rollouts, args.prefix_len, args.max_len, eos=not args.no_eos,
             instruction="" if args.no_instruction else upft.PREFIX_INSTRUCTION)
@@ -1006,6 +1007,10 @@ def _run(args, model_dir, tok, rows, eval_rows, out, t0, log, rank=0, nproc=1, d
         eval_seconds[0] += time.time() - t_e
         return {"eval_accuracy": s["accuracy"], "eval_questions": s["questions"]}
     t_t = time.time()
+    # the training order is drawn over the questions in a canonical order (by their text), so a shuffled
+    # data file gives the same run (upft.canonical_order)
+    rank_of = {i: k for k, i in enumerate(upft.canonical_order([r["question"] for r in rows]))}
+    examples = sorted(examples, key=lambda e: rank_of[e["index"]])
     fit(model, examples, tc, pad_id=tok.pad_id, out=out, resume=args.resume, desc=args.method, log=log,
         evaluate=during if subset else None)
     acct["training_seconds"] = time.time() - t_t - eval_seconds[0]  # without the evaluations during it
@@ -1037,8 +1042,9 @@ def _run(args, model_dir, tok, rows, eval_rows, out, t0, log, rank=0, nproc=1, d
 
 def sample(model, tok, rows, args, share=None, **sampling):
     """The method's self-generated rollouts and its token accounting. share=(rank, world) (torchrun):
-    this rank samples every world-th question (its own seed: seed + 1000 * rank), and the rollouts and
-    counts of all ranks are gathered, in question order, on every rank (all of them train on them)."""
+    this rank samples every world-th question, and the rollouts and counts of all ranks are gathered, in
+    question order, on every rank (all of them train on them). Every question draws from its own random
+    streams (model.generate), so the rollouts are those of one process, whatever the number of ranks."""
     questions = [r["question"] for r in rows]
     rank, world = share or (0, 1)
     common = dict(max_new_tokens=args.max_new_tokens, seed=args.seed, batch_size=args.sample_batch_size,
@@ -1051,7 +1057,6 @@ def sample(model, tok, rows, args, share=None, **sampling):
                                              **common)
     else:
         mine = list(range(rank, len(rows), world))
-        common["seed"] += 1000 * rank
         if args.method in ("sft", "em"):  # EM-FT trains on SFT's samples; only the loss differs
             rollouts, sampled = upft.sample_sft(model, tok, [questions[i] for i in mine], **common)
         elif args.method == "vote":  # no gold answer is passed: the majority answer is the pseudo-label

@@ -23,6 +23,7 @@ A rollout is {"index", "kind": "prefix"|"full", "response_ids", "finished", ...}
 """
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 
 import torch
@@ -96,21 +97,22 @@ def sample_upft(model, tok, questions, prefix_len, structure_ratio, num_samples=
     """UPFT's self-generated data (§3.2): the D_f questions get one full trace, the D_p questions
     `num_samples` prefixes of only L decoded tokens each (num_samples > 1: the most frequent prefix wins).
     questions: list of str. sampling: temperature, top_p, top_k. Returns (rollouts, tokens sampled).
+    Every question draws from its own random streams (model.generate), keyed by the seed and the
+    question: its samples do not depend on the batch size, the order of the questions, or the number of
+    processes, and its prefix is the opening of the full trace it would get (the same stream).
     share=(rank, world) (torchrun): the split is still drawn over all questions, but only questions
-    rank, rank + world, ... are decoded here, with this rank's own seed (seed + 1000 * rank); the
-    rollouts keep their global index and the token count is this rank's.
-    prefixes=False (the full-trace-only control, §7.1) skips the D_p sampling; the full traces are the
-    same (they are drawn first, from their own seed)."""
+    rank, rank + world, ... are decoded here; the rollouts keep their global index and the token count
+    is this rank's. prefixes=False (the full-trace-only control, §7.1) skips the D_p sampling; the full
+    traces are the same."""
     if prefix_len < 1:
         raise UpftError(f"--prefix-len must be a positive number of tokens, got {prefix_len}")
     rank, world = share or (0, 1)
     prompts = [chat_prompt(tok, q) for q in questions]  # the plain question: no instruction
-    full = split_questions(len(questions), structure_ratio, seed)
+    full = split_canonical(questions, structure_ratio, seed)
     fi = [i for i, f in enumerate(full) if f and i % world == rank]
     pi = [i for i, f in enumerate(full) if not f and i % world == rank]
-    seed += 1000 * rank  # the decoding seed of this rank (the split above used the run's seed)
     full_outs = _sample(model, tok, [prompts[i] for i in fi], max_new_tokens, 1, seed, batch_size, sampling)
-    pre_outs = _sample(model, tok, [prompts[i] for i in pi], prefix_len, num_samples, seed + 1, batch_size,
+    pre_outs = _sample(model, tok, [prompts[i] for i in pi], prefix_len, num_samples, seed, batch_size,
                        sampling) if prefixes else []
     rollouts = [_full(i, samples[0], max_new_tokens) for i, samples in zip(fi, full_outs)]
     for i, samples in zip(pi, pre_outs):  # (empty when prefixes=False)
@@ -119,6 +121,24 @@ def sample_upft(model, tok, questions, prefix_len, structure_ratio, num_samples=
                          "finished": len(winner) < prefix_len})
     sampled = _sampled_tokens(full_outs, max_new_tokens) + _sampled_tokens(pre_outs, prefix_len)
     return sorted(rollouts, key=lambda r: r["index"]), sampled
+
+
+def canonical_order(questions):
+    """The positions of `questions` sorted by a hash of their text (ties: by position): an order that does
+    not depend on the order of the file, so a shuffled data set gets the same split, the same random
+    targets and the same training order (train.py) as the original."""
+    key = lambda i: (hashlib.sha256(questions[i].encode("utf-8")).digest(), i)  # noqa: E731
+    return sorted(range(len(questions)), key=key)
+
+
+def split_canonical(questions, p, seed):
+    """split_questions over the questions taken in canonical_order: which questions get a full trace
+    then depends on the questions and the seed, not on their order in the file."""
+    order = canonical_order(questions)
+    full = [False] * len(questions)
+    for i, f in zip(order, split_questions(len(questions), p, seed)):
+        full[i] = f
+    return full
 
 
 def make_example(tok, question, response_ids, kind, prefix_len, max_len=None, finished=True,
@@ -185,18 +205,20 @@ def build_examples(tok, questions, rollouts, prefix_len, max_len=None, instructi
     return examples, dropped
 
 
-def ablate_rollouts(rollouts, full_only=False, random_targets=False, seed=0):
+def ablate_rollouts(rollouts, questions, full_only=False, random_targets=False, seed=0):
     """The controls that take UPFT apart (§7.1), applied to UPFT's own rollouts (same split, same samples):
 
     full_only:      keep the full traces (the fraction p) and drop every prefix rollout.
     random_targets: every prefix rollout is trained on the prefix sampled for ANOTHER question: a
-                    uniformly random derangement of the prefix rollouts (seeded; redrawn until no rollout
-                    keeps its own), stored as "target_ids" / "target_from" (the question it came from).
+                    uniformly random derangement of the prefix rollouts (seeded, over the questions in
+                    canonical_order; redrawn until no rollout keeps its own), stored as "target_ids" /
+                    "target_from" (the index of the question it came from).
                     The masks, lengths and prompts stay; only the pairing of prompt and target is broken.
     Returns new rollout dicts; the input is not modified."""
     out = [dict(r) for r in rollouts if not (full_only and r["kind"] == "prefix")]
     if random_targets:
-        pre = [r for r in out if r["kind"] == "prefix"]
+        rank = {i: k for k, i in enumerate(canonical_order(questions))}
+        pre = sorted((r for r in out if r["kind"] == "prefix"), key=lambda r: rank[r["index"]])
         if len(pre) < 2:
             raise UpftError("the random-target control needs at least 2 prefix questions")
         g = torch.Generator().manual_seed(seed)  # its own generator: no other random stream moves

@@ -7,9 +7,9 @@ import torch
 
 import upft
 from data import IGNORE, Tokenizer, chat_prompt, read_jsonl
-from test_train import _questions, _run, random_examples, tiny_model  # noqa: F401 (fixture)
+from test_train import _question_texts, _questions, _run, random_examples, tiny_model  # noqa: F401 (fixture)
 from train import accumulate_grads, collate, masked_entropy_sum, parse_args, run
-from upft import PREFIX_INSTRUCTION, split_questions
+from upft import PREFIX_INSTRUCTION
 
 
 # ----------------------------------------------------------------------------- EM-FT: the entropy loss
@@ -204,7 +204,7 @@ def test_control_no_eos(tiny_dir, tmp_path, plain):
 
 def test_control_full_only(tiny_dir, tmp_path, plain):
     res, ex, rollouts = _examples(tmp_path, "x", tiny_dir, "--full-only")
-    full_idx = {i for i, f in enumerate(split_questions(20, 0.25, seed=0)) if f}
+    full_idx = {i for i, f in enumerate(upft.split_canonical(_question_texts(), 0.25, seed=0)) if f}
     assert {e["index"] for e in ex} == set(rollouts) == full_idx and all(e["kind"] == "full" for e in ex)
     assert ex == [p for p in plain[1] if p["kind"] == "full"]  # the same full examples as plain UPFT
     _same_samples(rollouts, plain[2])
@@ -235,8 +235,10 @@ def test_control_random_targets(tiny_dir, tmp_path, plain):
             assert e == p
     # seeded: the same seed gives the same pairing, another seed another one
     r = list(plain[2].values())
-    a, b = upft.ablate_rollouts(r, random_targets=True, seed=0), upft.ablate_rollouts(r, random_targets=True, seed=1)
-    assert a == upft.ablate_rollouts(r, random_targets=True, seed=0) and a != b
+    qs = _question_texts()
+    a = upft.ablate_rollouts(r, qs, random_targets=True, seed=0)
+    b = upft.ablate_rollouts(r, qs, random_targets=True, seed=1)
+    assert a == upft.ablate_rollouts(r, qs, random_targets=True, seed=0) and a != b
     assert [x.get("target_from") for x in a] == [rollouts[x["index"]].get("target_from") for x in a]
 
 

@@ -13,6 +13,7 @@ from conftest import LLAMA, ROOT, wait_for_checkpoint
 from data import IGNORE, UpftError
 from model import Config, Transformer
 from train import TrainConfig, accumulate_grads, fit, masked_ce_sum, parse_args, per_sample_mean_sum
+import upft
 from upft import PREFIX_INSTRUCTION, prefix_vote, split_questions
 
 
@@ -129,10 +130,14 @@ def test_split_is_seeded_fraction():
         split_questions(10, 1.5, 0)
 
 
+def _question_texts(n=20):
+    return [f"What is {i} plus {i + 3}?" for i in range(n)]
+
+
 def _questions(path, n=20):
     with open(path, "w") as f:
-        for i in range(n):
-            f.write(json.dumps({"question": f"What is {i} plus {i + 3}?", "answer": str(2 * i + 3)}) + "\n")
+        for i, q in enumerate(_question_texts(n)):
+            f.write(json.dumps({"question": q, "answer": str(2 * i + 3)}) + "\n")
     return path
 
 
@@ -151,7 +156,7 @@ def test_train_examples_prefix_and_full(tiny_dir, tmp_path):
     tok = Tokenizer.from_pretrained(tiny_dir)
     ex = read_jsonl(tmp_path / "run" / "train_examples.jsonl")
     rollouts = {r["index"]: r for r in read_jsonl(tmp_path / "run" / "rollouts.jsonl")}
-    full_idx = {i for i, f in enumerate(split_questions(20, 0.25, seed=0)) if f}
+    full_idx = {i for i, f in enumerate(upft.split_canonical(_question_texts(), 0.25, seed=0)) if f}
     assert {e["index"] for e in ex if e["kind"] == "full"} == full_idx and len(full_idx) == 5
     for e in ex:
         text = tok.decode(e["input_ids"])

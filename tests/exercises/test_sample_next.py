@@ -1,5 +1,6 @@
 """Contract of model.sample_next: greedy at temperature 0; temperature on the logits; top-k keeps exactly
-k; top-p keeps the smallest set reaching p and never drops the most likely token; one draw per row."""
+k; top-p keeps the smallest set reaching p and never drops the most likely token; one draw per row, by
+inverse transform of a uniform number (given, or drawn from the generator)."""
 import torch
 
 import model
@@ -92,3 +93,20 @@ def test_one_independent_draw_per_row_and_seeded():
     b = model.sample_next(logits, 1.0, generator=torch.Generator().manual_seed(3))
     assert torch.equal(a, b), "the same seeded generator must give the same draws"
     assert close(frequencies(a, 8), [1 / 8] * 8, tol=0.03), "rows with equal logits must draw independently"
+
+
+def test_the_draw_is_the_inverse_cdf_of_u():
+    # [0.5, 0.3, 0.2]: cumulative 0.5, 0.8, 1.0; the token is the first whose cumulative mass exceeds u
+    logits = torch.tensor([0.5, 0.3, 0.2]).log().expand(6, 3)
+    u = torch.tensor([0.0, 0.3, 0.55, 0.75, 0.85, 0.99], dtype=torch.float64)
+    got = model.sample_next(logits, 1.0, u=u)
+    assert got.tolist() == [0, 0, 1, 1, 2, 2], f"u = {u.tolist()} over cumulative [0.5, 0.8, 1.0] must give " \
+                                               f"[0, 0, 1, 1, 2, 2], got {got.tolist()}"
+    # a token of probability 0 is never drawn, not even at u = 0 (here: the first, cut by top-k)
+    z = torch.tensor([[0.1, 0.6, 0.3]]).log()
+    got = model.sample_next(z, 1.0, top_k=2, u=torch.zeros(1, dtype=torch.float64))
+    assert got.tolist() == [1], f"u = 0 must give the first token of non-zero probability (1), got {got.tolist()}"
+    # the mass is that of the KEPT tokens: top_p = 0.75 keeps {1, 2} of [0.1, 0.6, 0.3] (6/9, 3/9)
+    got = model.sample_next(z.expand(2, 3), 1.0, top_p=0.75, u=torch.tensor([0.6, 0.7], dtype=torch.float64))
+    assert got.tolist() == [1, 2], f"top_p=0.75, u = [0.6, 0.7]: cumulative kept mass [0, 6/9, 1], expected " \
+                                   f"[1, 2], got {got.tolist()}"

@@ -39,6 +39,13 @@ IGNORE = -100  # label of a position that is not trained (the torch / Hugging Fa
 
 class UpftError(Exception):
     """A user-facing error: one line naming the file and the problem (CLIs print `error: msg`, exit 2)."""
+    exit_code = 2
+
+
+class UpftFault(UpftError):
+    """The machine, not the input: a write that failed mid-run (disk full, permissions). One line that
+    names the file, says what was kept and how to continue; CLIs exit 1."""
+    exit_code = 1
 
 
 # ----------------------------------------------------------------------------------------- files

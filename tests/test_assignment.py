@@ -163,6 +163,15 @@ def test_grade_prints_whole_messages_and_how_to_rerun(demo_copy):
     assert p.returncode == 2 and p.stderr == "error: unknown exercise nosuch (known: demo)\n"
 
 
+def test_grade_name_alone_grades_this_copy():
+    """`grade NAME` inside a copy: that exercise of this copy, rerun from here without a `cd`."""
+    p = subprocess.run(KIT + ["grade", "lr_at"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    lines = p.stdout.splitlines()
+    assert lines[0].startswith("lr_at: passed, ") and lines[0].endswith(" checks pass")
+    assert lines[-1] == "rerun its tests: python -m pytest tests/exercises/test_lr_at.py"
+
+
 def test_grade_without_pytest_says_how_to_install_it(tmp_path):
     """A Python with only the standard library (the grader needs nothing else, but pytest to grade)."""
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp_path / "venv")], check=True, timeout=120)

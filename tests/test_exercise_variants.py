@@ -93,6 +93,9 @@ def _regex_box(text):   # extract_answer: a regex up to the first closing brace 
 RETURN_CACHE = "return self.k[layer, :, :, :self.pos + T], self.v[layer, :, :, :self.pos + T]"
 VALID = "valid = (s <= q) & (s >= self.pad[:, None, None])"
 PREFIX_TARGET = "target = list(response_ids[:prefix_len]) + ([tok.eos_id] if eos else [])"
+PREFIX_PROMPT = "chat_prompt(tok, question, instruction)"
+ALWAYS_INSTRUCTION = (PREFIX_PROMPT, "chat_prompt(tok, question, PREFIX_INSTRUCTION)")
+ALWAYS_EOS = (PREFIX_TARGET, "target = list(response_ids[:prefix_len]) + [tok.eos_id]")
 NO_PAD_FAST_PATH = "if not self.any_pad and (self.pos == 0 or T == 1):"
 MB_LOSS = "loss, _ = loss_fn(logits, labels.to(device))\n        (loss / total).backward()"
 LR_WARM = "max(1, math.ceil(tc.warmup_ratio * total_steps))"
@@ -210,12 +213,11 @@ VARIANTS = [  # (exercise, the usual mistake, patches)
      sub("upft.make_example", ("chat_prompt(tok, question, instruction)",
                                'chat_prompt(tok, instruction.strip() + " " + question)'))),
     ("make_example", "the instruction and eos parameters ignored (--no-instruction, --no-eos do nothing)",
-     sub("upft.make_example", ("chat_prompt(tok, question, instruction)", "chat_prompt(tok, question, PREFIX_INSTRUCTION)"),
-         (PREFIX_TARGET, "target = list(response_ids[:prefix_len]) + [tok.eos_id]"))),
+     sub("upft.make_example", ALWAYS_INSTRUCTION, ALWAYS_EOS)),
     ("make_example", "the eos parameter ignored (always EOS)",
-     sub("upft.make_example", (PREFIX_TARGET, "target = list(response_ids[:prefix_len]) + [tok.eos_id]"))),
+     sub("upft.make_example", ALWAYS_EOS)),
     ("make_example", "the instruction parameter ignored (always PREFIX_INSTRUCTION)",
-     sub("upft.make_example", ("chat_prompt(tok, question, instruction)", "chat_prompt(tok, question, PREFIX_INSTRUCTION)"))),
+     sub("upft.make_example", ALWAYS_INSTRUCTION)),
     ("make_example", "eos=False also drops the full trace's EOS",
      sub("upft.make_example", ("([tok.eos_id] if finished else [])", "([tok.eos_id] if finished and eos else [])"))),
     ("make_example", "EOS after a full trace that hit the sampling budget",

@@ -382,8 +382,9 @@ def show_example(tok: Tokenizer, example: dict, color: bool | None = None) -> st
     """One training example as text, with the tokens it is trained on marked: each supervised token in
     [brackets] (or, with color, on an alternating green/cyan background, the prompt dimmed), so token
     boundaries, the prefix length and the supervised EOS are visible. A newline inside a supervised
-    token is shown as `\\n` (and then kept). color None: colour when stdout is a terminal and NO_COLOR
-    is unset. The first line says how many tokens there are and how many are supervised.
+    token is shown as `\\n`, and the line breaks after the token's closing mark (`[.\\n]`, then the
+    newline). color None: colour when stdout is a terminal and NO_COLOR is unset. The first line says
+    how many tokens there are and how many are supervised.
 
     example: {"input_ids", "labels"} with labels aligned to input_ids (IGNORE = not trained), as
     upft.make_example returns it and train_examples.jsonl stores it; "kind" is shown when present.
@@ -403,8 +404,9 @@ def show_example(tok: Tokenizer, example: dict, color: bool | None = None) -> st
             text = tok.decode(plain)
             out.append(f"{_DIM}{text}{_RESET}" if color else text)
             plain = []
-        piece = tok.decode([i]).replace("\n", "\\n\n")
-        out.append(f"{_MARKS[k % 2]}{piece}{_RESET}" if color else f"[{piece}]")
+        text = tok.decode([i])
+        piece = text.replace("\n", "\\n")
+        out.append((f"{_MARKS[k % 2]}{piece}{_RESET}" if color else f"[{piece}]") + "\n" * text.count("\n"))
         k += 1
     if plain:
         text = tok.decode(plain)

@@ -8,12 +8,18 @@ Datasets are JSONL with `question` (or `problem`) and `answer` (GSM8K text endin
 bare answer) or `expected_answer` (MATH500); `data.load_rows` reads them. The prompt is the model's own
 chat template around the bare question: zero-shot, greedy by default, as in the paper (docs/method.md
 §6). Grading (answer extraction and equivalence) is `grader.py`.
+
+Output (--out): by default runs/eval/<model>-<data stem>.preds.jsonl, with the summary beside it
+(.preds.summary.json), or runs/eval/<model>-<data stem>.<analysis>.json (and .png) for an analysis;
+<model> is the checkpoint folder's name (the run's name for a run's model/ folder). The folder is
+created; a location that cannot be written is refused before the model is loaded.
 """
 import argparse
 import json
 import math
-import os
 import sys
+import tempfile
+from pathlib import Path
 
 import torch
 
@@ -163,13 +169,40 @@ def plot(result, path):
 
 # --- command line ------------------------------------------------------------------------------------
 
+def default_out(model, data, analysis=None) -> Path:
+    """runs/eval/<model>-<data stem>.preds.jsonl, or .<analysis>.json; for a run's model/ folder, <model>
+    is the run's name (runs/<run>/model -> <run>)."""
+    path = Path(model).resolve() if Path(model).exists() else Path(model)
+    name = path.parent.name if path.name == "model" and path.parent.name else path.name
+    kind = f"{analysis}.json" if analysis else "preds.jsonl"
+    return Path("runs") / "eval" / f"{name}-{Path(data).stem}.{kind}"
+
+
+def check_out(out: Path):
+    """Refuse an output file that cannot be written (a folder, under a file, a folder without write
+    access), before any work: its nearest existing folder must take a new file."""
+    if out.is_dir():
+        raise UpftError(f"--out {out}: is a folder, not a file name")
+    folder = out.parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise UpftError(f"--out {out}: cannot create a folder under {folder}, which is a file")
+    try:
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as e:
+        raise UpftError(f"--out {out}: cannot write into {folder} ({e.strerror})") from None
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="Evaluate a checkpoint on a JSONL math dataset, or run the "
                                             "paper's prefix analyses.")
     p.add_argument("--model", required=True, help="checkpoint directory or Hugging Face id")
     p.add_argument("--data", required=True, help="JSONL with question/problem and answer/expected_answer")
-    p.add_argument("--out", help="predictions JSONL (summary JSON beside it) or analysis JSON; default "
-                                 "<data stem>.preds.jsonl or <data stem>.<analysis>.json")
+    p.add_argument("--out", help="predictions JSONL (summary JSON beside it) or analysis JSON (plot beside "
+                                 "it); default runs/eval/<model>-<data stem>.preds.jsonl or "
+                                 ".<analysis>.json, <model> the checkpoint folder's name (a run's name "
+                                 "for runs/<run>/model)")
     p.add_argument("--n", type=int, default=1, help="samples per question (> 1: pass@1 and majority vote)")
     p.add_argument("--temperature", type=float, help="default 0 (greedy) for evaluation, 0.6 for analyses")
     p.add_argument("--top-p", type=float, default=1.0)
@@ -193,12 +226,14 @@ def run(args):
         args.temperature = 0.6 if args.analysis else 0.0
     if args.temperature < 0 or not 0 < args.top_p <= 1:
         raise UpftError("--temperature must be >= 0 and --top-p in (0, 1]")
+    out = Path(args.out) if args.out else default_out(args.model, args.data, args.analysis)
+    check_out(out)
+    args.out = str(out)     # recorded with the results
     rows = load_rows(args.data, args.limit)     # bad input fails here, before the slow model load
     if args.n > 1 and args.temperature == 0:
         print("warning: --n > 1 with --temperature 0 gives n identical greedy samples", file=sys.stderr)
     tok = Tokenizer.from_pretrained(args.model)
     model = Transformer.from_pretrained(args.model, device=args.device, dtype=getattr(torch, args.dtype))
-    stem = os.path.splitext(os.path.basename(args.data))[0]
     common = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                   batch_size=args.batch_size, seed=args.seed)
     if args.analysis:
@@ -206,15 +241,13 @@ def run(args):
             result = prefix_consistency(model, tok, rows, args.num_samples, **common)
         else:
             result = error_position(model, tok, rows, args.num_samples, args.rollouts, **common)
-        out = args.out or f"{stem}.{args.analysis}.json"
         write_json(out, {**result, "args": vars(args)})
-        png = plot(result, os.path.splitext(out)[0] + ".png")
+        png = plot(result, out.with_suffix(".png"))
         print(json.dumps(result, indent=1))
         print(f"wrote {out}" + (f" and {png}" if png else " (no plot: matplotlib is not installed)"))
         return
     records, summary = evaluate(model, tok, rows, n=args.n, **common)
-    out = args.out or f"{stem}.preds.jsonl"
-    summary_path = os.path.splitext(out)[0] + ".summary.json"
+    summary_path = out.with_suffix(".summary.json")
     write_jsonl(out, records)
     write_json(summary_path, {**summary, "args": vars(args)})
     pct = "{:.1%}".format

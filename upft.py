@@ -163,14 +163,17 @@ def make_example(tok, question, response_ids, kind, prefix_len, max_len=None, fi
     ALIGNED with input_ids (labels[t] = input_ids[t] on supervised positions, IGNORE (-100) on every
     prompt token; the next-token shift is the loss's job, not this function's).
     Contract:
-      prefix: input_ids = chat_prompt(tok, question, PREFIX_INSTRUCTION) + response_ids[:L] + [eos];
+      prefix: input_ids = chat_prompt(tok, question, instruction) + response_ids[:L]
+                          + ([tok.eos_id] if eos else []);
               the instruction is appended to the question inside the user turn; the prefix is the
               first L TOKEN IDS of the response (not L characters, not L words, not re-encoded text).
-      full:   input_ids = chat_prompt(tok, question) + response_ids + ([eos] if finished else []);
-              no instruction.
+      full:   input_ids = chat_prompt(tok, question) + response_ids + ([tok.eos_id] if finished else []);
+              no instruction; `instruction` and `eos` do not change it.
       max_len: if len(prompt) >= max_len return None (no answer token would fit); otherwise cut
               input_ids and labels to their first max_len entries (no EOS forced in).
-    instruction / eos: the prefix task's two parts, switched off one at a time by the controls (§7.1).
+    instruction (default PREFIX_INSTRUCTION, "" for none) and eos (default True; False: the prefix
+    tokens alone, no EOS): the prefix task's two parts, switched off one at a time by the controls
+    --no-instruction and --no-eos (§7.1).
     """
     # >>> exercise: make_example
     if kind == "prefix":

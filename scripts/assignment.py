@@ -3,6 +3,7 @@
     python scripts/assignment.py list                   # the exercises, in teaching order, and where they are
     python scripts/assignment.py make DIR               # write a student copy of the repository into DIR
     python scripts/assignment.py grade [DIR]            # run the contract tests in DIR (default: this copy)
+    python scripts/assignment.py grade [DIR] NAME       # every failing check of exercise NAME, and how to rerun it
     python scripts/assignment.py solve DIR [NAME ...]   # put the reference bodies back into DIR (all or some)
 
 An exercise is a function body (or several) between two marker comments in the reference code, a
@@ -14,19 +15,24 @@ walk that skips .git, runs/ and caches) except the instructor-only ones below, a
 between the markers by `raise NotImplementedError(...)`; docstrings, signatures, markers and all other
 code stay, so the copy imports and everything that is not an exercise runs. The contract tests of
 exercise NAME are tests/exercises/test_NAME.py; `grade` runs them with pytest in DIR and prints one row
-per exercise (exit 0 only when every exercise passes). docs/teaching.md is the instructor's guide.
+per exercise with its first failing check (exit 0 only when every exercise passes); `grade DIR NAME`
+prints every failing check of NAME and the pytest command that reruns its tests alone. Grading needs
+pytest (python -m pip install pytest). docs/teaching.md is the instructor's guide.
 
 Standard library only, so grading works whatever state a student's copy is in.
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
 import tempfile
+import textwrap
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
@@ -206,11 +212,18 @@ def solve(dest, names=(), root: Path = ROOT, log=print) -> list[str]:
     return names
 
 
-def run_tests(dest: Path, timeout=900) -> tuple[dict[str, list[dict]], str]:
-    """Run tests/exercises with pytest in `dest`; returns ({test module: [{test, ok, message}]}, output)."""
+def check_pytest():
+    """Grading runs pytest with this Python: one clear line when it is not installed."""
+    if importlib.util.find_spec("pytest") is None:
+        raise KitError("grading needs pytest: python -m pip install pytest")
+
+
+def run_tests(dest: Path, timeout=900, paths=(TESTS,)) -> tuple[dict[str, list[dict]], str]:
+    """Run `paths` (default: tests/exercises) with pytest in `dest`; returns
+    ({test module: [{test, ok, message}]}, output)."""
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "report.xml"
-        cmd = [sys.executable, "-m", "pytest", str(TESTS), "-q", "-p", "no:cacheprovider", "-m", "",
+        cmd = [sys.executable, "-m", "pytest", *map(str, paths), "-q", "-p", "no:cacheprovider", "-m", "",
                "--continue-on-collection-errors", f"--junitxml={report}", "-o", "junit_family=xunit2"]
         try:
             p = subprocess.run(cmd, cwd=dest, capture_output=True, text=True, timeout=timeout,
@@ -243,33 +256,82 @@ def _message(node) -> str:
         where = [m for s in lines if (m := re.match(r'File "(.+)", line (\d+)', s))]
         if where:
             msg += f" ({Path(where[-1][1]).name}:{where[-1][2]})"
-    line = msg.splitlines()[0] if msg else "failed"
-    return line if len(line) <= 140 else line[:137] + "..."
+    return msg.splitlines()[0] if msg else "failed"
 
 
-def grade(dest=ROOT, timeout=900, log=print) -> bool:
-    """Grade the copy at `dest`: one row per exercise; True when every exercise passes."""
+def wrap(text: str, indent: int) -> str:
+    """`text` whole, wrapped to the terminal (120 columns when not a terminal), later lines indented."""
+    width = max(40, shutil.get_terminal_size((120, 24)).columns - indent)
+    lines = textwrap.wrap(text, width, break_long_words=False, break_on_hyphens=False) or [""]
+    return ("\n" + " " * indent).join(lines)
+
+
+def shown(path) -> str:
+    """A path as short as it can be written from the current folder."""
+    rel = os.path.relpath(path)
+    return min(rel, str(Path(path).resolve()), key=len)
+
+
+def rerun_command(dest: Path, name: str) -> str:
+    """The shell command that runs the tests of exercise `name` alone, from the current folder."""
+    cmd = f"python -m pytest {TESTS / f'test_{name}.py'}"
+    where = shown(dest)
+    return cmd if where == "." else f"cd {shlex.quote(where)} && {cmd}"
+
+
+def outcomes(names, results) -> dict[str, tuple[bool, str, list[dict]]]:
+    """{exercise: (passed, "k/n" checks passed, its failing checks)}; no tests at all is a failure."""
+    out = {}
+    for name in names:
+        cases = results.get(f"test_{name}", [])
+        failed = [c for c in cases if not c["ok"]]
+        checks = f"{len(cases) - len(failed)}/{len(cases)}"
+        if not cases:
+            failed = [{"test": "no tests found", "message": str(TESTS / f"test_{name}.py")}]
+        out[name] = (not failed, checks, failed)
+    return out
+
+
+def grade(dest=ROOT, name=None, timeout=900, log=print) -> bool:
+    """Grade the copy at `dest`: one row per exercise, or with `name` every failing check of that
+    exercise; True when every graded exercise passes."""
     dest = Path(dest).resolve()
     ex = exercises(dest)
     if not ex:
         raise KitError(f"{dest}: no exercise markers found (is it a copy of upft?)")
-    results, _ = run_tests(dest, timeout)
-    rows, passed = [], 0
-    for name in ex:
-        cases = results.get(f"test_{name}", [])
-        failed = [c for c in cases if not c["ok"]]
-        ok = bool(cases) and not failed
-        passed += ok
-        first = "" if ok else (f"{failed[0]['test']}: {failed[0]['message']}" if failed
-                               else f"no tests found ({TESTS / f'test_{name}.py'})")
-        first = first if len(first) <= 160 else first[:157] + "..."
-        rows.append((name, "passed" if ok else "FAILED", f"{len(cases) - len(failed)}/{len(cases)}", first))
-    w = max(len(r[0]) for r in rows)
+    if name is not None and name not in ex:
+        raise KitError(f"unknown exercise {name} (known: {', '.join(ex)})")
+    check_pytest()
+    if name is None:
+        results, _ = run_tests(dest, timeout)
+        return table(dest, outcomes(ex, results), log)
+    found = [TESTS / f"test_{name}.py"] if (dest / TESTS / f"test_{name}.py").is_file() else []
+    results, _ = run_tests(dest, timeout, found) if found else ({}, "")
+    return one_exercise(dest, name, outcomes([name], results)[name], log)
+
+
+def table(dest, outcome, log) -> bool:
+    w = max(len(n) for n in outcome)
     log(f"{'exercise':<{w}}  {'result':<6}  {'checks':>6}  first failing check")
-    for name, res, checks, first in rows:
-        log(f"{name:<{w}}  {res:<6}  {checks:>6}  {first}")
-    log(f"{passed}/{len(rows)} exercises pass")
-    return passed == len(rows)
+    for name, (ok, checks, failed) in outcome.items():
+        first = "" if ok else wrap(f"{failed[0]['test']}: {failed[0]['message']}", w + 18)
+        log(f"{name:<{w}}  {'passed' if ok else 'FAILED':<6}  {checks:>6}  {first}".rstrip())
+    passed = sum(ok for ok, _, _ in outcome.values())
+    log(f"{passed}/{len(outcome)} exercises pass")
+    if passed < len(outcome):
+        where = "" if shown(dest) == "." else f" {shlex.quote(shown(dest))}"
+        log(f"every failing check of one exercise, and how to rerun its tests: "
+            f"python {shlex.quote(shown(__file__))} grade{where} NAME")
+    return passed == len(outcome)
+
+
+def one_exercise(dest, name, outcome, log) -> bool:
+    ok, checks, failed = outcome
+    log(f"{name}: {'passed' if ok else 'FAILED'}, {checks} checks pass")
+    for case in failed:
+        log("  " + wrap(f"{case['test']}: {case['message']}", 4))
+    log(f"rerun its tests: {rerun_command(dest, name)}")
+    return ok
 
 
 def list_exercises(root: Path = ROOT, log=print):
@@ -284,8 +346,10 @@ def main(argv=None):
     sub.add_parser("list", help="the exercises in teaching order")
     p = sub.add_parser("make", help="write a student copy (exercise bodies stubbed) into DIR")
     p.add_argument("dir")
-    p = sub.add_parser("grade", help="run the exercise tests in DIR and print one row per exercise")
+    p = sub.add_parser("grade", help="run the exercise tests in DIR (default: this copy) and print one row per "
+                       "exercise; with NAME, every failing check of that exercise and how to rerun its tests")
     p.add_argument("dir", nargs="?", default=str(ROOT))
+    p.add_argument("name", nargs="?", help="one exercise (grade NAME alone: in this copy)")
     p.add_argument("--timeout", type=int, default=900, help="seconds for the whole test run (default: 900)")
     p = sub.add_parser("solve", help="copy the reference bodies of the named exercises (default: all) into DIR")
     p.add_argument("dir")
@@ -299,7 +363,10 @@ def main(argv=None):
         elif args.cmd == "solve":
             solve(args.dir, args.names)
         else:
-            sys.exit(0 if grade(args.dir, args.timeout) else 1)
+            dest, name = args.dir, args.name
+            if name is None and not Path(dest).is_dir() and re.fullmatch(r"\w+", dest):
+                dest, name = str(ROOT), dest      # `grade lr_at`: an exercise of this copy
+            sys.exit(0 if grade(dest, name, args.timeout) else 1)
     except KitError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -1,9 +1,13 @@
-"""Regenerate the README's toy-world results table: base; the baselines SFT, RFT, majority vote and EM-FT;
+"""Make the README's toy-world results table: base; the baselines SFT, RFT, majority vote and EM-FT;
 UPFT (N=1), UPFT with prefix voting (N=8), the temperature-1 control (docs/method.md §2.1) and the
 controls that take UPFT apart (§7.1); over several seeds, with the token accounting and time of each run.
 
-    python scripts/results_table.py                 # 3 seeds, writes runs/table/ and updates README.md
-    python scripts/results_table.py --seeds 0 --no-readme
+    python scripts/results_table.py                 # 3 seeds: the runs and table.md in runs/table/
+    python scripts/results_table.py --readme        # ... and the table written into README.md
+    python scripts/results_table.py --seeds 0 --rows SFT "UPFT (N=1)"
+
+The table is printed and written to <out>/table.md; README.md is rewritten (between its
+`<!-- results:start -->` and `<!-- results:end -->` lines) only with --readme.
 
 Every run is a plain `train.py` invocation with the toy defaults (shown in the output), so any cell can
 be reproduced alone; every method gets the same LR, epochs and batch. Accuracy: greedy, on the toy
@@ -25,16 +29,16 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 EVAL_EVERY = 32  # optimizer steps between evaluations during training: ~5 points for the 126-step runs
-# name -> (run folder stem, train.py flags, kind). The first five keep the folder names of earlier tables.
+# The rows in the table's order: name -> (run folder stem, train.py flags, kind).
 ROWS = {
     "SFT": ("sft", ["--method", "sft"], "baseline"),
     "RFT (16 samples)": ("rft", ["--method", "rft", "--num-samples", "16"], "baseline"),
+    "majority vote (16 samples)": ("vote", ["--method", "vote", "--num-samples", "16"], "baseline"),
+    "EM-FT": ("em", ["--method", "em"], "baseline"),
     "UPFT (N=1)": ("upft", ["--method", "upft"], "upft"),
     "UPFT + voting (N=8)": ("upft-vote", ["--method", "upft", "--num-samples", "8"], "upft"),
     "UPFT control (T=1, no top-p)": ("upft-t1", ["--method", "upft", "--temperature", "1.0", "--top-p", "1.0"],
                                      "control"),
-    "majority vote (16 samples)": ("vote", ["--method", "vote", "--num-samples", "16"], "baseline"),
-    "EM-FT": ("em", ["--method", "em"], "baseline"),
     "UPFT, no instruction": ("upft-noinstr", ["--method", "upft", "--no-instruction"], "control"),
     "UPFT, no EOS": ("upft-noeos", ["--method", "upft", "--no-eos"], "control"),
     "UPFT, prefix part only (p = 0)": ("upft-p0", ["--method", "upft", "--structure-ratio", "0"], "control"),
@@ -44,10 +48,6 @@ ROWS = {
     "UPFT, random targets": ("upft-random", ["--method", "upft", "--random-targets"], "control"),
     "UPFT, per-sample loss (official)": ("upft-sample", ["--method", "upft", "--loss-norm", "sample"], "control"),
 }
-# the order of the printed table
-ORDER = ["SFT", "RFT (16 samples)", "majority vote (16 samples)", "EM-FT", "UPFT (N=1)", "UPFT + voting (N=8)",
-         "UPFT control (T=1, no top-p)", "UPFT, no instruction", "UPFT, no EOS", "UPFT, prefix part only (p = 0)",
-         "UPFT, full-trace part only", "UPFT, random targets", "UPFT, per-sample loss (official)"]
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
 
@@ -78,7 +78,7 @@ def resumed(r):
 def load(out, seeds):
     """{row name: [results.json of each seed]} for the rows whose every seed has finished."""
     results = {}
-    for name in ORDER:
+    for name in ROWS:
         files = [run_dir(out, name, s) / "results.json" for s in seeds]
         if all(f.exists() for f in files):
             results[name] = [{**json.loads(f.read_text()), "_dir": str(f.parent)} for f in files]
@@ -103,21 +103,23 @@ def train_run(out, seed, name, args, base_run=None):
     print(f"  {d.name}: {time.time() - t:.0f}s", flush=True)
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--prefix-len", type=int, default=8)
-    ap.add_argument("--rows", nargs="+", choices=ORDER, default=ORDER, help="only these rows")
+    ap.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(ROWS), metavar="ROW",
+                    help="only these rows, named as in the table (default: all)")
     ap.add_argument("--jobs", type=int, default=1, help="train.py runs at the same time (each keeps its own "
                     "thread count, so the numbers do not change; on a shared machine set OMP_WAIT_POLICY=PASSIVE)")
-    ap.add_argument("--out", default=str(ROOT / "runs" / "table"))
-    ap.add_argument("--no-readme", action="store_true")
+    ap.add_argument("--out", default=str(ROOT / "runs" / "table"), help="the runs and table.md (default: runs/table)")
+    ap.add_argument("--readme", action="store_true", help="also write the table into README.md (default: only "
+                    "print it and write <out>/table.md)")
     ap.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="flags passed to every train.py run")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    jobs = [(seed, name) for seed in args.seeds for name in ORDER if name in args.rows]  # seed-major
+    jobs = [(seed, name) for seed in args.seeds for name in ROWS if name in args.rows]  # seed-major
     done = [j for j in jobs if (run_dir(out, j[1], j[0]) / "results.json").exists()]
     base_run = next((run_dir(out, n, s) for s, n in done if (run_dir(out, n, s) / "eval_base.json").exists()),
                     None)
@@ -133,14 +135,19 @@ def main():
     table = make_table(load(out, args.seeds), args)
     print("\n" + table)
     (out / "table.md").write_text(table + "\n")
-    if not args.no_readme:
-        readme = ROOT / "README.md"
-        text = readme.read_text()
-        start, end = "<!-- results:start -->", "<!-- results:end -->"
-        if start in text and end in text:
-            text = text[:text.index(start) + len(start)] + "\n" + table + "\n" + text[text.index(end):]
-            readme.write_text(text)
-            print(f"updated {readme}")
+    print(f"wrote {out / 'table.md'}")
+    if args.readme:
+        write_readme(ROOT / "README.md", table)
+
+
+def write_readme(readme: Path, table: str):
+    """Put `table` between README.md's results markers."""
+    text = readme.read_text()
+    start, end = "<!-- results:start -->", "<!-- results:end -->"
+    if start not in text or end not in text:
+        sys.exit(f"error: {readme} has no '{start}' ... '{end}' lines to put the table between")
+    readme.write_text(text[:text.index(start) + len(start)] + "\n" + table + "\n" + text[text.index(end):])
+    print(f"updated {readme}")
 
 
 def make_table(results, args):

@@ -2,14 +2,16 @@
 
     python scripts/show_example.py                          # toy world: sample one answer, show both examples
     python scripts/show_example.py --index 3 --prefix-len 4 # another toy question, a shorter prefix
-    python scripts/show_example.py --model DIR --question "What is 2 + 3?"
+    python scripts/show_example.py --model DIR --question "What is 2 + 3?" [--gold 5]
     python scripts/show_example.py --run runs/<run> --index 0   # an example a run really trained on
 
 Without --run, ONE answer is sampled from the model for the plain question (temperature 0.6 and the
 checkpoint's top-p, as train.py samples), and both examples UPFT can make from it are shown: the prefix
 example (question + instruction, the first L tokens, EOS: docs/method.md §3.4) and the full example
-(plain question, whole answer, EOS). With --run, the examples are read from its train_examples.jsonl:
-example --index, or the first prefix and the first full example.
+(plain question, whole answer, EOS), then one line with the sample's final answer (grader.extract_answer)
+and whether it is the gold one (grader.is_equiv): UPFT never looks, but you may. With --run, the
+examples are read from its train_examples.jsonl: example --index, or the first prefix and the first
+full example.
 """
 import argparse
 import json
@@ -21,7 +23,8 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 import toy  # noqa: E402
-from data import Tokenizer, UpftError, chat_prompt, read_jsonl, show_example  # noqa: E402
+from data import Tokenizer, UpftError, chat_prompt, load_rows, read_jsonl, show_example  # noqa: E402
+from grader import extract_answer, is_equiv  # noqa: E402
 from model import Transformer, generate  # noqa: E402
 from upft import make_example  # noqa: E402
 
@@ -42,7 +45,16 @@ def from_run(run: Path, index, color):
     return [show_example(tok, e, color) for e in chosen]
 
 
-def sampled(model_dir, question, prefix_len, seed, temperature, max_new_tokens, color):
+def verdict(tok, response, gold, dataset=None) -> str:
+    """One line: the sampled answer, and whether it is the gold one (as eval.py grades it)."""
+    answer = extract_answer(tok.decode(response, skip_special_tokens=True), dataset)
+    shown = "none found" if answer is None else answer
+    if gold is None:
+        return f"the sampled answer: {shown} (no gold answer given)"
+    return f"the sampled answer: {shown} (gold {gold}: {'right' if is_equiv(answer, gold) else 'wrong'})"
+
+
+def sampled(model_dir, question, gold, dataset, prefix_len, seed, temperature, max_new_tokens, color):
     torch.manual_seed(seed)
     tok = Tokenizer.from_pretrained(model_dir)
     model = Transformer.from_pretrained(model_dir)
@@ -52,7 +64,8 @@ def sampled(model_dir, question, prefix_len, seed, temperature, max_new_tokens, 
                            seed=seed)
     finished = len(response) < max_new_tokens
     return [show_example(tok, make_example(tok, question, response, "prefix", prefix_len), color),
-            show_example(tok, make_example(tok, question, response, "full", prefix_len, finished=finished), color)]
+            show_example(tok, make_example(tok, question, response, "full", prefix_len, finished=finished), color),
+            verdict(tok, response, gold, dataset)]
 
 
 def main(argv=None):
@@ -61,6 +74,7 @@ def main(argv=None):
     ap.add_argument("--index", type=int, help="with --run: the example; else: the toy training question (default 0)")
     ap.add_argument("--model", help="checkpoint to sample from (default: the toy world in assets/toy)")
     ap.add_argument("--question", help="the question (default: toy training question --index)")
+    ap.add_argument("--gold", help="with --question: its answer, to say whether the sample is right")
     ap.add_argument("--prefix-len", type=int, default=8, help="L (default: %(default)s)")
     ap.add_argument("--seed", type=int, default=0, help="sampling seed (default: %(default)s)")
     ap.add_argument("--temperature", type=float, default=0.6, help="(default: %(default)s)")
@@ -74,18 +88,19 @@ def main(argv=None):
         else:
             if args.prefix_len < 1:
                 raise UpftError(f"--prefix-len must be a positive number of tokens, got {args.prefix_len}")
-            model_dir, question = args.model, args.question
+            model_dir, question, gold, dataset = args.model, args.question, args.gold, None
             if model_dir is None or question is None:
                 world = toy.load_world()
                 model_dir = model_dir or world["model_dir"]
                 if question is None:
                     if args.model:
                         raise UpftError("--question is required with --model")
+                    rows = load_rows(world["dir"] / "train.jsonl")
                     i = args.index or 0
-                    if not 0 <= i < len(world["train"]):
-                        raise UpftError(f"--index {i}: the toy world has {len(world['train'])} training questions")
-                    question = world["train"][i]["question"]
-            shown = sampled(model_dir, question, args.prefix_len, args.seed, args.temperature,
+                    if not 0 <= i < len(rows):
+                        raise UpftError(f"--index {i}: the toy world has {len(rows)} training questions")
+                    question, gold, dataset = rows[i]["question"], rows[i]["gold"], rows[i]["dataset"]
+            shown = sampled(model_dir, question, gold, dataset, args.prefix_len, args.seed, args.temperature,
                             args.max_new_tokens, args.color)
     except UpftError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -2,6 +2,7 @@
 
 Instructor-only: `make` leaves this file out of the student copy (it needs the reference bodies).
 """
+import shlex
 import subprocess
 import sys
 
@@ -81,10 +82,103 @@ def test_make_refuses_a_non_empty_or_inner_folder(tmp_path):
         assignment.make(ROOT / "student", log=lambda *_: None)
 
 
+def _rows(stdout):
+    """The table's rows, {exercise: its row}, a wrapped message joined back into one line."""
+    lines = stdout.splitlines()
+    end = next(i for i, line in enumerate(lines) if line.endswith(" exercises pass"))
+    rows = []
+    for line in lines[1:end]:
+        if line.startswith(" "):
+            rows[-1] += " " + line.strip()
+        else:
+            rows.append(line)
+    return {row.split()[0]: row for row in rows}
+
+
 def _grade(dest):
     p = subprocess.run(KIT + ["grade", str(dest)], capture_output=True, text=True, timeout=900)
-    rows = {line.split()[0]: line for line in p.stdout.splitlines()[1:-1]}
-    return p, rows
+    return p, _rows(p.stdout)
+
+
+DEMO = '''def demo(x):
+    """Doc."""
+    # >>> exercise: demo
+    return x + 1
+    # <<< exercise: demo
+'''
+DEMO_TESTS = '''import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+import demo
+
+LONG = "a long message " * 20
+
+
+def test_one():
+    assert demo.demo(1) == 3, "one: " + LONG + "END-OF-ONE"
+
+
+def test_fine():
+    assert demo.demo(0) == 1
+
+
+def test_two():
+    assert demo.demo(2) == 5, "two: " + LONG + "END-OF-TWO"
+'''
+
+
+@pytest.fixture
+def demo_copy(tmp_path):
+    """A two-file copy with one exercise whose tests fail twice, with messages longer than a line."""
+    (tmp_path / "demo.py").write_text(DEMO)
+    (tmp_path / "tests" / "exercises").mkdir(parents=True)
+    (tmp_path / "tests" / "exercises" / "test_demo.py").write_text(DEMO_TESTS)
+    return tmp_path
+
+
+def test_grade_prints_whole_messages_and_how_to_rerun(demo_copy):
+    here, name = demo_copy.parent, demo_copy.name       # run from the folder above: DIR is `name`
+    p = subprocess.run(KIT + ["grade", name], cwd=here, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 1, p.stdout + p.stderr
+    row = _rows(p.stdout)["demo"]
+    assert " FAILED " in row and " 1/3 " in row
+    assert row.endswith("test_one: AssertionError: one: " + "a long message " * 20 + "END-OF-ONE"), row
+    assert p.stdout.splitlines()[-1].endswith(f"grade {name} NAME"), "the footer names `grade DIR NAME`"
+
+    p = subprocess.run(KIT + ["grade", name, "demo"], cwd=here, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 1, p.stdout + p.stderr
+    out = " ".join(line.strip() for line in p.stdout.splitlines())
+    assert out.startswith("demo: FAILED, 1/3 checks pass")
+    for test in ("one", "two"):
+        assert f"test_{test}: AssertionError: {test}: " + "a long message " * 20 + f"END-OF-{test.upper()}" in out
+    assert "test_fine" not in out
+    rerun = p.stdout.splitlines()[-1]
+    assert rerun == f"rerun its tests: cd {name} && python -m pytest tests/exercises/test_demo.py"
+    cmd = rerun.split(": ", 1)[1].replace("python -m pytest", f"{shlex.quote(sys.executable)} -m pytest")
+    q = subprocess.run(cmd, shell=True, cwd=here, capture_output=True, text=True, timeout=120)
+    assert q.returncode == 1 and "2 failed, 1 passed" in q.stdout, q.stdout + q.stderr
+
+    p = subprocess.run(KIT + ["grade", name, "nosuch"], cwd=here, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and p.stderr == "error: unknown exercise nosuch (known: demo)\n"
+
+
+def test_grade_name_alone_grades_this_copy():
+    """`grade NAME` inside a copy: that exercise of this copy, rerun from here without a `cd`."""
+    p = subprocess.run(KIT + ["grade", "lr_at"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    lines = p.stdout.splitlines()
+    assert lines[0].startswith("lr_at: passed, ") and lines[0].endswith(" checks pass")
+    assert lines[-1] == "rerun its tests: python -m pytest tests/exercises/test_lr_at.py"
+
+
+def test_grade_without_pytest_says_how_to_install_it(tmp_path):
+    """A Python with only the standard library (the grader needs nothing else, but pytest to grade)."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp_path / "venv")], check=True, timeout=120)
+    python = tmp_path / "venv" / "bin" / "python"
+    p = subprocess.run([str(python), str(ROOT / "scripts" / "assignment.py"), "grade", str(ROOT)],
+                       capture_output=True, text=True, timeout=120)
+    assert (p.returncode, p.stdout, p.stderr) == (2, "", "error: grading needs pytest: python -m pip install pytest\n")
 
 
 @pytest.mark.slow
@@ -114,7 +208,9 @@ def test_make_grade_solve_round_trip(tmp_path):
     assert list(rows) == names
     for name, line in rows.items():
         assert " FAILED " in line and f"NotImplementedError: exercise {name}:" in line, line
-    assert p.stdout.splitlines()[-1] == f"0/{len(names)} exercises pass"
+        assert line.endswith("; see its docstring and docs/teaching.md"), line   # the whole message
+    assert p.stdout.splitlines()[-2] == f"0/{len(names)} exercises pass"
+    assert p.stdout.splitlines()[-1].endswith(f"grade {dest} NAME")
 
     p = subprocess.run(KIT + ["solve", str(dest)], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr

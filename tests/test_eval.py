@@ -5,6 +5,7 @@ vote, the error-position rollouts) is checked with a scripted stand-in for model
 outputs are known; the real tiny model checks the wiring end to end.
 """
 import json
+import os
 import subprocess
 import sys
 
@@ -94,6 +95,58 @@ def test_cli_end_to_end(tiny, data_file, tmp_path):
     assert len(lines) == 2 and {"index", "question", "gold", "responses", "answers", "correct"} <= set(lines[0])
     assert summary["args"]["n"] == 2 and "maj@n" in summary and "pass@1" in r.stdout
     assert not list((tmp_path / "o").glob("*.tmp"))        # atomic writes leave no temp files
+
+
+def test_cli_default_out_is_under_runs_eval(tiny, data_file, tmp_path):
+    d, _, _ = tiny
+    r = subprocess.run([sys.executable, str(ROOT / "eval.py"), "--model", str(d), "--data", str(data_file),
+                        "--max-new-tokens", "2", "--limit", "1"], cwd=tmp_path, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    out = f"runs/eval/{d.name}-q.preds.jsonl"
+    assert f"wrote {out} and runs/eval/{d.name}-q.preds.summary.json" in r.stdout
+    assert (tmp_path / out).is_file() and sorted(p.name for p in tmp_path.iterdir()) == ["q.jsonl", "runs"]
+    assert json.loads((tmp_path / out).with_suffix(".summary.json").read_text())["args"]["out"] == out
+
+
+def test_default_out_names_the_model_and_the_data(tmp_path):
+    run = tmp_path / "20250101-upft-L8-s0"
+    (run / "model").mkdir(parents=True)
+    assert E.default_out(str(run / "model"), "../data/gsm8k_test.jsonl") == \
+        E.Path("runs/eval/20250101-upft-L8-s0-gsm8k_test.preds.jsonl")
+    assert E.default_out("Qwen/Qwen2.5-Math-1.5B-Instruct", "math500.jsonl", "error-position") == \
+        E.Path("runs/eval/Qwen2.5-Math-1.5B-Instruct-math500.error-position.json")
+
+
+@pytest.mark.parametrize("where", ["a_file/preds.jsonl", "a_file/deeper/preds.jsonl", "a_folder"])
+def test_cli_bad_out_is_refused_before_the_model_is_loaded(data_file, tmp_path, where):
+    (tmp_path / "a_file").write_text("")
+    (tmp_path / "a_folder").mkdir()
+    r = subprocess.run([sys.executable, str(ROOT / "eval.py"), "--model", str(tmp_path / "no_model"), "--data",
+                        str(data_file), "--out", str(tmp_path / where)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and r.stderr.startswith("error: --out ") and len(r.stderr.strip().splitlines()) == 1, \
+        r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "a_folder", "q.jsonl"]
+
+
+def test_check_out_reports_a_folder_that_takes_no_file(tmp_path, monkeypatch):
+    """The same refusal where the test runs as root (who may write anywhere): the trial file fails."""
+    def refuse(dir=None):
+        raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr(E.tempfile, "TemporaryFile", refuse)
+    with pytest.raises(E.UpftError, match=r"cannot write into .* \(Permission denied\)"):
+        E.check_out(tmp_path / "new" / "p.jsonl")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write into any folder")
+def test_cli_out_in_a_read_only_folder_is_refused(data_file, tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir(mode=0o555)
+    r = subprocess.run([sys.executable, str(ROOT / "eval.py"), "--model", str(tmp_path / "no_model"), "--data",
+                        str(data_file), "--out", str(ro / "sub" / "p.jsonl")], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 2 and r.stderr.startswith(f"error: --out {ro / 'sub' / 'p.jsonl'}: cannot write into"), \
+        r.stderr
 
 
 def test_prefix_consistency_real_model(tiny, data_file):

@@ -93,6 +93,9 @@ def _regex_box(text):   # extract_answer: a regex up to the first closing brace 
 RETURN_CACHE = "return self.k[layer, :, :, :self.pos + T], self.v[layer, :, :, :self.pos + T]"
 VALID = "valid = (s <= q) & (s >= self.pad[:, None, None])"
 PREFIX_TARGET = "target = list(response_ids[:prefix_len]) + ([tok.eos_id] if eos else [])"
+PREFIX_PROMPT = "chat_prompt(tok, question, instruction)"
+ALWAYS_INSTRUCTION = (PREFIX_PROMPT, "chat_prompt(tok, question, PREFIX_INSTRUCTION)")
+ALWAYS_EOS = (PREFIX_TARGET, "target = list(response_ids[:prefix_len]) + [tok.eos_id]")
 NO_PAD_FAST_PATH = "if not self.any_pad and (self.pos == 0 or T == 1):"
 MB_LOSS = "loss, _ = loss_fn(logits, labels.to(device))\n        (loss / total).backward()"
 LR_WARM = "max(1, math.ceil(tc.warmup_ratio * total_steps))"
@@ -211,6 +214,14 @@ VARIANTS = [  # (exercise, the usual mistake, patches)
     ("make_example", "instruction put before the question",
      sub("upft.make_example", ("chat_prompt(tok, question, instruction)",
                                'chat_prompt(tok, instruction.strip() + " " + question)'))),
+    ("make_example", "the instruction and eos parameters ignored (--no-instruction, --no-eos do nothing)",
+     sub("upft.make_example", ALWAYS_INSTRUCTION, ALWAYS_EOS)),
+    ("make_example", "the eos parameter ignored (always EOS)",
+     sub("upft.make_example", ALWAYS_EOS)),
+    ("make_example", "the instruction parameter ignored (always PREFIX_INSTRUCTION)",
+     sub("upft.make_example", ALWAYS_INSTRUCTION)),
+    ("make_example", "eos=False also drops the full trace's EOS",
+     sub("upft.make_example", ("([tok.eos_id] if finished else [])", "([tok.eos_id] if finished and eos else [])"))),
     ("make_example", "EOS after a full trace that hit the sampling budget",
      sub("upft.make_example", ("([tok.eos_id] if finished else [])", "[tok.eos_id]"))),
     ("make_example", "EOS forced in on truncation (the official code)",
@@ -367,6 +378,11 @@ def test_teaching_guide_lists_every_variant():
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in block.splitlines()[2:]]
     assert [(r[0].strip("`"), r[1]) for r in rows] == [(e, m.replace("|", "/")) for e, m, _ in VARIANTS], \
         "docs/teaching.md is out of date: python tests/test_exercise_variants.py --write-doc"
+
+
+def test_readme_counts_the_variants():
+    found = re.findall(r"catch each of (\d+)\s+usual\s+wrong\s+variants", (ROOT / "README.md").read_text())
+    assert found == [str(len(VARIANTS))], f"README.md's course section should say {len(VARIANTS)} variants"
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""scripts/results_table.py's table: resumed runs stay in the accuracy columns but leave the time ones."""
+"""scripts/results_table.py's table: resumed runs stay in the accuracy columns but leave the time ones; README.md
+is rewritten only with --readme."""
 import json
 import sys
 from argparse import Namespace
@@ -32,3 +33,22 @@ def test_resumed_runs_leave_the_time_columns(tmp_path):
     rft = next(line for line in table.splitlines() if line.startswith("| RFT"))
     assert rft.rstrip(" |").endswith("| 400")                      # nothing resumed: no count shown
     assert "1 run was interrupted and resumed" in table and "at least" in table
+
+
+def test_readme_is_rewritten_only_with_the_flag(tmp_path, monkeypatch, capsys):
+    runs, repo = tmp_path / "runs", tmp_path / "repo"
+    for seed in (0, 1):
+        _run(runs, "SFT", seed, 0.6, 100, False)
+        _run(runs, "RFT (16 samples)", seed, 0.7, 400, False)
+    repo.mkdir()
+    readme = repo / "README.md"
+    readme.write_text("intro\n<!-- results:start -->\nold table\n<!-- results:end -->\nrest\n")
+    monkeypatch.setattr(rt, "ROOT", repo)    # every run is finished: nothing is trained
+    argv = ["--out", str(runs), "--seeds", "0", "1", "--rows", "SFT", "RFT (16 samples)"]
+    rt.main(argv)
+    assert "old table" in readme.read_text() and "updated" not in capsys.readouterr().out
+    table = (runs / "table.md").read_text()
+    assert "| SFT |" in table and "| RFT (16 samples) |" in table
+    rt.main(argv + ["--readme"])
+    assert readme.read_text() == f"intro\n<!-- results:start -->\n{table}<!-- results:end -->\nrest\n"
+    assert f"updated {readme}" in capsys.readouterr().out

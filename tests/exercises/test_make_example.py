@@ -1,6 +1,7 @@
 """Contract of upft.make_example: the prefix example (prompt + instruction, first L token ids, EOS) and
 the full example (plain prompt, whole trace, EOS only if it finished), labels aligned with input_ids and
-IGNORE on the prompt, and max_len. Built with a real (tiny) ChatML tokenizer."""
+IGNORE on the prompt, max_len, and the `instruction` / `eos` parameters the controls switch off (they
+change the prefix example only). Built with a real (tiny) ChatML tokenizer."""
 import pytest
 
 import upft
@@ -103,6 +104,45 @@ def test_max_len():
     ex = upft.make_example(tok, Q, resp, "full", L, max_len=m + 10)
     assert ex["input_ids"] == chat_prompt(tok, Q) + resp[:10] and supervised(ex) == resp[:10], \
         "a long full trace is cut at max_len, no EOS forced"
+
+
+def test_instruction_parameter_is_the_prefix_instruction():
+    tok, resp = response()
+    ex = upft.make_example(tok, Q, resp, "prefix", L, instruction="")
+    assert ex["input_ids"] == chat_prompt(tok, Q) + resp[:L] + [tok.eos_id], \
+        "instruction='' (the --no-instruction control): the plain prompt chat_prompt(tok, question)"
+    check_aligned(ex, len(chat_prompt(tok, Q)))
+    own = " Begin with the first step only."
+    ex = upft.make_example(tok, Q, resp, "prefix", L, instruction=own)
+    prompt = chat_prompt(tok, Q, own)
+    assert ex["input_ids"] == prompt + resp[:L] + [tok.eos_id], \
+        "the prompt is chat_prompt(tok, question, instruction): use the `instruction` argument"
+    text = tok.decode(ex["input_ids"])
+    assert Q + own + "<|im_end|>" in text and upft.PREFIX_INSTRUCTION not in text, \
+        "the instruction given is appended to the question inside the user turn, instead of PREFIX_INSTRUCTION"
+    check_aligned(ex, len(prompt))
+
+
+def test_eos_false_supervises_exactly_l_tokens():
+    tok, resp = response()
+    prompt = chat_prompt(tok, Q, upft.PREFIX_INSTRUCTION)
+    ex = upft.make_example(tok, Q, resp, "prefix", L, eos=False)
+    assert supervised(ex) == resp[:L], \
+        f"eos=False (the --no-eos control): exactly the first L = {L} tokens, no EOS; got {supervised(ex)}"
+    assert ex["input_ids"] == prompt + resp[:L]
+    check_aligned(ex, len(prompt))
+    assert supervised(upft.make_example(tok, Q, resp[:3], "prefix", L, eos=False)) == resp[:3], \
+        "eos=False and a sample shorter than L: all of it, no EOS"
+
+
+def test_full_example_ignores_instruction_and_eos():
+    tok, resp = response()
+    for finished in (True, False):
+        plain = upft.make_example(tok, Q, resp, "full", L, finished=finished)
+        for kw in ({"instruction": ""}, {"instruction": " Begin with the first step only."}, {"eos": False},
+                   {"instruction": "", "eos": False}):
+            assert upft.make_example(tok, Q, resp, "full", L, finished=finished, **kw) == plain, \
+                f"{kw} concern the prefix example only: a full example (finished={finished}) must not change"
 
 
 def test_unknown_kind_is_an_error():

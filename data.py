@@ -37,6 +37,12 @@ os.umask(_UMASK)  # read the process umask (the only way is to set it and put it
 IGNORE = -100  # label of a position that is not trained (the torch / Hugging Face convention)
 
 
+def supervised_count(labels) -> int:
+    """The tokens an example trains: labels after the first (position t predicts labels[t + 1], so
+    labels[0] is never a target) that are not IGNORE. The one count of supervised tokens in upft."""
+    return sum(1 for t in labels[1:] if t != IGNORE)
+
+
 class UpftError(Exception):
     """A user-facing error: one line naming the file and the problem (CLIs print `error: msg`, exit 2)."""
     exit_code = 2
@@ -392,7 +398,7 @@ def show_example(tok: Tokenizer, example: dict, color: bool | None = None) -> st
     if color is None:
         color = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
     ids, labels = example["input_ids"], example["labels"]
-    n_sup = sum(1 for t in labels[1:] if t != IGNORE)  # what the loss trains (labels[0] predicts nothing)
+    n_sup = supervised_count(labels)  # what the loss trains
     how = "on a coloured background" if color else "each [in brackets]"
     out = [f"{example.get('kind', 'training')} example: {len(ids)} tokens, {n_sup} supervised, {how}\n"]
     plain, k = [], 0

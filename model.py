@@ -35,7 +35,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from data import TOKENIZER_FILES, UpftError, atomic_dir, resolve
+from data import IGNORE, TOKENIZER_FILES, UpftError, atomic_dir, resolve
 
 SUPPORTED = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
 ROPE_TYPES = ("default", "linear", "llama3")
@@ -170,10 +170,14 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x):
-        # normalise in fp32, cast back, then scale (HF's order, which matters in bf16)
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * xf.to(x.dtype)
+        return rms_norm(x, self.weight, self.eps)
+
+
+def rms_norm(x, weight, eps):
+    # normalise in fp32, cast back, then scale (HF's order, which matters in bf16)
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * xf.to(x.dtype)
 
 
 class Attention(nn.Module):
@@ -227,6 +231,61 @@ class DecoderLayer(nn.Module):
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
+# ----------------------------------------------------------------------------- the loss on supervised rows
+
+HEAD_CHUNK = 1024  # rows of logits computed at once by HeadLoss (1024 x 152k vocabulary x fp32 = 0.6 GB)
+
+
+def rows_loss(h, norm_weight, head_weight, targets, weights, eps, objective):
+    """The loss SUM of some rows: final norm, LM head, then per row the cross-entropy of its target, or
+    (objective "entropy") the entropy of its next-token distribution; times `weights` (None = 1)."""
+    logits = F.linear(rms_norm(h, norm_weight, eps), head_weight).float()      # (n, V), fp32 as forward's
+    if objective == "entropy":
+        logp = logits.log_softmax(-1)
+        per_row = -(logp.exp() * logp).sum(-1)
+    else:
+        per_row = F.cross_entropy(logits, targets, reduction="none")
+    return per_row.sum() if weights is None else (per_row * weights).sum()
+
+
+class HeadLoss(torch.autograd.Function):
+    """rows_loss over all N rows, chunk by chunk, keeping only the inputs for the backward pass: there each
+    chunk's logits are computed again and differentiated, then freed. Memory: one chunk of logits
+    instead of all N rows' (and the model's full (B, T, V) logits are never made); time: one more
+    forward of the head on the supervised rows. Autocast (bf16) is recorded in forward and restored in
+    backward, so the recomputed chunk is the one forward computed."""
+
+    @staticmethod
+    def forward(ctx, h, norm_weight, head_weight, targets, weights, eps, objective, chunk):
+        ctx.save_for_backward(h, norm_weight, head_weight, targets, weights)
+        ctx.eps, ctx.objective, ctx.chunk = eps, objective, chunk
+        dev = h.device.type
+        ctx.amp = (dev, torch.is_autocast_enabled(dev), torch.get_autocast_dtype(dev))
+        total = torch.zeros((), device=h.device)
+        for s in range(0, len(h), chunk):
+            total += rows_loss(h[s:s + chunk], norm_weight, head_weight, targets[s:s + chunk],
+                               None if weights is None else weights[s:s + chunk], eps, objective)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad):
+        h, norm_weight, head_weight, targets, weights = ctx.saved_tensors
+        dev, amp_on, amp_dtype = ctx.amp
+        grad_h = torch.zeros_like(h)
+        grad_norm, grad_head = torch.zeros_like(norm_weight), torch.zeros_like(head_weight)
+        norm_weight, head_weight = norm_weight.detach().requires_grad_(), head_weight.detach().requires_grad_()
+        with torch.enable_grad(), torch.autocast(dev, dtype=amp_dtype, enabled=amp_on):
+            for s in range(0, len(h), ctx.chunk):
+                x = h[s:s + ctx.chunk].detach().requires_grad_()
+                loss = rows_loss(x, norm_weight, head_weight, targets[s:s + ctx.chunk],
+                                 None if weights is None else weights[s:s + ctx.chunk], ctx.eps, ctx.objective)
+                gx, gn, gw = torch.autograd.grad(loss, (x, norm_weight, head_weight), grad)
+                grad_h[s:s + ctx.chunk] = gx
+                grad_norm += gn
+                grad_head += gw
+        return grad_h, grad_norm, grad_head, None, None, None, None, None
+
+
 # ----------------------------------------------------------------------------- model
 
 class Transformer(nn.Module):
@@ -247,11 +306,13 @@ class Transformer(nn.Module):
         self.gradient_checkpointing = False
         self.source_dir = None  # where from_pretrained read it (tokenizer files are copied from there)
 
-    def forward(self, input_ids, cache=None, last_only=False):
+    def forward(self, input_ids, cache=None, last_only=False, labels=None, objective="ce", per_sample=False):
         """input_ids (B, T) -> logits (B, T, V) in fp32, or (B, 1, V) with last_only.
 
         Without a cache: plain causal attention from position 0 (training; right padding is harmless
         because pads come after every real token). With a cache: positions and the key mask come from it.
+        With `labels` (B, T) (training): no logits, but (loss sum, count) of `supervised_loss`, the final
+        norm and the head run on the supervised positions only.
         """
         B, T = input_ids.shape
         if cache is None:
@@ -271,10 +332,32 @@ class Transformer(nn.Module):
                 x = layer(x, cos, sin, cache, i, mask)
         if cache is not None:
             cache.pos += T  # advance once, after the last layer wrote its keys
+        if labels is not None:  # inside forward, so that FSDP2 has gathered the head and the norm
+            return self.supervised_loss(x, labels, objective, per_sample)
         x = self.model.norm(x)
         if last_only:
             x = x[:, -1:]
         return self.lm_head(x).float()
+
+    def supervised_loss(self, h, labels, objective="ce", per_sample=False):
+        """The training loss without the (B, T, V) logits: (loss sum, count), the same quantities as
+        train.masked_ce_sum on this model's logits (tests prove it), computed on the positions that predict
+        a supervised token only. A UPFT prefix example is a ~150-token prompt and 9 supervised tokens:
+        the final norm and the LM head run on those 9 rows, in chunks of HEAD_CHUNK rows whose logits are
+        recomputed in the backward pass (HeadLoss), so at most one chunk of logits exists at a time.
+
+        h (B, T, C): the last layer's output (before the final norm); labels (B, T) aligned with the
+        input ids, IGNORE where not trained. objective "ce" (cross-entropy of the label) or "entropy"
+        (EM-FT: the entropy of the next-token distribution; the label is only a mask). per_sample: each
+        sample's token mean, summed over samples, and the count is of samples (the official weighting)."""
+        rows = labels[:, 1:] != IGNORE                          # (B, T-1): position t predicts labels[t + 1]
+        h, targets = h[:, :-1][rows], labels[:, 1:][rows]       # (N, C), (N,): the supervised rows, in order
+        per_row = rows.sum(1)                                   # (B,) supervised tokens of each sample
+        weights = (1.0 / per_row.clamp(min=1)).repeat_interleave(per_row) if per_sample else None  # (N,)
+        count = int((per_row > 0).sum()) if per_sample else int(per_row.sum())
+        loss = HeadLoss.apply(h, self.model.norm.weight, self.lm_head.weight, targets, weights,
+                              self.model.norm.eps, objective, HEAD_CHUNK)
+        return loss, count
 
     def init_weights(self, std=0.02):
         """HF-style init for training from scratch: N(0, std) weights, zero biases, unit norms."""

@@ -49,7 +49,7 @@ from tqdm import tqdm
 import toy
 import upft
 from data import (IGNORE, Tokenizer, UpftError, UpftFault, atomic_dir, chat_prompt, load_rows, read_jsonl,
-                  resolve, write_json, write_jsonl)
+                  resolve, supervised_count, write_json, write_jsonl)
 from eval import evaluate, summarize
 from model import Config, Transformer, gather_full, load_shards, save_safetensors, shard_rows
 
@@ -79,26 +79,6 @@ def masked_ce_sum(logits, labels):
     # <<< exercise: masked_ce_sum
 
 
-def per_sample_mean_sum(logits, labels):
-    """The official code's weighting: each sample's token-mean CE, summed over samples (with their count)."""
-    logits, targets = logits[:, :-1].float(), labels[:, 1:]
-    tok = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=IGNORE, reduction="none")  # (B, T-1)
-    n = (targets != IGNORE).sum(1)
-    keep = n > 0  # a sample with no supervised token contributes nothing (and no 0/0)
-    return (tok.sum(1)[keep] / n[keep]).sum(), int(keep.sum())
-
-
-def masked_entropy_sum(logits, labels):
-    """EM-FT's loss (entropy minimisation, arXiv 2505.15134; docs/method.md §7): the entropy of the
-    model's next-token distribution, summed over the positions that predict a supervised token, and
-    their count. Same mask and shift as masked_ce_sum (position t predicts labels[t + 1]); the labels
-    are only a mask: no target token enters the loss."""
-    logp = logits[:, :-1].float().log_softmax(-1)
-    mask = labels[:, 1:] != IGNORE
-    entropy = -(logp.exp() * logp).sum(-1)  # (B, T-1): H(p(. | x, y_<t))
-    return entropy[mask].sum(), int(mask.sum())
-
-
 def collate(examples, pad_id):
     """Right-pad a micro-batch: (input_ids, labels) as (B, T) LongTensors, pads labelled IGNORE."""
     T = max(len(e["input_ids"]) for e in examples)
@@ -110,59 +90,60 @@ def collate(examples, pad_id):
     return ids, labels
 
 
-def supervised_count(example, loss_norm="token"):
-    """What one example adds to a step's normaliser: its supervised tokens, or 1 sample if it has any."""
-    n = sum(1 for t in example["labels"][1:] if t != IGNORE)
-    return n if loss_norm == "token" else int(n > 0)
+def step_count(examples, loss_norm="token"):
+    """A step's normaliser: its supervised tokens, or (the official weighting) its samples with any."""
+    counts = [supervised_count(e["labels"]) for e in examples]
+    return sum(counts) if loss_norm == "token" else sum(n > 0 for n in counts)
 
 
-def accumulate_grads(model, examples, micro_batch_size, pad_id, loss_norm="token", autocast=None,
-                     objective="ce"):
+def logits_ce(model, ids, labels):
+    """The readable loss of a micro-batch: masked_ce_sum of the model's full (B, T, V) logits."""
+    return masked_ce_sum(model(ids), labels)
+
+
+def accumulate_grads(model, examples, micro_batch_size, pad_id, loss_sum=logits_ce, normaliser=None,
+                     autocast=None):
     """Backward over one optimizer step's examples in micro-batches; the gradient is that of
     (sum of losses) / (step normaliser), however the step is split. Returns (mean loss, normaliser).
-    (Exercise accumulate_grads; docs/method.md §4. Uses masked_ce_sum, so do that exercise first.)
+    (Exercise accumulate_grads; docs/method.md §4. Its default loss is masked_ce_sum: do that first.)
 
     Inputs: model (a Transformer; gradients are ADDED to its .grad, the caller zeroes them between
     steps); examples, the step's list of {"input_ids", "labels"} (labels aligned, IGNORE on the
     prompt), of unequal lengths and unequal supervised counts; micro_batch_size, the examples per
     forward/backward (examples[0:m], examples[m:2m], ...; the last one may be smaller); pad_id, the
-    input id used by `collate` for padding; loss_norm "token" (the default) or "sample"; autocast, a
-    context manager for the forward (None = none).
-    Output: (mean loss, normaliser). With loss_norm="token" the normaliser N is the number of
-    supervised tokens of the WHOLE step (`supervised_count` summed over the examples) and, after the
-    call, .grad holds the gradient of (sum of the step's token losses) / N: the gradient of one big
-    batch, whatever micro_batch_size is. Mean loss = that quantity as a float. ("sample": the
-    normaliser counts samples and each sample's loss is its token mean: per_sample_mean_sum.)
-    Each micro-batch's loss sum must therefore be divided by the step's N, not by its own count,
-    not by the number of micro-batches, not by the batch size or the sequence length.
-    Edge cases: a step with no supervised token returns (nan, 0) and leaves .grad untouched (no
-    backward at all); a micro-batch with no supervised token is skipped.
-
-    objective "entropy" (EM-FT) sums token entropies instead of cross-entropies (token norm only).
-    A sharded model (torchrun) goes through accumulate_grads_sharded instead (fit chooses).
+    input id used by `collate` for padding; loss_sum(model, ids, labels) -> (loss, count), the loss SUM
+    of one collated micro-batch (a 0-dim tensor that carries the gradient) and its count (default
+    `logits_ce`: masked_ce_sum of the model's logits; fit passes the model's own `supervised_loss`,
+    the same sum without the full logits); normaliser: the step's N (None: its supervised tokens,
+    `supervised_count` of every example's labels, summed; fit passes its own: samples for the official
+    weighting, and under torchrun the count of every rank's examples); autocast, a context manager
+    for the forward and the loss (None = none).
+    Output: (mean loss, N). After the call .grad holds the gradient of (sum of the step's losses) / N:
+    the gradient of one big batch, whatever micro_batch_size is. Mean loss = that quantity as a float.
+    Each micro-batch's loss sum must therefore be divided by the step's N, not by its own count, not
+    by the number of micro-batches, not by the batch size or the sequence length.
+    Edge cases: N = 0 returns (nan, 0) and leaves .grad untouched (no backward at all); a micro-batch
+    with no supervised token adds nothing (its loss sum is exactly 0, not NaN).
     """
     # >>> exercise: accumulate_grads
-    counts = [supervised_count(e, loss_norm) for e in examples]
-    total = sum(counts)
+    total = sum(supervised_count(e["labels"]) for e in examples) if normaliser is None else normaliser
     if total == 0:
         return float("nan"), 0  # nothing supervised in this step: no gradient, no NaN
-    loss_fn = masked_ce_sum if loss_norm == "token" else per_sample_mean_sum
-    if objective == "entropy":
-        loss_fn = masked_entropy_sum
     device = next(model.parameters()).device
     step_loss = 0.0
     for i in range(0, len(examples), micro_batch_size):
-        mb = examples[i:i + micro_batch_size]
-        if sum(counts[i:i + micro_batch_size]) == 0:
-            continue  # an all-masked micro-batch would only add 0 * NaN risks
-        ids, labels = collate(mb, pad_id)
+        ids, labels = collate(examples[i:i + micro_batch_size], pad_id)
         with autocast or contextlib.nullcontext():
-            logits = model(ids.to(device))
-        loss, _ = loss_fn(logits, labels.to(device))
+            loss, _ = loss_sum(model, ids.to(device), labels.to(device))
         (loss / total).backward()
         step_loss += loss.item()
     return step_loss / total, total
     # <<< exercise: accumulate_grads
+
+
+def supervised_rows_loss(model, ids, labels, objective="ce", per_sample=False):
+    """fit's loss_sum: the model's own supervised_loss (the head on supervised rows only, in chunks)."""
+    return model(ids, labels=labels, objective=objective, per_sample=per_sample)
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -235,6 +216,8 @@ def fit(model, examples, tc: TrainConfig, pad_id=0, out=None, resume=False, desc
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and not sharded else None
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=(0.9, 0.95), weight_decay=0.0,
                             foreach=device.type == "cuda")
+    # the loss of a micro-batch: the head and the loss on the supervised rows only (Transformer.supervised_loss)
+    loss_sum = functools.partial(supervised_rows_loss, objective=tc.objective, per_sample=tc.loss_norm == "sample")
     steps = step_batches(len(examples), tc)
     start, stop = 0, min(len(steps), tc.max_steps or len(steps))
     metrics_path = Path(out) / "metrics.jsonl" if out else None
@@ -272,12 +255,12 @@ def fit(model, examples, tc: TrainConfig, pad_id=0, out=None, resume=False, desc
         lr = lr_at(step, len(steps), tc)
         for g in opt.param_groups:
             g["lr"] = lr
-        if sharded:
-            loss, n = accumulate_grads_sharded(model, batch, tc.micro_batch_size, pad_id, tc.loss_norm,
-                                               objective=tc.objective)
-        else:
-            loss, n = accumulate_grads(model, batch, tc.micro_batch_size, pad_id, tc.loss_norm, autocast,
-                                       objective=tc.objective)
+        n = step_count(batch, tc.loss_norm)
+        if sharded:  # the whole step's normaliser, and as many micro-batches as the busiest rank
+            n, batch = sharded_step(batch, n, tc.micro_batch_size, pad_id)
+        loss, n = accumulate_grads(model, batch, tc.micro_batch_size, pad_id, loss_sum, n, autocast)
+        if sharded and n > 0:
+            loss = all_reduce([loss], "sum", torch.float64)[0]  # each rank returned its part of the mean
         gnorm = 0.0
         if n > 0:
             gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.max_grad_norm)
@@ -360,30 +343,16 @@ def is_sharded(model):
     return isinstance(model, FSDPModule)
 
 
-def accumulate_grads_sharded(model, examples, micro_batch_size, pad_id, loss_norm="token", objective="ce"):
-    """accumulate_grads on a sharded model: `examples` is this rank's part of the step. The normaliser
-    stays the whole step's (the ranks' counts all-reduced: no rank divides by its own count) and FSDP
-    sums the ranks' gradients, so any split over ranks equals one big batch. Every rank runs as many
-    micro-batches as the busiest one, because FSDP's all-gathers and reduce-scatters must pair up across
-    ranks: a rank with nothing (left) to supervise runs a fully masked row, whose loss and gradient are
-    exactly 0 (no NaN). Returns (the step's mean loss over all ranks, the step's normaliser)."""
-    counts = [supervised_count(e, loss_norm) for e in examples]
-    total = all_reduce([sum(counts)], "sum")[0]
+def sharded_step(examples, count, micro_batch_size, pad_id):
+    """torchrun: (the step's normaliser, all ranks' counts summed, so that no rank divides by its own;
+    this rank's examples, padded with fully masked ones so that every rank runs as many micro-batches as
+    the busiest: FSDP's all-gathers and reduce-scatters must pair up across ranks). A masked row's loss
+    and gradient are exactly 0 (no NaN), and FSDP sums the ranks' gradients, so any split over ranks
+    equals one big batch."""
+    total = all_reduce([count], "sum")[0]
     n_micro = all_reduce([-(-len(examples) // micro_batch_size)], "max")[0]
-    if total == 0:
-        return float("nan"), 0  # the same on every rank: nothing supervised in this step anywhere
-    loss_fn = masked_ce_sum if loss_norm == "token" else per_sample_mean_sum
-    if objective == "entropy":
-        loss_fn = masked_entropy_sum
-    device = next(model.parameters()).device
-    step_loss = 0.0
-    for k in range(n_micro):
-        mb = examples[k * micro_batch_size:(k + 1) * micro_batch_size]
-        ids, labels = collate(mb or [{"input_ids": [pad_id, pad_id], "labels": [IGNORE, IGNORE]}], pad_id)
-        loss, _ = loss_fn(model(ids.to(device)), labels.to(device))  # bf16 on CUDA: FSDP's policy casts
-        (loss / total).backward()
-        step_loss += loss.item()
-    return all_reduce([step_loss], "sum", torch.float64)[0] / total, total
+    short = max(0, (n_micro - 1) * micro_batch_size + 1 - len(examples))
+    return total, examples + [{"input_ids": [pad_id, pad_id], "labels": [IGNORE, IGNORE]}] * short
 
 
 def load_sharded_model(model_dir, device, dtype):

@@ -11,7 +11,8 @@ Read next to the paper and docs/method.md (section numbers below are that file's
   Eq. 8             max E_{D_p}[log p(r_<t | x')] + E_{D_f}[log p(r | x)]: the sum of both kinds of
                     examples under one masked cross-entropy (train.py)                             §4
 Baselines through the same sampler (§7): `sample_sft` = one full self-generated trace per question,
-no filter (also the data of EM-FT, which only changes the loss: train.masked_entropy_sum);
+no filter (also the data of EM-FT, which only changes the loss: the entropy objective of
+model.Transformer.supervised_loss);
 `sample_rft` = N full samples, keep one whose final answer matches the label (questions with none are
 dropped); `sample_vote` = the same N samples, the majority answer replaces the label (no label read).
 Controls that take UPFT apart (§7.1): `build_examples(..., instruction=, eos=)` and `ablate_rollouts`
@@ -28,7 +29,7 @@ from collections import Counter
 
 import torch
 
-from data import IGNORE, UpftError, chat_prompt
+from data import IGNORE, UpftError, chat_prompt, supervised_count
 from grader import extract_answer, is_equiv, majority_vote, normalize
 from model import generate
 
@@ -235,7 +236,7 @@ def ablate_rollouts(rollouts, questions, full_only=False, random_targets=False, 
 
 
 def supervised_tokens(examples):
-    return sum(sum(1 for t in e["labels"] if t != IGNORE) for e in examples)
+    return sum(supervised_count(e["labels"]) for e in examples)
 
 
 # ----------------------------------------------------------------------------- baselines (§7)

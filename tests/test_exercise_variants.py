@@ -97,7 +97,8 @@ PREFIX_PROMPT = "chat_prompt(tok, question, instruction)"
 ALWAYS_INSTRUCTION = (PREFIX_PROMPT, "chat_prompt(tok, question, PREFIX_INSTRUCTION)")
 ALWAYS_EOS = (PREFIX_TARGET, "target = list(response_ids[:prefix_len]) + [tok.eos_id]")
 NO_PAD_FAST_PATH = "if not self.any_pad and (self.pos == 0 or T == 1):"
-MB_LOSS = "loss, _ = loss_fn(logits, labels.to(device))\n        (loss / total).backward()"
+MB_LOSS = ("loss, _ = loss_sum(model, ids.to(device), labels.to(device))\n"
+           "        (loss / total).backward()")
 LR_WARM = "max(1, math.ceil(tc.warmup_ratio * total_steps))"
 
 VARIANTS = [  # (exercise, the usual mistake, patches)
@@ -252,15 +253,18 @@ VARIANTS = [  # (exercise, the usual mistake, patches)
      sub("train.masked_ce_sum", ("logits[:, :-1].float()", "logits[:, :-1]"))),
     # --- gradient accumulation (§4)
     ("accumulate_grads", "each micro-batch divided by its own count",
-     sub("train.accumulate_grads", (MB_LOSS, "loss, n_mb = loss_fn(logits, labels.to(device))\n"
+     sub("train.accumulate_grads", (MB_LOSS, "loss, n_mb = loss_sum(model, ids.to(device), labels.to(device))\n"
                                              "        (loss / n_mb).backward()"))),
     ("accumulate_grads", "average of the micro-batch means",
-     sub("train.accumulate_grads", (MB_LOSS, "loss, n_mb = loss_fn(logits, labels.to(device))\n"
+     sub("train.accumulate_grads", (MB_LOSS, "loss, n_mb = loss_sum(model, ids.to(device), labels.to(device))\n"
                                              "        (loss / n_mb / math.ceil(len(examples) / micro_batch_size)).backward()"))),
     ("accumulate_grads", "normaliser = batch size",
      sub("train.accumulate_grads", ("(loss / total).backward()", "(loss / len(examples)).backward()"))),
     ("accumulate_grads", "normaliser = sequence length (every token of the step)",
-     sub("train.accumulate_grads", ("total = sum(counts)", 'total = sum(len(e["input_ids"]) for e in examples)'))),
+     sub("train.accumulate_grads", ('total = sum(supervised_count(e["labels"]) for e in examples)',
+                                    'total = sum(len(e["input_ids"]) for e in examples)'))),
+    ("accumulate_grads", "the given normaliser ignored (each rank its own count under torchrun)",
+     sub("train.accumulate_grads", ("if normaliser is None else normaliser", ""))),
     ("accumulate_grads", "no guard for a step without supervised tokens",
      sub("train.accumulate_grads", ("if total == 0:", "if False:"))),
     ("accumulate_grads", "gradients zeroed inside (replaced, not accumulated)",

@@ -1,6 +1,6 @@
-"""Contract of train.accumulate_grads (default loss_norm="token"): whatever the micro-batch size, the
-gradient is that of (sum of the step's token losses) / (the step's supervised tokens), i.e. one big
-batch; it returns (that loss, that count). Needs exercise masked_ce_sum."""
+"""Contract of train.accumulate_grads: whatever the micro-batch size, the gradient is that of (sum of the
+step's token losses) / (the step's supervised tokens, or the normaliser given), i.e. one big batch; it
+returns (that loss, that count). Needs exercise masked_ce_sum (the default loss)."""
 import math
 
 import torch
@@ -77,3 +77,15 @@ def test_step_without_supervised_tokens():
     loss, n = train.accumulate_grads(net, masked, 2, pad_id=0)
     assert n == 0 and math.isnan(loss), f"nothing supervised: (nan, 0), got ({loss}, {n})"
     assert all(p.grad is None for p in net.parameters()), "nothing supervised: no backward at all"
+
+
+def test_a_given_normaliser_is_the_one_divided_by():
+    """Under torchrun the caller passes the count of EVERY rank's examples: this rank divides by it."""
+    net, exs = tiny_model(seed=7), examples(4)
+    want_loss, want_n, want_grads = reference(net, exs)
+    net.zero_grad(set_to_none=True)
+    loss, n = train.accumulate_grads(net, exs, 3, pad_id=0, normaliser=2 * want_n)
+    got = [p.grad.clone() for p in net.parameters()]
+    assert n == 2 * want_n, f"the normaliser given ({2 * want_n}) is returned, got {n}"
+    assert same([g * 2 for g in got], want_grads) and abs(2 * loss - want_loss) < 1e-5, \
+        "with normaliser=2N every micro-batch's loss sum is divided by 2N: half the one-big-batch gradient"

@@ -1,0 +1,148 @@
+"""The training loss on supervised rows only (model.Transformer.supervised_loss, model.HeadLoss) equals the
+full-logits definition, in the loss and in every parameter's gradient: train.masked_ce_sum (the exercise)
+for the token cross-entropy, and sums written out here for the official per-sample weighting and EM-FT's
+entropy. Random tiny Llama and Qwen2 configs, tied and untied heads, rows with no supervised token, uneven
+micro-batches, chunk sizes that do and do not divide the row count.
+
+Tolerance (fp32): the loss to rel 1e-6; every element of a parameter's gradient within 1e-5 of that
+gradient's largest element (the same numbers added in another order, and the head's products taken over
+other row counts: measured at most 7e-7 of the largest element, the loss equal to the last bit). Instructor-only: it recomputes
+the masked_ce_sum exercise, so the student copy leaves it out (scripts/assignment.py)."""
+import pytest
+import torch
+
+import model as M
+import train
+from conftest import LLAMA, QWEN2
+from data import IGNORE
+
+CONFIGS = {"llama-untied": LLAMA, "llama-tied": {**LLAMA, "tie_word_embeddings": True},
+           "qwen2-tied": QWEN2, "qwen2-untied": {**QWEN2, "tie_word_embeddings": False}}
+
+
+def tiny(cfg, seed=0):
+    torch.manual_seed(seed)
+    m = M.Transformer(M.Config.from_dict(cfg)).init_weights(0.1)
+    with torch.no_grad():  # non-trivial norms and biases, so a mix-up cannot hide
+        for n, p in m.named_parameters():
+            if n.endswith("norm.weight") or n.endswith("bias"):
+                p.add_(0.1 * torch.randn_like(p))
+    return m
+
+
+def batch(seed=0, vocab=256):
+    """Six rows of unequal lengths; two supervise nothing; the rest 1..9 tokens; right padding."""
+    g = torch.Generator().manual_seed(seed)
+    T = 14
+    ids = torch.randint(0, vocab, (6, T), generator=g)
+    labels = torch.full((6, T), IGNORE)
+    for b, (length, sup) in enumerate([(14, 9), (9, 0), (11, 4), (5, 1), (14, 0), (8, 7)]):
+        labels[b, length - sup:length] = ids[b, length - sup:length]
+        ids[b, length:] = 0
+    return ids, labels
+
+
+def reference(logits, labels, objective, per_sample):
+    """The full-logits quantities, one supervised position at a time (position t predicts labels[t + 1])."""
+    if objective == "ce" and not per_sample:
+        return train.masked_ce_sum(logits, labels)
+    logp = logits.float().log_softmax(-1)
+    total, count = logits.new_zeros(()), 0
+    for b in range(labels.shape[0]):
+        pos = [t for t in range(labels.shape[1] - 1) if labels[b, t + 1] != IGNORE]
+        if objective == "entropy":
+            per = [-(logp[b, t].exp() * logp[b, t]).sum() for t in pos]
+        else:
+            per = [-logp[b, t, labels[b, t + 1]] for t in pos]
+        if per_sample and pos:
+            total, count = total + sum(per) / len(pos), count + 1
+        elif not per_sample:
+            total, count = total + sum(per, logits.new_zeros(())), count + len(pos)
+    return total, count
+
+
+def assert_close(got, want, what):
+    """Every element within 1e-5 of the tensor's largest |element| (fp32 noise, see the docstring)."""
+    err = (got - want).abs().max().item()
+    assert err <= 1e-5 * want.abs().max().item(), f"{what}: max |difference| {err:.2e}, largest {want.abs().max():.2e}"
+
+
+def grads(m, fn):
+    m.zero_grad(set_to_none=True)
+    loss, n = fn()
+    loss.backward()
+    return loss.detach(), n, {k: p.grad.clone() for k, p in m.named_parameters()}
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+@pytest.mark.parametrize("objective, per_sample", [("ce", False), ("ce", True), ("entropy", False)])
+@pytest.mark.parametrize("chunk", [1, 3, 7, 21, 1024])  # 21 supervised rows: 7 and 21 divide them, 3 too
+def test_loss_and_every_gradient_equal_the_full_logits(name, objective, per_sample, chunk, monkeypatch):
+    monkeypatch.setattr(M, "HEAD_CHUNK", chunk)
+    m = tiny(CONFIGS[name]).train()
+    ids, labels = batch()
+    want, n_want, g_want = grads(m, lambda: reference(m(ids), labels, objective, per_sample))
+    got, n_got, g_got = grads(m, lambda: m(ids, labels=labels, objective=objective, per_sample=per_sample))
+    assert n_got == n_want == (4 if per_sample else 21)
+    assert got.item() == pytest.approx(want.item(), rel=1e-6)
+    for k in g_want:
+        assert_close(g_got[k], g_want[k], k)
+
+
+def test_uneven_micro_batches_through_accumulate_grads(monkeypatch):
+    monkeypatch.setattr(M, "HEAD_CHUNK", 5)
+    m = tiny(CONFIGS["llama-tied"], seed=2).train()
+    ids, labels = batch(1)
+    examples = [{"input_ids": i.tolist(), "labels": l.tolist()} for i, l in zip(ids, labels)]
+    out = {}
+    for path, fn in (("full logits", train.logits_ce), ("supervised rows", train.supervised_rows_loss)):
+        for micro in (6, 4, 1):
+            m.zero_grad(set_to_none=True)
+            loss, n = train.accumulate_grads(m, examples, micro, 0, loss_sum=fn)
+            out[path, micro] = (loss, n, {k: p.grad.clone() for k, p in m.named_parameters()})
+    ref_loss, ref_n, ref_g = out["full logits", 6]
+    for key, (loss, n, g) in out.items():
+        assert n == ref_n == 21 and loss == pytest.approx(ref_loss, rel=1e-6), key
+        for k in ref_g:
+            assert_close(g[k], ref_g[k], f"{key} {k}")
+
+
+def test_nothing_supervised_is_zero_not_nan():
+    m = tiny(CONFIGS["qwen2-tied"]).train()
+    ids, _ = batch()
+    loss, n = m(ids, labels=torch.full_like(ids, IGNORE))
+    loss.backward()
+    assert n == 0 and loss.item() == 0.0
+    assert all(p.grad is None or (p.grad == 0).all() for p in m.parameters())
+
+
+def test_no_full_logits_are_made(monkeypatch):
+    """The head runs on the supervised rows only: every head product is at most one chunk of rows."""
+    monkeypatch.setattr(M, "HEAD_CHUNK", 4)
+    m = tiny(CONFIGS["llama-untied"]).train()
+    ids, labels = batch()
+    rows = []
+    real = M.F.linear
+
+    def spy(x, w, b=None):
+        if w.data_ptr() == m.lm_head.weight.data_ptr():
+            rows.append(x.shape[0] if x.dim() == 2 else -1)
+        return real(x, w, b)
+    monkeypatch.setattr(M.F, "linear", spy)
+    loss, _ = m(ids, labels=labels)
+    loss.backward()
+    assert rows and max(rows) <= 4 and sum(rows) == 2 * 21  # each chunk once forward, once recomputed
+
+
+def test_bf16_autocast_on_cpu_is_recomputed_under_autocast():
+    """Under CPU bf16 autocast the recomputed chunk is the forward's chunk (autocast restored in backward):
+    the gradient matches the full-logits one computed under the same autocast to bf16 precision."""
+    m = tiny(CONFIGS["llama-untied"], seed=3).train()
+    ids, labels = batch(2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        want, _, g_want = grads(m, lambda: train.masked_ce_sum(m(ids), labels))
+        got, _, g_got = grads(m, lambda: m(ids, labels=labels))
+    assert got.item() == pytest.approx(want.item(), rel=2e-2)
+    for k in g_want:
+        cos = torch.nn.functional.cosine_similarity(g_got[k].flatten(), g_want[k].flatten(), dim=0)
+        assert cos > 0.99, (k, cos)

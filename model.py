@@ -359,6 +359,13 @@ class Transformer(nn.Module):
                               self.model.norm.eps, objective, HEAD_CHUNK)
         return loss, count
 
+    def to_dtype_copy(self, dtype) -> "Transformer":
+        """A copy of this model's weights in `dtype` (e.g. a bf16 copy to decode with), same device."""
+        state = {k: v.detach().to(dtype) for k, v in self.state_dict().items()}
+        copy = Transformer.from_state_dict(self.config, state, self.device)
+        copy.source_dir = self.source_dir
+        return copy
+
     def init_weights(self, std=0.02):
         """HF-style init for training from scratch: N(0, std) weights, zero biases, unit norms."""
         for m in self.modules():

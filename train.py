@@ -51,7 +51,7 @@ import upft
 from data import (IGNORE, Tokenizer, UpftError, UpftFault, atomic_dir, chat_prompt, load_rows, read_jsonl,
                   resolve, supervised_count, write_json, write_jsonl)
 from eval import evaluate, summarize
-from model import Config, Transformer, gather_full, load_shards, save_safetensors, shard_rows
+from model import HEAD_CHUNK, Config, Transformer, gather_full, load_shards, save_safetensors, shard_rows
 
 # ----------------------------------------------------------------------------- the loss
 
@@ -160,6 +160,7 @@ class TrainConfig:
     seed: int = 0
     save_every: int = 0           # optimizer steps between resumable checkpoints (0 = never)
     grad_ckpt: bool = False
+    bf16: bool = False            # CPU: forward and backward under bf16 autocast, fp32 master weights
     schedule: str = "constant"    # "constant" after warmup (the paper); "cosine" (to 10%) only for toy pretraining
     max_steps: int | None = None  # stop after this many steps (the schedule still spans every epoch)
     objective: str = "ce"         # "ce" (every method) or "entropy" (EM-FT: no target, §7)
@@ -214,6 +215,8 @@ def fit(model, examples, tc: TrainConfig, pad_id=0, out=None, resume=False, desc
     device = next(model.parameters()).device
     # bf16 on CUDA: autocast for one process; sharded, FSDP's mixed-precision policy casts instead
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and not sharded else None
+    if tc.bf16 and device.type == "cpu":  # the option for CPUs with fast bf16 (--autocast-bf16)
+        autocast = torch.autocast("cpu", dtype=torch.bfloat16)
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=(0.9, 0.95), weight_decay=0.0,
                             foreach=device.type == "cuda")
     # the loss of a micro-batch: the head and the loss on the supervised rows only (Transformer.supervised_loss)
@@ -525,8 +528,11 @@ def memory_plan(cfg, world=1, rank=0, sharded=False, cuda=False, master_bytes=4,
                    in fp32, q/k/v, rotated q/k, attention in/out, the SwiGLU products); with gradient
                    checkpointing only each layer's input (C*a) plus one layer recomputed;
                    times micro_batch * max_len tokens.
-      logits       per token V*(a + 12) + C*(a + 4): the head's output, its fp32 copy, log-softmax and
-                   its gradient.
+      logits       the loss head on supervised rows (Transformer.supervised_loss): one chunk of
+                   min(tokens, HEAD_CHUNK) rows, V*(a + 12) + C*(a + 4) bytes each (the head's output, its
+                   fp32 copy, log-softmax and its gradient, the normed rows), + the supervised rows' hidden
+                   states and their gradient (every position supervised at worst: 2*C*a per token) + the
+                   head's gradient, accumulated over the chunks and one chunk's (2*V*C*a).
       decoding     the weights decoded with (sharded: a full copy, bf16 on CUDA) + the KV cache
                    2 * layers * batch * K * (prompt + budget) * D * bytes + the prefill's working set
                    (one layer's activations and attention scores for batch * prompt tokens).
@@ -545,7 +551,7 @@ def memory_plan(cfg, world=1, rank=0, sharded=False, cuda=False, master_bytes=4,
     p["activations_full"] = tokens * L * per_layer
     p["activations_ckpt"] = tokens * (L * C * a + per_layer)
     p["activations"] = p["activations_ckpt"] if grad_ckpt else p["activations_full"]
-    p["logits"] = tokens * (V * (a + 12) + C * (a + 4))
+    p["logits"] = (min(tokens, HEAD_CHUNK) * (V * (a + 12) + C * (a + 4)) + 2 * tokens * C * a + 2 * V * C * a)
     p["train_total"] = sum(p[k] for k in ("weights", "grads", "optimizer", "gathered", "activations", "logits"))
     d = 2 if (sharded and cuda) else master_bytes   # bytes of a decoded weight / cache entry
     p["decode_weights"] = n_all * d if sharded else 0
@@ -725,6 +731,10 @@ def build_parser():
     a("--device", "cpu or cuda", default="cuda" if torch.cuda.is_available() else "cpu")
     a("--dtype", "weights dtype (fp32 master weights with bf16 autocast on CUDA is the default)",
       choices=["float32", "bfloat16"], default="float32")
+    a("--autocast-bf16", "CPU: train under bf16 autocast (fp32 master weights; ~1.6x faster steps on CPUs with "
+      "AVX512-BF16 or AMX, refused on others; CUDA always trains in bf16)", action="store_true")
+    a("--decode-bf16", "sample and evaluate with a bf16 copy of the weights (CPU: needs fast bf16 as above)",
+      action="store_true")
     a("--no-eval", "skip base/tuned accuracy", action="store_true")
     a("--plan", "print the memory plan and exit (reads only config.json); NPROC: plan for torchrun with that "
       "many processes (default: this launch)", nargs="?", type=int, const=-1, metavar="NPROC")  # -1: --plan alone
@@ -763,6 +773,13 @@ def parse_args(argv=None):
     need(args.plan in (None, -1) or args.plan >= 1,
          f"--plan NPROC must be a positive number of processes, got {args.plan}")
     need(args.gpu_mem is None or args.gpu_mem > 0, f"--gpu-mem must be positive, got {args.gpu_mem}")
+    bf16 = [f for f, on in (("--autocast-bf16", args.autocast_bf16), ("--decode-bf16", args.decode_bf16)) if on]
+    if bf16 and not args.device.startswith("cuda"):
+        fast, why = cpu_bf16()
+        need(fast, f"{' '.join(bf16)}: {why}; bf16 matrix products would run several times slower than fp32 "
+                   f"here: drop the flag")
+    need(not (args.autocast_bf16 and args.dtype == "bfloat16"), "--autocast-bf16 needs fp32 master weights "
+         "(--dtype float32)")
     need(args.method != "vote" or args.num_samples >= 2,
          f"--method vote needs --num-samples >= 2 (a vote of one sample is no vote), got {args.num_samples}")
     need(args.method != "em" or args.loss_norm == "token", "--method em supports --loss-norm token only")
@@ -960,7 +977,9 @@ def _run(args, model_dir, tok, rows, eval_rows, out, t0, log, rank=0, nproc=1, d
         all-gathers every layer for every generated token (the whole model's bytes per decoding step over
         the interconnect, several times the time to read them from HBM) and keeps every rank in lockstep.
         The memory plan shows the copy fits: a 7-8B model's is 14-15 GiB next to 1/N of the fp32 state."""
-        return gather_full(model, torch.bfloat16 if "cuda" in device else dtype, device) if sharded else model
+        if sharded:
+            return gather_full(model, torch.bfloat16 if "cuda" in device or args.decode_bf16 else dtype, device)
+        return model.to_dtype_copy(torch.bfloat16) if args.decode_bf16 else model
 
     def evaluate_spread(dec, rows, progress):
         """evaluate(); under torchrun each rank decodes every nproc-th row and all ranks get every
@@ -1030,7 +1049,7 @@ def _run(args, model_dir, tok, rows, eval_rows, out, t0, log, rank=0, nproc=1, d
 
     tc = TrainConfig(lr=args.lr, epochs=args.epochs, batch_size=args.batch_size,
                      micro_batch_size=args.micro_batch_size, loss_norm=args.loss_norm, seed=args.seed,
-                     save_every=args.save_every, grad_ckpt=args.grad_ckpt,
+                     save_every=args.save_every, grad_ckpt=args.grad_ckpt, bf16=args.autocast_bf16,
                      objective="entropy" if args.method == "em" else "ce", eval_every=args.eval_every)
     subset, eval_seconds = eval_rows[:args.eval_subset], [0.0]
 
@@ -1147,6 +1166,19 @@ def plan_for(args, cfg, world, rank, sharded, has_eval=True):
         kw["eval_batch"] = args.eval_batch_size if has_eval else 0
     plan = memory_plan(cfg, **kw)
     return kw, plan, capacity, smallest_fix(cfg, kw, capacity) if capacity else None
+
+
+def cpu_bf16():
+    """(whether this CPU multiplies bf16 matrices in hardware, the reason in words). x86: the AVX512-BF16
+    or AMX-BF16 flags of /proc/cpuinfo; Arm: the bf16 feature. Without them PyTorch emulates bf16 and
+    its matrix products run many times slower than fp32."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            words = set(f.read().split())
+    except OSError:
+        return False, "cannot read /proc/cpuinfo to check for bf16 support"
+    found = sorted(words & {"avx512_bf16", "amx_bf16", "bf16"})
+    return (True, ", ".join(found)) if found else (False, "this CPU has no AVX512-BF16, AMX-BF16 or Arm bf16")
 
 
 def available_memory():

@@ -21,11 +21,25 @@ lengths, so batches > 1 are left-padded), and the run adds:
   sequences (chat prompt + gold solution, cut to --train-len tokens, no padding), same weights and
   batch on both sides. Achieved GFLOP/s = 6 x parameters x tokens / seconds (2 for the forward and 4
   for the backward per parameter and token; attention scores and the embedding lookup not counted).
+- one UPFT-shaped optimizer step (--upft-step P F: P prefix examples + F full examples built by
+  upft.make_example from the first GSM8K test questions, the gold solution standing in for the sample:
+  its first 8 tokens + EOS under the prefix instruction, or all of it), in micro-batches of
+  --micro-batch, the gradient of the step's summed token loss / its supervised tokens: ours through
+  train.accumulate_grads with the loss on supervised rows (the path train.py trains with), transformers
+  with its own `labels=` loss over full logits (its mean x the micro-batch's count, over the step's
+  count). Time (best of --repeats, alternating) and peak memory: the largest rise of the process's
+  resident set (RSS, /proc/self/statm, sampled every millisecond by a thread) over its value before
+  the step, the best of the timed runs; plus the loss and the largest gradient difference.
+  --autocast-bf16 runs both training rows under CPU bf16 autocast (fp32 weights), and reports how the
+  bf16 loss and gradients differ from fp32 (loss difference, cosine of each gradient).
 """
 import argparse
+import contextlib
 import json
+import os
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -34,8 +48,10 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from data import Tokenizer, UpftError, read_jsonl  # noqa: E402
+import train  # noqa: E402
+from data import IGNORE, Tokenizer, UpftError, read_jsonl, supervised_count  # noqa: E402
 from model import Transformer, generate  # noqa: E402
+from upft import make_example  # noqa: E402
 
 SHAPES = {
     # about 50M parameters: 8 layers x 3.1M + untied 24k-vocab embeddings (2 x 12.3M)
@@ -200,6 +216,87 @@ def bench_folder(args, dtype):
 
     if args.train_batch:
         bench_train(ours, ref, tok, rows, args, n_params)
+    if args.upft_step:
+        bench_upft_step(ours, ref, tok, rows, args)
+
+
+class PeakRSS:
+    """The largest rise of this process's resident set over its value at entry, sampled every ms."""
+    page = os.sysconf("SC_PAGE_SIZE")
+
+    def __enter__(self):
+        self.base = self.peak = self.rss()
+        self.running = True
+        self.thread = threading.Thread(target=self.watch, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.running = False
+        self.thread.join()
+        self.rise = self.peak - self.base
+
+    def rss(self):
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * self.page
+
+    def watch(self):
+        while self.running:
+            self.peak = max(self.peak, self.rss())
+            time.sleep(0.001)
+
+
+def bench_upft_step(ours, ref, tok, rows, args):
+    """One UPFT-shaped optimizer step, ours (loss on supervised rows) vs transformers (full logits)."""
+    n_prefix, n_full = args.upft_step
+    exs = [make_example(tok, r["question"], tok.encode(r["answer"]), "prefix" if i < n_prefix else "full", 8)
+           for i, r in enumerate(rows[:n_prefix + n_full])]
+    total = sum(supervised_count(e["labels"]) for e in exs)
+    positions = sum(len(e["input_ids"]) for e in exs)
+    mb, pad = args.micro_batch, tok.pad_id
+    ours.train()
+    ref.train()
+
+    def hf_loss(model, ids, labels):  # transformers' own loss: the mean over the micro-batch's tokens
+        n = int((labels[:, 1:] != IGNORE).sum())
+        return model(ids, labels=labels).loss * n, n
+
+    def step(model, loss_sum, amp, record):
+        def fn():
+            model.zero_grad(set_to_none=True)
+            with PeakRSS() as mem:
+                loss, _ = train.accumulate_grads(model, exs, mb, pad, loss_sum, total, amp())
+            record.setdefault("rss", []).append(mem.rise)
+            record["loss"] = loss
+            return None
+        return fn
+
+    rows_out = []
+    for label, amp in (("fp32", lambda: None), ("bf16 autocast", lambda: torch.autocast("cpu", dtype=torch.bfloat16))):
+        if label != "fp32" and not args.autocast_bf16:
+            continue
+        rec = {"ours": {}, "hf": {}}
+        best, _, _ = best_of({"ours": step(ours, train.supervised_rows_loss, amp, rec["ours"]),
+                              "hf": step(ref, hf_loss, amp, rec["hf"])}, args.repeats, args.device)
+        grads = {n: p.grad.clone() for n, p in ours.named_parameters()}
+        rows_out.append((label, best, rec, grads))
+    ours.eval()
+    ref.eval()
+    print(f"\nUPFT-shaped step: {n_prefix} prefix + {n_full} full examples, {positions:,} positions of which "
+          f"{total} supervised, micro-batches of {mb}; time best of {args.repeats}; memory = peak RSS rise "
+          f"during the step (best of the timed runs)")
+    for label, best, rec, _ in rows_out:
+        print(f"  {label:>13}: ours {best['ours']:.2f} s, {min(rec['ours']['rss']) / 2**20:.0f} MiB; transformers "
+              f"{best['hf']:.2f} s, {min(rec['hf']['rss']) / 2**20:.0f} MiB; ours/HF speed "
+              f"{best['hf'] / best['ours']:.2f}x, memory {min(rec['ours']['rss']) / min(rec['hf']['rss']):.2f}x; "
+              f"loss {rec['ours']['loss']:.5f} vs {rec['hf']['loss']:.5f}")
+    if len(rows_out) == 2:
+        (_, _, r32, g32), (_, _, r16, g16) = rows_out
+        cos = [torch.nn.functional.cosine_similarity(g16[k].flatten().float(), g32[k].flatten(), dim=0).item()
+               for k in g32]
+        print(f"  bf16 vs fp32 (ours): loss {r16['ours']['loss']:.5f} vs {r32['ours']['loss']:.5f} "
+              f"(difference {abs(r16['ours']['loss'] - r32['ours']['loss']):.1e}); gradient cosine per tensor: "
+              f"min {min(cos):.4f}, median {sorted(cos)[len(cos) // 2]:.4f}")
 
 
 def bench_train(ours, ref, tok, rows, args, n_params):
@@ -270,9 +367,19 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--train-batch", type=int, default=4, help="--model: sequences in the training step (0: skip)")
     ap.add_argument("--train-len", type=int, default=128, help="--model: tokens per training sequence")
+    ap.add_argument("--upft-step", type=int, nargs=2, default=[14, 2], metavar=("PREFIX", "FULL"),
+                    help="--model: a UPFT-shaped optimizer step of PREFIX prefix + FULL full examples (0 0: skip)")
+    ap.add_argument("--micro-batch", type=int, default=4, help="--model: examples per forward/backward of that step")
+    ap.add_argument("--autocast-bf16", action="store_true", help="--model: the step also under CPU bf16 autocast")
     args = ap.parse_args()
     if args.new_tokens < 2 or args.repeats < 1 or min(args.batches) < 1:
         ap.error("--new-tokens must be >= 2, --repeats and --batches >= 1")
+    if min(args.upft_step) < 0 or args.micro_batch < 1 or args.train_batch < 0 or args.train_len < 2:
+        ap.error("--upft-step counts must be >= 0, --micro-batch >= 1, --train-batch >= 0, --train-len >= 2")
+    args.upft_step = args.upft_step if sum(args.upft_step) else None
+    if args.autocast_bf16 and not train.cpu_bf16()[0]:
+        print(f"note: {train.cpu_bf16()[1]}: the bf16 rows run emulated, many times slower than fp32",
+              file=sys.stderr)
     dtype = getattr(torch, args.dtype)
     try:
         if args.model:

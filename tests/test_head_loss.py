@@ -146,3 +146,49 @@ def test_bf16_autocast_on_cpu_is_recomputed_under_autocast():
     for k in g_want:
         cos = torch.nn.functional.cosine_similarity(g_got[k].flatten(), g_want[k].flatten(), dim=0)
         assert cos > 0.99, (k, cos)
+
+
+# ----------------------------------------------------------------------------- bf16 on CPUs that have it
+
+def test_bf16_flags_are_refused_on_a_cpu_without_fast_bf16(tiny_dir, tmp_path, monkeypatch, capsys):
+    from test_train import _questions
+    monkeypatch.setattr(train, "cpu_bf16", lambda: (False, "this CPU has no AVX512-BF16, AMX-BF16 or Arm bf16"))
+    monkeypatch.setattr(train.Transformer, "from_pretrained", lambda *a, **k: pytest.fail("model loaded"))
+    for flag in ("--autocast-bf16", "--decode-bf16"):
+        with pytest.raises(SystemExit) as e:
+            train.main(["--model", str(tiny_dir), "--data", str(_questions(tmp_path / "q.jsonl")), flag,
+                        "--device", "cpu", "--out", str(tmp_path / "run")])
+        err = capsys.readouterr().err.strip()
+        assert e.value.code == 2 and err.startswith(f"error: {flag}: this CPU has no AVX512-BF16") and \
+            "drop the flag" in err and len(err.splitlines()) == 1, err
+
+
+def test_bf16_run_where_the_cpu_has_it(tiny_dir, tmp_path, monkeypatch):
+    """With fast bf16 (here pretended: the tiny model is fast either way) a run trains under bf16 autocast
+    with fp32 master weights and decodes with a bf16 copy; the saved model stays fp32."""
+    from test_train import _questions
+    monkeypatch.setattr(train, "cpu_bf16", lambda: (True, "avx512_bf16"))
+    seen = []
+    real = train.accumulate_grads
+
+    def spy(model, examples, micro, pad_id, loss_sum, normaliser, autocast):
+        seen.append((autocast is not None and autocast.fast_dtype, next(model.parameters()).dtype))
+        return real(model, examples, micro, pad_id, loss_sum, normaliser, autocast)
+    monkeypatch.setattr(train, "accumulate_grads", spy)
+    import upft
+    decoded = []
+    real_generate = upft.generate
+
+    def gen_spy(model, *a, **kw):
+        decoded.append(next(model.parameters()).dtype)
+        return real_generate(model, *a, **kw)
+    monkeypatch.setattr(upft, "generate", gen_spy)
+    args = train.parse_args(["--model", str(tiny_dir), "--data", str(_questions(tmp_path / "q.jsonl")),
+                             "--prefix-len", "4", "--max-new-tokens", "8", "--batch-size", "4", "--no-eval",
+                             "--autocast-bf16", "--decode-bf16", "--device", "cpu", "--out", str(tmp_path / "run")])
+    train.run(args, log=lambda *_: None)
+    assert seen and set(seen) == {(torch.bfloat16, torch.float32)}
+    assert decoded and set(decoded) == {torch.bfloat16}
+    assert M.Transformer.from_pretrained(tmp_path / "run" / "model").lm_head.weight.dtype == torch.float32
+    import json
+    assert json.loads((tmp_path / "run" / "model" / "config.json").read_text())["torch_dtype"] == "float32"

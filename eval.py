@@ -39,15 +39,18 @@ def wilson(k, n, z=1.96):
     return [max(0.0, centre - half), min(1.0, centre + half)]
 
 
-def evaluate(model, tok, rows, max_new_tokens, batch_size=64, n=1, temperature=0.0, top_p=1.0, seed=0,
+def evaluate(model, tok, rows, max_new_tokens, batch_size=64, n=1, temperature=0.0, top_p=1.0, top_k=0, seed=0,
              progress=True):
     """Generate n responses per row ({question, gold[, dataset]}), grade them -> (records, summary).
 
     summary["accuracy"] is the share of correct responses for n == 1 and the mean pass@1 for n > 1
-    (then "maj@n" grades the majority answer). batch_size counts sequences: batch_size // n prompts."""
+    (then "pass@n" counts the questions with a correct sample and "maj@n" grades the majority answer).
+    Sampled answers draw from per-question random streams (model.generate), so two models evaluated with
+    the same seed use the same uniform numbers on every question: their difference is paired.
+    batch_size counts sequences: batch_size // n prompts."""
     groups = generate(model, [chat_prompt(tok, r["question"]) for r in rows], max_new_tokens,
-                      temperature=temperature, top_p=top_p, stop_ids=tok.eos_ids, seed=seed, num_samples=n,
-                      batch_size=max(1, batch_size // n), progress=progress)
+                      temperature=temperature, top_p=top_p, top_k=top_k, stop_ids=tok.eos_ids, seed=seed,
+                      num_samples=n, batch_size=max(1, batch_size // n), progress=progress)
     records = []
     for i, (row, ids) in enumerate(zip(rows, groups)):
         texts = [tok.decode(x, skip_special_tokens=True) for x in ids]
@@ -80,9 +83,11 @@ def summarize(records, n, max_new_tokens):
     per_q = [sum(r["sample_correct"]) / n for r in records]
     mean = sum(per_q) / N
     half = 1.96 * math.sqrt(sum((x - mean) ** 2 for x in per_q) / max(N - 1, 1) / N)
+    any_ok = sum(any(r["sample_correct"]) for r in records)
     return {"accuracy": mean, "pass@1": mean, "pass@1_ci95": [max(0.0, mean - half), min(1.0, mean + half)],
+            "pass@n": any_ok / N, "pass@n_ci95": wilson(any_ok, len(records)),
             "maj@n": k / N, "maj@n_ci95": wilson(k, len(records)), "majority_correct": k,
-            "ci_method": "pass@1: normal approximation over per-question means; maj@n: Wilson score", **s}
+            "ci_method": "pass@1: normal approximation over per-question means; pass@n, maj@n: Wilson score", **s}
 
 
 # --- the paper's analyses (Fig. 2a and 2b; docs/method.md §1) ----------------------------------------

@@ -663,6 +663,7 @@ DEFAULTS = {               # toy,   real
     "sample_batch_size":   (256, 64),
     "eval_batch_size":     (128, 64),
     "eval_subset":         (100, 100),
+    "eval_samples":        (4, 0),
 }
 METHODS = ("upft", "sft", "rft", "em", "vote")
 # The switches of the controls that take UPFT apart (docs/method.md §7.1; --method upft only). Each builds
@@ -685,6 +686,8 @@ def build_parser():
         ap.add_argument(flag, help=help, **kw)
 
     a("--model", "HF checkpoint directory or hub id (default: the embedded toy world in assets/toy)")
+    a("--world", "a toy world folder (scripts/build_toy.py writes one) instead of the shipped assets/toy: its "
+      "model, questions and the toy defaults")
     a("--data", "training questions, JSONL with 'question' or 'problem' (answers only needed by rft)")
     a("--eval-data", "held-out JSONL with answers for base/tuned greedy accuracy (toy: its test split)")
     a("--method", "what to train on: UPFT, or a baseline (sft: one self-generated trace; rft: the first of N "
@@ -718,7 +721,13 @@ def build_parser():
     a("--eval-subset", "held-out questions evaluated during training (--eval-every)", type=int)
     a("--limit", "use the first K training questions", type=int)
     a("--eval-limit", "use the first K eval questions", type=int)
-    a("--eval-max-new-tokens", "budget of a greedy evaluation answer", type=int)
+    a("--eval-max-new-tokens", "budget of an evaluation answer", type=int)
+    a("--eval-samples", "K: besides the greedy answer, K sampled answers per held-out question (mean accuracy "
+      "and pass@K), at --eval-temperature with the checkpoint's top-p/top-k; 0 = greedy only", type=int)
+    a("--eval-temperature", "temperature of the sampled evaluation (the same for every method, whatever it "
+      "sampled its training data at)", type=float, default=0.6)
+    a("--eval-seed", "seed of the sampled evaluation's random streams (the same for base and tuned, so the "
+      "two are compared on the same uniform numbers, question by question)", type=int, default=0)
     a("--eval-batch-size", "sequences decoded together while evaluating; on CUDA the largest the memory plan "
       "fits", type=int)
     a("--sample-batch-size", "sequences decoded together while sampling; on CUDA the largest the memory plan "
@@ -791,6 +800,9 @@ def parse_args(argv=None):
     need(not args.random_targets or args.structure_ratio < 1,
          "--random-targets with --structure-ratio 1 leaves no prefix example to pair")
     need(args.eval_every >= 0, f"--eval-every must be >= 0, got {args.eval_every}")
+    need(args.eval_samples >= 0, f"--eval-samples must be >= 0, got {args.eval_samples}")
+    need(args.eval_temperature > 0, f"--eval-temperature must be > 0 (greedy is always evaluated), got "
+                                    f"{args.eval_temperature}")
     need(args.eval_subset > 0, f"--eval-subset must be positive, got {args.eval_subset}")
     need(not (args.eval_every and args.no_eval), "--eval-every needs held-out evaluation (drop --no-eval)")
     need(not (args.eval_every and args.model and not args.eval_data),
@@ -798,6 +810,9 @@ def parse_args(argv=None):
     if args.plan is not None:
         return args  # --plan reads config.json only: no data, no run folder
     need(not args.model or args.data, "--data is required with --model (JSONL of training questions)")
+    need(not (args.model and args.world), "--world and --model: one or the other")
+    need(not args.world or (Path(args.world) / "build.json").is_file(),
+         f"--world {args.world}: no toy world there (build.json missing)")
     if args.base_from:
         check_base_from(args, need)
     if args.out is None:
@@ -813,7 +828,8 @@ def parse_args(argv=None):
 
 
 # What the base evaluation depends on: a reused one must agree on all of them.
-BASE_EVAL_KEYS = ("model", "eval_data", "eval_limit", "eval_max_new_tokens", "eval_batch_size", "device", "dtype")
+BASE_EVAL_KEYS = ("model", "world", "eval_data", "eval_limit", "eval_max_new_tokens", "eval_batch_size", "device", "dtype",
+                  "eval_samples", "eval_temperature", "eval_seed", "decode_bf16")
 
 
 def check_base_from(args, need):
@@ -823,6 +839,8 @@ def check_base_from(args, need):
     prev = json.loads((src / "args.json").read_text())
     diff = [k for k in BASE_EVAL_KEYS if prev.get(k) != getattr(args, k)]
     need(not diff, f"--base-from {src}: its base evaluation used other settings ({', '.join(diff)})")
+    need(not args.eval_samples or (src / "eval_base_sampled.json").is_file(),
+         f"--base-from {src}: no sampled base evaluation (eval_base_sampled.json)")
     need(not args.no_eval, "--base-from with --no-eval: there is no evaluation to reuse")
 
 
@@ -857,7 +875,7 @@ def load_inputs(args):
     if args.model:
         model_dir = resolve(args.model)
     else:
-        world = toy.load_world()
+        world = toy.load_world(args.world or toy.WORLD_DIR)
         model_dir = world["model_dir"]
         rows = rows or [{"question": r["question"], "gold": r["answer"]} for r in world["train"][:args.limit]]
         if eval_rows is None and not args.no_eval:
@@ -981,38 +999,55 @@ def _run(args, model_dir, tok, rows, eval_rows, out, t0, log, rank=0, nproc=1, d
             return gather_full(model, torch.bfloat16 if "cuda" in device or args.decode_bf16 else dtype, device)
         return model.to_dtype_copy(torch.bfloat16) if args.decode_bf16 else model
 
-    def evaluate_spread(dec, rows, progress):
-        """evaluate(); under torchrun each rank decodes every nproc-th row and all ranks get every
-        record back, in order, with the summary of them all."""
+    def evaluate_spread(dec, rows, progress, n=1):
+        """evaluate() (n = 1: greedy; n > 1: n samples per question at the evaluation's temperature, the
+        checkpoint's top-p/top-k, from the evaluation seed's streams); under torchrun each rank decodes
+        every nproc-th row and all ranks get every record back, in order, with the summary of them all."""
+        sampling = {} if n == 1 else dict(n=n, temperature=args.eval_temperature, seed=args.eval_seed,
+                                          top_p=sampling_top_p(argparse.Namespace(top_p=None), tok.generation_config),
+                                          top_k=sampling_top_k(argparse.Namespace(top_k=None), tok.generation_config))
         records, summary = evaluate(dec, tok, rows[rank::nproc], args.eval_max_new_tokens,
-                                    batch_size=args.eval_batch_size, progress=progress and rank == 0)
+                                    batch_size=args.eval_batch_size, progress=progress and rank == 0, **sampling)
         if sharded:
             for k, r in enumerate(records):
                 r["index"] = rank + k * nproc
             records = sorted((r for part in all_gather_json(records) for r in part), key=lambda r: r["index"])
-            summary = summarize(records, 1, args.eval_max_new_tokens)
+            summary = summarize(records, n, args.eval_max_new_tokens)
         return records, summary
 
-    def accuracy(tag, dec):
+    def accuracy(tag, dec, reuse=args.resume):
+        """(greedy summary, sampled summary or None) on the held-out questions; records and summaries
+        to eval_<tag>[_sampled].json[l]. `reuse`: what is already there (a resumed run's first part, or
+        --base-from's copy) is read back instead of measured again."""
         if not eval_rows:
-            return None
-        path = out / f"eval_{tag}.json"
-        if args.resume and path.exists():
-            return json.loads(path.read_text())
-        records, summary = evaluate_spread(dec, eval_rows, progress=True)
-        if rank == 0:
-            write_jsonl(out / f"eval_{tag}.jsonl", records)
-            write_json(path, summary)
-        log(f"{tag} greedy accuracy: {summary['accuracy']:.1%} on {len(eval_rows)} held-out questions")
-        return summary
+            return None, None
+        results = []
+        for suffix, n in (("", 1), ("_sampled", args.eval_samples)):
+            path = out / f"eval_{tag}{suffix}.json"
+            if n == 0:
+                results.append(None)
+            elif reuse and path.exists():
+                results.append(json.loads(path.read_text()))
+            else:
+                records, summary = evaluate_spread(dec, eval_rows, progress=True, n=n)
+                if rank == 0:
+                    write_jsonl(out / f"eval_{tag}{suffix}.jsonl", records)
+                    write_json(path, summary)
+                results.append(summary)
+        greedy, sampled = results
+        log(f"{tag} accuracy on {len(eval_rows)} held-out questions: greedy {greedy['accuracy']:.1%}" +
+            (f", sampled {sampled['accuracy']:.1%} (pass@{args.eval_samples} {sampled['pass@n']:.1%})"
+             if sampled else ""))
+        return greedy, sampled
 
     dec = decoder()
-    if args.base_from and eval_rows and rank == 0:  # the base's greedy accuracy, measured by an earlier run
-        for name in ("eval_base.json", "eval_base.jsonl"):
+    if args.base_from and eval_rows and rank == 0:  # the base's accuracy, measured by an earlier run
+        for name in ("eval_base.json", "eval_base.jsonl") + (("eval_base_sampled.json", "eval_base_sampled.jsonl")
+                                                             if args.eval_samples else ()):
             shutil.copyfile(Path(args.base_from) / name, out / name)
     if args.base_from and sharded:
         dist.barrier()  # copied before any rank reads it
-    base = accuracy("base", dec) if not args.base_from else json.loads((out / "eval_base.json").read_text())
+    base, base_sampled = accuracy("base", dec, reuse=args.resume or bool(args.base_from))
 
     # self-generated data (reused on --resume: the sampling is not repeated)
     ex_path = out / "train_examples.jsonl"
@@ -1055,7 +1090,7 @@ def _run(args, model_dir, tok, rows, eval_rows, out, t0, log, rank=0, nproc=1, d
 
     def during(m):  # greedy accuracy on a fixed held-out subset; its own inference-mode generate, no RNG
         t_e = time.time()  # torchrun: from a full copy, spread over ranks, as the base and tuned accuracy
-        _, s = evaluate_spread(decoder() if sharded else m, subset, progress=False)
+        _, s = evaluate_spread(decoder() if sharded or args.decode_bf16 else m, subset, progress=False)
         eval_seconds[0] += time.time() - t_e
         return {"eval_accuracy": s["accuracy"], "eval_questions": s["questions"]}
     t_t = time.time()
@@ -1079,11 +1114,12 @@ def _run(args, model_dir, tok, rows, eval_rows, out, t0, log, rank=0, nproc=1, d
         shutil.rmtree(out / "checkpoint", ignore_errors=True)  # the final model supersedes it
 
     dec = decoder()
-    tuned = accuracy("tuned", dec)
+    tuned, tuned_sampled = accuracy("tuned", dec)
     del dec
     results = {"method": args.method, "prefix_len": args.prefix_len, "structure_ratio": args.structure_ratio,
                "num_samples": args.num_samples, "seed": args.seed, "loss_norm": args.loss_norm,
                "controls": [k for k in ABLATIONS if getattr(args, k)], "base": base, "tuned": tuned,
+               "base_sampled": base_sampled, "tuned_sampled": tuned_sampled,
                "accounting": acct, "wall_seconds": time.time() - t0,
                # a resumed run's clocks (wall, training) restart at the resume: its times are partial
                "resumed": bool(args.resume)}
@@ -1200,7 +1236,7 @@ def available_memory():
 def plan_config(args):
     """config.json alone (--plan loads no weights): a local folder's, the hub's, or the toy model's."""
     if not args.model:
-        shipped = toy.WORLD_DIR / "model" / "config.json"
+        shipped = Path(args.world or toy.WORLD_DIR) / "model" / "config.json"
         return Config.from_json(shipped) if shipped.is_file() else Config.from_dict(toy.model_config())
     path = Path(args.model).expanduser()
     if path.is_dir():
@@ -1231,12 +1267,17 @@ def print_plan(args):
 def report(r, out):
     a = r["accounting"]
 
-    def acc(s):
-        return "-" if not s else f"{s['accuracy']:.1%} [{s['accuracy_ci95'][0]:.1%}, {s['accuracy_ci95'][1]:.1%}]"
+    def acc(s, sampled):
+        if not s:
+            return "-"
+        greedy = f"greedy {s['accuracy']:.1%} [{s['accuracy_ci95'][0]:.1%}, {s['accuracy_ci95'][1]:.1%}]"
+        return greedy + ("" if not sampled else f"   sampled {sampled['accuracy']:.1%} [{sampled['pass@1_ci95'][0]:.1%}, "
+                         f"{sampled['pass@1_ci95'][1]:.1%}], pass@{sampled['samples_per_question']} "
+                         f"{sampled['pass@n']:.1%}")
     lines = [f"\n== {r['method']} (L={r['prefix_len']}, p={r['structure_ratio']}, N={r['num_samples']}, "
              f"seed={r['seed']}) -> {out}",
-             f"base  accuracy: {acc(r['base'])}",
-             f"tuned accuracy: {acc(r['tuned'])}",
+             f"base  accuracy: {acc(r['base'], r.get('base_sampled'))}",
+             f"tuned accuracy: {acc(r['tuned'], r.get('tuned_sampled'))}",
              f"questions: {a['questions']} sampled, {a['questions_used']} trained on "
              f"({a['prefix_examples']} prefix + {a['full_examples']} full)",
              f"tokens sampled: {a['tokens_sampled']:,}   tokens supervised: {a['tokens_supervised']:,}",

@@ -7,8 +7,8 @@
   docs/fig2b_toy.png           where errors occur on the toy (the paper's Fig. 2b)
   docs/accuracy_vs_step.png    greedy accuracy on 100 held-out questions during training, per method
                                (mean over seeds; the rise-then-fall reported for self-training, §7)
-  docs/accuracy_vs_tokens.png  accuracy change vs tokens sampled (log scale), one point per method with its
-                               95% interval over seeds: the paper's cost claim (§3.2) as a picture
+  docs/accuracy_vs_tokens.png  paired accuracy change vs tokens sampled (log scale), greedy and sampled, one
+                               point per method with the table's 95% interval: the paper's cost claim (§3.2)
 
 The two Fig. 2 analyses are eval.py's functions with the README's settings (100 questions x 16 samples;
 60 questions x 8 samples x 8 rollouts; temperature 0.6, 256 new tokens; eval.py's other defaults), so
@@ -129,29 +129,34 @@ def accuracy_vs_step(plt, results, out, seeds, docs):
 
 
 def accuracy_vs_tokens(plt, results, docs):
+    """Paired Δ vs base (greedy, and sampled when evaluated) against tokens sampled, with the table's
+    hierarchical-bootstrap intervals."""
     from matplotlib.ticker import FuncFormatter, NullFormatter
-    base = [r["base"]["accuracy"] for r in next(iter(results.values()))]
-    fig, ax = plt.subplots(figsize=(10, 5.2))
+    first = next(iter(results.values()))
+    kinds = [("greedy", False)] + ([("sampled", True)] if first[0].get("base_sampled") else [])
+    fig, axes = plt.subplots(1, len(kinds), figsize=(7 * len(kinds) + 3, 5.2), sharey=True, squeeze=False)
     markers, cmap = "osD^v<>pPXh*d", plt.get_cmap("tab20")
-    seen = []  # x of the points drawn so far: points at (nearly) the same cost are spread sideways
-    for k, (name, rs) in enumerate(results.items()):
-        delta = [100 * (r["tuned"]["accuracy"] - b) for r, b in zip(rs, base)]
-        m, h = rt.mean_ci(delta)
-        x = statistics.mean(r["accounting"]["tokens_sampled"] for r in rs)
-        near = sum(abs(x / s - 1) < 0.15 for s in seen)
-        seen.append(x)
-        ax.errorbar(x * 1.07 ** near, m, yerr=h, fmt=markers[k % len(markers)], color=cmap(k % 20), capsize=3,
-                    ms=7, label=f"{name}: {m:+.1f}" + (f" ± {h:.1f}" if h == h else ""))
-    ax.axhline(0, color="0.5", lw=0.8)
-    ax.set_xscale("log")
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v / 1e6:g}M" if v >= 1e6 else f"{v / 1e3:g}k"))
-    ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.set(xlabel="tokens sampled per run (log scale; points at the same cost are spread sideways)",
-           ylabel="accuracy change vs base (points)",
-           title=f"Accuracy change vs sampling cost on the toy (mean of {seeds_text(base)}, 95% intervals)")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7.5, loc="center left", bbox_to_anchor=(1.01, 0.5), title="Δ vs base (points)",
-              title_fontsize=8)
+    for ax, (label, sampled) in zip(axes[0], kinds):
+        seen = []  # x of the points drawn so far: points at (nearly) the same cost are spread sideways
+        for k, (name, rs) in enumerate(results.items()):
+            d, lo, hi = (100 * v for v in rt.paired_delta(rs, sampled))
+            x = statistics.mean(r["accounting"]["tokens_sampled"] for r in rs)
+            near = sum(abs(x / s - 1) < 0.15 for s in seen)
+            seen.append(x)
+            ax.errorbar(x * 1.07 ** near, d, yerr=[[d - lo], [hi - d]], fmt=markers[k % len(markers)],
+                        color="tab:red" if name == "UPFT (N=1)" else cmap(k % 20), capsize=3, ms=7,
+                        label=f"{name}: {d:+.1f} [{lo:+.1f}, {hi:+.1f}]")
+        ax.axhline(0, color="0.5", lw=0.8)
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v / 1e6:g}M" if v >= 1e6 else f"{v / 1e3:g}k"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set(xlabel="tokens sampled per run (log scale)", title=f"{label} accuracy")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=6.5, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2,
+                  title=f"Δ {label} vs base (points) [95%]", title_fontsize=7)
+    axes[0][0].set_ylabel("paired change vs base (points)")
+    fig.suptitle(f"Accuracy change vs sampling cost on the toy ({seeds_text(first)}; 95% intervals: hierarchical "
+                 f"bootstrap over seeds and questions)", fontsize=11)
     fig.tight_layout()
     fig.savefig(docs / "accuracy_vs_tokens.png", dpi=120, bbox_inches="tight")
     plt.close(fig)

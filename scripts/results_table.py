@@ -1,25 +1,33 @@
 """Make the README's toy-world results table: base; the baselines SFT, RFT, majority vote and EM-FT;
 UPFT (N=1), UPFT with prefix voting (N=8), the temperature-1 control (docs/method.md §2.1) and the
-controls that take UPFT apart (§7.1); over several seeds, with the token accounting and time of each run.
+controls that take UPFT apart (§7.1); over several seeds, with greedy and sampled accuracy, each method's
+change against the base model paired per question, the token accounting and the time of each run.
 
     python scripts/results_table.py                 # 3 seeds: the runs and table.md in runs/table/
     python scripts/results_table.py --readme        # ... and the table written into README.md
     python scripts/results_table.py --seeds 0 --rows SFT "UPFT (N=1)"
+    python scripts/results_table.py --lr-check      # the LR sensitivity check (UPFT and SFT, one seed)
 
-The table is printed and written to <out>/table.md; README.md is rewritten (between its
-`<!-- results:start -->` and `<!-- results:end -->` lines) only with --readme.
+The design (rows, seeds, settings, decision rules) is docs/experiments.md; the table is printed and
+written to <out>/table.md; README.md is rewritten (between its `<!-- results:start -->` and
+`<!-- results:end -->` lines) only with --readme.
 
-Every run is a plain `train.py` invocation with the toy defaults (shown in the output), so any cell can
-be reproduced alone; every method gets the same LR, epochs and batch. Accuracy: greedy, on the toy
-world's held-out questions; mean over seeds with a 95% t-interval. Two flags only save time and change
-no number: `--base-from` (the base model's greedy accuracy is measured once, by the first run, and
-reused by the others) and `--eval-every` (accuracy on the first 100 held-out questions during training,
-for docs/accuracy_vs_step.png; evaluation uses no random stream of the training). Finished runs are
-reused and an interrupted one is resumed, so the script can be restarted.
+Every run is a plain `train.py` invocation with the toy defaults plus SETTINGS (shown in the output), so
+any cell can be reproduced alone; every method gets the same LR, epochs, batch and evaluation. Two flags
+only save time and change no number: `--base-from` (the base model's accuracy is measured once, by the
+first run, and reused by the others: greedy decoding, and sampling from the evaluation seed's streams,
+give the same answers every time) and `--eval-every` (accuracy on the first 100 held-out questions
+during training, for docs/accuracy_vs_step.png; evaluation uses no random stream of the training).
+Finished runs are reused and an interrupted one is resumed, so the script can be restarted.
+
+Intervals: Δ is paired per question (the same held-out questions, the same base answers, and for the
+sampled column the same uniform numbers: train.py --eval-seed) and its 95% interval is a hierarchical
+bootstrap over seeds and questions (docs/method.md §6.1): resample the seeds with replacement, then the
+questions with replacement (the same questions for every seed of a draw), take the mean paired
+difference; the 2.5th and 97.5th percentiles of 4,000 draws.
 """
 import argparse
 import json
-import math
 import statistics
 import subprocess
 import sys
@@ -27,8 +35,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 EVAL_EVERY = 32  # optimizer steps between evaluations during training: ~5 points for the 126-step runs
+# What every run of the table adds to train.py's toy defaults (docs/experiments.md): 2,000 held-out
+# questions, greedy and 4 sampled answers each.
+SETTINGS = ["--eval-limit", "2000", "--eval-samples", "4"]
 # The rows in the table's order: name -> (run folder stem, train.py flags, kind).
 ROWS = {
     "SFT": ("sft", ["--method", "sft"], "baseline"),
@@ -41,6 +54,8 @@ ROWS = {
                                      "control"),
     "UPFT, no instruction": ("upft-noinstr", ["--method", "upft", "--no-instruction"], "control"),
     "UPFT, no EOS": ("upft-noeos", ["--method", "upft", "--no-eos"], "control"),
+    "UPFT, no instruction and no EOS": ("upft-plain", ["--method", "upft", "--no-instruction", "--no-eos"],
+                                        "control"),
     "UPFT, prefix part only (p = 0)": ("upft-p0", ["--method", "upft", "--structure-ratio", "0"], "control"),
     # 100 examples, 14 steps: evaluated every 3 steps to get as many points as the others
     "UPFT, full-trace part only": ("upft-fullonly", ["--method", "upft", "--full-only", "--eval-every", "3"],
@@ -48,24 +63,26 @@ ROWS = {
     "UPFT, random targets": ("upft-random", ["--method", "upft", "--random-targets"], "control"),
     "UPFT, per-sample loss (official)": ("upft-sample", ["--method", "upft", "--loss-norm", "sample"], "control"),
 }
+# The LR sensitivity check (--lr-check): UPFT and SFT at a third and three times the table's LR, one seed.
+LR_ROWS = {
+    f"{method} (LR {lr})": (f"{stem}-lr{lr}", [*ROWS[method][1], "--lr", lr], "lr")
+    for method, stem in (("UPFT (N=1)", "upft"), ("SFT", "sft")) for lr in ("3e-6", "3e-5")
+}
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+DRAWS = 4000
 
 
 def mean_ci(xs):
+    """Mean and the half-width of a 95% t-interval over seeds (used by the time columns and figures)."""
     m = statistics.mean(xs)
     if len(xs) < 2:
         return m, float("nan")
-    return m, T95.get(len(xs) - 1, 1.96) * statistics.stdev(xs) / math.sqrt(len(xs))
-
-
-def fmt(xs, pct=True):
-    m, h = mean_ci(xs)
-    s = 100 if pct else 1
-    return f"{m * s:.1f} ± {h * s:.1f}" if not math.isnan(h) else f"{m * s:.1f}"
+    return m, T95.get(len(xs) - 1, 1.96) * statistics.stdev(xs) / len(xs) ** 0.5
 
 
 def run_dir(out, name, seed):
-    return Path(out) / f"{ROWS[name][0]}-s{seed}"
+    stem = {**ROWS, **LR_ROWS}[name][0]
+    return Path(out) / f"{stem}-s{seed}"
 
 
 def resumed(r):
@@ -75,23 +92,47 @@ def resumed(r):
     return json.loads((Path(r["_dir"]) / "args.json").read_text()).get("resume", False)
 
 
-def load(out, seeds):
+def load(out, seeds, rows=None):
     """{row name: [results.json of each seed]} for the rows whose every seed has finished."""
     results = {}
-    for name in ROWS:
+    for name in rows or ROWS:
         files = [run_dir(out, name, s) / "results.json" for s in seeds]
         if all(f.exists() for f in files):
             results[name] = [{**json.loads(f.read_text()), "_dir": str(f.parent)} for f in files]
     return results
 
 
+def correctness(run, tag, sampled):
+    """Per held-out question: 1/0 (greedy) or the share of correct samples (sampled), from a run's records."""
+    path = Path(run) / f"eval_{tag}{'_sampled' if sampled else ''}.jsonl"
+    recs = [json.loads(line) for line in path.read_text().splitlines()]
+    return np.array([sum(r["sample_correct"]) / len(r["sample_correct"]) if sampled else float(r["correct"])
+                     for r in recs])
+
+
+def paired_delta(runs, sampled, draws=DRAWS, seed=0):
+    """Mean paired Δ (arm - base, per question, averaged over seeds and questions) and its 95% interval by
+    a hierarchical bootstrap: seeds resampled with replacement, then questions (the same for every seed of
+    the draw). Returns (Δ, low, high) in accuracy units."""
+    d = np.stack([correctness(r["_dir"], "tuned", sampled) - correctness(r["_dir"], "base", sampled) for r in runs])
+    rng = np.random.default_rng(seed)
+    S, Q = d.shape
+    boot = np.empty(draws)
+    for b in range(draws):
+        boot[b] = d[rng.integers(0, S, S)][:, rng.integers(0, Q, Q)].mean()
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    return d.mean(), lo, hi
+
+
 def train_run(out, seed, name, args, base_run=None):
     d = run_dir(out, name, seed)
-    flags = list(ROWS[name][1])
+    flags = list({**ROWS, **LR_ROWS}[name][1])
     if "--eval-every" not in flags:
         flags += ["--eval-every", str(EVAL_EVERY)]
     cmd = [sys.executable, str(ROOT / "train.py"), "--prefix-len", str(args.prefix_len), "--seed", str(seed),
-           "--out", str(d), *flags, *args.extra]
+           "--out", str(d), *SETTINGS, *flags, *args.extra]
+    if args.world:
+        cmd += ["--world", args.world]
     if base_run:
         cmd += ["--base-from", str(base_run)]
     if Path(f"{d}.partial").exists():  # an interrupted run: continue it
@@ -103,26 +144,39 @@ def train_run(out, seed, name, args, base_run=None):
     print(f"  {d.name}: {time.time() - t:.0f}s", flush=True)
 
 
+def positive(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--prefix-len", type=int, default=8)
+    ap.add_argument("--prefix-len", type=positive, default=8)
     ap.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(ROWS), metavar="ROW",
                     help="only these rows, named as in the table (default: all)")
-    ap.add_argument("--jobs", type=int, default=1, help="train.py runs at the same time (each keeps its own "
+    ap.add_argument("--lr-check", action="store_true", help="run the LR sensitivity rows (seed 0) instead")
+    ap.add_argument("--world", help="a toy world folder (train.py --world; default: the shipped assets/toy)")
+    ap.add_argument("--jobs", type=positive, default=1, help="train.py runs at the same time (each keeps its own "
                     "thread count, so the numbers do not change; on a shared machine set OMP_WAIT_POLICY=PASSIVE)")
     ap.add_argument("--out", default=str(ROOT / "runs" / "table"), help="the runs and table.md (default: runs/table)")
+    ap.add_argument("--base-from", help="a finished run whose base evaluation every run reuses (default: the "
+                    "first run of --out measures it)")
     ap.add_argument("--readme", action="store_true", help="also write the table into README.md (default: only "
                     "print it and write <out>/table.md)")
     ap.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="flags passed to every train.py run")
     args = ap.parse_args(argv)
+    rows = list(LR_ROWS) if args.lr_check else [n for n in ROWS if n in args.rows]
+    seeds = [args.seeds[0]] if args.lr_check else args.seeds
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    jobs = [(seed, name) for seed in args.seeds for name in ROWS if name in args.rows]  # seed-major
+    jobs = [(seed, name) for seed in seeds for name in rows]  # seed-major
     done = [j for j in jobs if (run_dir(out, j[1], j[0]) / "results.json").exists()]
-    base_run = next((run_dir(out, n, s) for s, n in done if (run_dir(out, n, s) / "eval_base.json").exists()),
-                    None)
+    base_run = args.base_from or next((run_dir(out, n, s) for s, n in done
+                                       if (run_dir(out, n, s) / "eval_base.json").exists()), None)
     todo = [j for j in jobs if j not in done]  # finished runs are reused: the script can be restarted
     if base_run is None and todo:  # the first run measures the base model; the others reuse it
         seed, name = todo.pop(0)
@@ -132,7 +186,10 @@ def main(argv=None):
         for f in [pool.submit(train_run, out, seed, name, args, base_run) for seed, name in todo]:
             f.result()
     print(f"this invocation: {time.time() - t0:.0f}s")
-    table = make_table(load(out, args.seeds), args)
+    results = load(out, seeds, rows)
+    if not results:
+        sys.exit(f"error: no finished runs in {out}")
+    table = make_table(results, seeds, args.prefix_len)
     print("\n" + table)
     (out / "table.md").write_text(table + "\n")
     print(f"wrote {out / 'table.md'}")
@@ -150,68 +207,90 @@ def write_readme(readme: Path, table: str):
     print(f"updated {readme}")
 
 
-def make_table(results, args):
+def pct(x, sign=False):
+    return f"{100 * x:+.1f}" if sign else f"{100 * x:.1f}"
+
+
+def make_table(results, seeds, prefix_len):
     first = next(iter(results.values()))
-    base = [r["base"]["accuracy"] for r in first]
+    b0 = first[0]
+    sampled_eval = b0.get("base_sampled") is not None
+    k = b0["base_sampled"]["samples_per_question"] if sampled_eval else 0
     rft = results.get("RFT (16 samples)")
     rft_sampled = statistics.mean(r["accounting"]["tokens_sampled"] for r in rft) if rft else float("nan")
     sft_sup = statistics.mean(r["accounting"]["tokens_supervised"] for r in results["SFT"]) \
         if "SFT" in results else float("nan")
-    n_eval = first[0]["base"]["questions"]
-    lines = [f"Toy world, {len(args.seeds)} seed{'s' if len(args.seeds) > 1 else ''} ({', '.join(map(str, args.seeds))}), L = {args.prefix_len}, "
-             f"p = 0.1, {first[0]['accounting']['questions']} training questions, {n_eval} held-out "
-             f"questions; greedy accuracy, mean ± 95% t-interval over seeds; Δ is paired with the base "
-             f"model (the same for every seed). Same LR (1e-5), epochs (2) and batch (16) for every row.", "",
-             "| method | accuracy (%) | Δ vs base (pts) | tokens sampled | tokens supervised | "
-             "sampled / RFT | supervised / SFT | sampling + training (s) | wall time (s) |",
-             "|---|---|---|---|---|---|---|---|---|",
-             f"| base | {fmt(base)} | – | – | – | – | – | – | – |"]
+    s = f"{len(seeds)} seed{'s' if len(seeds) > 1 else ''} ({', '.join(map(str, seeds))})"
+    lines = [f"{s}, L = {prefix_len}, {b0['accounting']['questions']} training questions, "
+             f"{b0['base']['questions']} held-out questions; accuracy in %, mean over seeds; Δ = the paired "
+             f"change against the base model in points, [95% interval: hierarchical bootstrap over seeds and "
+             f"questions]" + (f"; sampled = {k} answers per question at temperature "
+                              f"{json.loads((Path(b0['_dir']) / 'args.json').read_text())['eval_temperature']}, "
+                              f"the checkpoint's top-p" if sampled_eval else "") + ".", ""]
+    head = "| method | greedy | Δ greedy |" + (f" sampled | Δ sampled | pass@{k} |" if sampled_eval else "")
+    head += " tokens sampled | tokens supervised | sampled / RFT | supervised / SFT | sampling + training (s) |"
+    lines += [head, "|" + "---|" * (head.count("|") - 1)]
+    base = f"| base | {pct(b0['base']['accuracy'])} | – |"
+    if sampled_eval:
+        base += f" {pct(b0['base_sampled']['accuracy'])} | – | {pct(b0['base_sampled']['pass@n'])} |"
+    lines.append(base + " – | – | – | – | – |")
     total_wall, resumed_runs = 0.0, 0
     for name, rs in results.items():
-        acc = [r["tuned"]["accuracy"] for r in rs]
-        delta = [a - b for a, b in zip(acc, base)]
+        cells = [name, pct(statistics.mean(r["tuned"]["accuracy"] for r in rs))]
+        d, lo, hi = paired_delta(rs, sampled=False)
+        cells.append(f"{pct(d, True)} [{pct(lo, True)}, {pct(hi, True)}]")
+        if sampled_eval:
+            cells.append(pct(statistics.mean(r["tuned_sampled"]["accuracy"] for r in rs)))
+            d, lo, hi = paired_delta(rs, sampled=True)
+            cells.append(f"{pct(d, True)} [{pct(lo, True)}, {pct(hi, True)}]")
+            cells.append(pct(statistics.mean(r["tuned_sampled"]["pass@n"] for r in rs)))
         sampled = statistics.mean(r["accounting"]["tokens_sampled"] for r in rs)
         sup = statistics.mean(r["accounting"]["tokens_supervised"] for r in rs)
         whole = [r for r in rs if not resumed(r)]  # a resumed run's clocks restart at the resume
         resumed_runs += len(rs) - len(whole)
         work = statistics.mean(r["accounting"]["sampling_seconds"] + r["accounting"]["training_seconds"]
                                for r in whole) if whole else float("nan")
-        wall = statistics.mean(r["wall_seconds"] for r in whole) if whole else float("nan")
         total_wall += sum(r["wall_seconds"] for r in rs)
         mark = "" if len(whole) == len(rs) else f" ({len(whole)})"
-        lines.append(f"| {name} | {fmt(acc)} | {fmt(delta)} | {sampled:,.0f} | {sup:,.0f} | "
-                     f"{sampled / rft_sampled:.1%} | {sup / sft_sup:.1%} | {work:.0f}{mark} | {wall:.0f}{mark} |")
-    notes = []
+        ratio = lambda x, y: f"{x / y:.1%}" if y == y else "–"  # noqa: E731  (no RFT / SFT row: no ratio)
+        cells += [f"{sampled:,.0f}", f"{sup:,.0f}", ratio(sampled, rft_sampled), ratio(sup, sft_sup),
+                  f"{work:.0f}{mark}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines + [""] + notes(results, rft, rft_sampled, sft_sup, resumed_runs, total_wall))
+
+
+def notes(results, rft, rft_sampled, sft_sup, resumed_runs, total_wall):
+    out = []
     if "UPFT + voting (N=8)" in results:
         agree = statistics.mean(r["accounting"]["mean_prefix_agreement"] for r in results["UPFT + voting (N=8)"])
-        notes.append(f"Mean agreement of the winning 8-sample prefix: {agree:.1%}.")
+        out.append(f"Mean agreement of the winning 8-sample prefix: {agree:.1%}.")
     if "majority vote (16 samples)" in results:
         vs = results["majority vote (16 samples)"]
         share = statistics.mean(r["accounting"]["mean_vote_share"] for r in vs)
         drop = statistics.mean(r["accounting"]["questions_dropped_no_answer"] for r in vs)
-        notes.append(f"Majority vote: mean vote share of the pseudo-label {share:.1%}; {drop:.1f} questions "
-                     f"per run dropped (no sample with an answer).")
+        out.append(f"Majority vote: mean vote share of the pseudo-label {share:.1%}; {drop:.1f} questions "
+                   f"per run dropped (no sample with an answer).")
     if rft:
         drop = statistics.mean(r["accounting"]["questions_dropped_no_correct_sample"] for r in rft)
-        notes.append(f"RFT: {drop:.1f} questions per run dropped (no correct sample among 16).")
+        out.append(f"RFT: {drop:.1f} questions per run dropped (no correct sample among 16).")
     if "UPFT (N=1)" in results and rft and "SFT" in results:
         upft = results["UPFT (N=1)"]
         ratio_s = statistics.mean(r["accounting"]["tokens_sampled"] for r in upft) / rft_sampled
         ratio_t = statistics.mean(r["accounting"]["tokens_supervised"] for r in upft) / sft_sup
-        notes.append(f"UPFT (N=1) sampled tokens / RFT's: {ratio_s:.2%} (target ≤ 2%); "
-                     f"supervised tokens / SFT's: {ratio_t:.1%} (target ≤ 30%).")
+        out.append(f"UPFT (N=1) sampled tokens / RFT's: {ratio_s:.2%} (target ≤ 2%); "
+                   f"supervised tokens / SFT's: {ratio_t:.1%} (target ≤ 30%).")
     runs = sum(len(rs) for rs in results.values())
     if resumed_runs:
         were = "s were" if resumed_runs > 1 else " was"
-        notes.append(f"{resumed_runs} run{were} interrupted and resumed (`--resume`, which reuses the samples "
-                     f"and the last checkpoint and changes no number); their clocks restarted at the resume, so "
-                     f"the time columns average the other runs only, their count in parentheses.")
-    notes.append(f"Sampling + training: without the evaluations. Wall time: the whole run, including the "
-                 f"evaluations during training (every {EVAL_EVERY} steps on 100 held-out questions) and the "
-                 f"tuned evaluation; the base evaluation ran once and was reused. The {runs} runs took "
-                 f"{'at least ' if resumed_runs else ''}{total_wall / 60:.0f} min in all on this machine (2 CPU "
-                 f"cores shared with other jobs{'; resumed runs counted from their resume' if resumed_runs else ''}).")
-    return "\n".join(lines + [""] + notes)
+        out.append(f"{resumed_runs} run{were} interrupted and resumed (`--resume`, which reuses the samples "
+                   f"and the last checkpoint and changes no number); their clocks restarted at the resume, so "
+                   f"the time column averages the other runs only, their count in parentheses.")
+    out.append(f"Sampling + training: without the evaluations. The {runs} runs took "
+               f"{'at least ' if resumed_runs else ''}{total_wall / 60:.0f} min of wall time in all on this "
+               f"machine (2 CPU cores shared with other jobs; each run evaluates its tuned model, and during "
+               f"training 100 held-out questions every {EVAL_EVERY} steps; the base evaluation ran once"
+               f"{'; resumed runs counted from their resume' if resumed_runs else ''}).")
+    return out
 
 
 if __name__ == "__main__":

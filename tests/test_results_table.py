@@ -1,45 +1,95 @@
-"""scripts/results_table.py's table: resumed runs stay in the accuracy columns but leave the time ones; README.md
-is rewritten only with --readme."""
+"""scripts/results_table.py's table: paired deltas with a hierarchical bootstrap interval, resumed runs
+left out of the time column, README.md rewritten only with --readme."""
 import json
 import sys
-from argparse import Namespace
+
+import numpy as np
+import pytest
 
 from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "scripts"))
 import results_table as rt  # noqa: E402
 
+BASE = [1, 0, 1, 0, 1, 0, 1, 0, 1, 0]  # greedy correctness of the base model on 10 held-out questions
 
-def _run(out, name, seed, acc, wall, resumed):
+
+def _records(path, correct, sampled=None):
+    path.write_text("".join(json.dumps({"index": i, "correct": bool(c), **(
+        {"sample_correct": s} if sampled else {})}) + "\n" for i, (c, s) in
+        enumerate(zip(correct, sampled or [None] * len(correct)))))
+
+
+def _run(out, name, seed, tuned, wall, resumed, sampled=None):
     d = rt.run_dir(out, name, seed)
     d.mkdir(parents=True)
     acct = {"tokens_sampled": 100, "tokens_supervised": 50, "sampling_seconds": wall / 2,
-            "training_seconds": wall / 4, "questions": 10,
-            "questions_dropped_no_correct_sample": 1}
-    (d / "results.json").write_text(json.dumps({
-        "base": {"accuracy": 0.5, "questions": 20}, "tuned": {"accuracy": acc}, "accounting": acct,
-        "wall_seconds": wall, "resumed": resumed}))
+            "training_seconds": wall / 4, "questions": 10, "questions_dropped_no_correct_sample": 1}
+    _records(d / "eval_base.jsonl", BASE)
+    _records(d / "eval_tuned.jsonl", tuned)
+    if sampled:
+        _records(d / "eval_base_sampled.jsonl", BASE, [[True, False]] * 10)
+        _records(d / "eval_tuned_sampled.jsonl", tuned, sampled)
+    summary = lambda c: {"accuracy": sum(c) / len(c), "questions": len(c)}  # noqa: E731
+    res = {"base": summary(BASE), "tuned": summary(tuned), "accounting": acct, "wall_seconds": wall,
+           "resumed": resumed, "base_sampled": None, "tuned_sampled": None}
+    if sampled:
+        res["base_sampled"] = {"accuracy": 0.5, "pass@n": 1.0, "samples_per_question": 2}
+        res["tuned_sampled"] = {"accuracy": float(np.mean([np.mean(x) for x in sampled])), "pass@n": 1.0,
+                                "samples_per_question": 2}
+    (d / "results.json").write_text(json.dumps(res))
+    (d / "args.json").write_text(json.dumps({"eval_temperature": 0.6}))
 
 
-def test_resumed_runs_leave_the_time_columns(tmp_path):
-    for seed, (wall, resumed) in enumerate([(100, False), (300, False), (7, True)]):
-        _run(tmp_path, "SFT", seed, 0.6, wall, resumed)
-        _run(tmp_path, "RFT (16 samples)", seed, 0.7, 400, False)
-    table = rt.make_table(rt.load(tmp_path, [0, 1, 2]), Namespace(seeds=[0, 1, 2], prefix_len=8))
+def test_paired_delta_and_its_bootstrap_interval(tmp_path):
+    # seed 0 gains question 1, seed 1 gains questions 1 and 3, seed 2 loses question 0
+    tuned = {0: [1, 1, 1, 0, 1, 0, 1, 0, 1, 0], 1: [1, 1, 1, 1, 1, 0, 1, 0, 1, 0], 2: [0, 0, 1, 0, 1, 0, 1, 0, 1, 0]}
+    for seed in range(3):
+        _run(tmp_path, "SFT", seed, tuned[seed], 100, False)
+    runs = rt.load(tmp_path, [0, 1, 2])["SFT"]
+    d, lo, hi = rt.paired_delta(runs, sampled=False)
+    assert d == pytest.approx((1 + 2 - 1) / 30)  # the mean per-question change over seeds and questions
+    assert lo < 0 < d < hi  # one seed loses what the others gain: the interval holds zero
+    same = rt.paired_delta([runs[1]] * 3, sampled=False)
+    assert same[0] == pytest.approx(0.2) and same[1] < 0.2 < same[2]  # questions still vary
+    const = tmp_path / "c"
+    for seed in range(3):  # no question changes: no spread at all
+        _run(const, "SFT", seed, BASE, 100, False)
+    d, lo, hi = rt.paired_delta(rt.load(const, [0, 1, 2])["SFT"], sampled=False)
+    assert d == lo == hi == 0
+
+
+def test_sampled_columns_are_paired_too(tmp_path):
+    sampled = [[True, True]] + [[True, False]] * 9  # question 0: 2 of 2 correct instead of 1 of 2
+    for seed in range(2):
+        _run(tmp_path, "SFT", seed, BASE, 100, False, sampled=sampled)
+        _run(tmp_path, "RFT (16 samples)", seed, BASE, 400, False, sampled=sampled)
+    d, lo, hi = rt.paired_delta(rt.load(tmp_path, [0, 1])["SFT"], sampled=True)
+    assert d == pytest.approx(0.05) and lo <= 0.05 <= hi
+    table = rt.make_table(rt.load(tmp_path, [0, 1]), [0, 1], 8)
     sft = next(line for line in table.splitlines() if line.startswith("| SFT |"))
     cells = [c.strip() for c in sft.strip("|").split("|")]
-    assert cells[1] == "60.0 ± 0.0" and cells[2] == "10.0 ± 0.0"   # all three seeds' accuracies
-    assert cells[7] == "150 (2)" and cells[8] == "200 (2)"        # (50+150)/2 and (100+300)/2: two runs
+    assert cells[1] == "50.0" and cells[2].startswith("+0.0 [") and cells[3] == "55.0" and cells[4].startswith("+5.0 [")
+    assert "| base | 50.0 | – | 50.0 | – | 100.0 |" in table
+
+
+def test_resumed_runs_leave_the_time_column(tmp_path):
+    for seed, (wall, resumed) in enumerate([(100, False), (300, False), (7, True)]):
+        _run(tmp_path, "SFT", seed, BASE, wall, resumed)
+        _run(tmp_path, "RFT (16 samples)", seed, BASE, 400, False)
+    table = rt.make_table(rt.load(tmp_path, [0, 1, 2]), [0, 1, 2], 8)
+    sft = next(line for line in table.splitlines() if line.startswith("| SFT |"))
+    assert sft.rstrip(" |").endswith("| 150 (2)")                  # (50+150)/2: the two whole runs
     rft = next(line for line in table.splitlines() if line.startswith("| RFT"))
-    assert rft.rstrip(" |").endswith("| 400")                      # nothing resumed: no count shown
+    assert rft.rstrip(" |").endswith("| 300")                      # nothing resumed: no count shown
     assert "1 run was interrupted and resumed" in table and "at least" in table
 
 
 def test_readme_is_rewritten_only_with_the_flag(tmp_path, monkeypatch, capsys):
     runs, repo = tmp_path / "runs", tmp_path / "repo"
     for seed in (0, 1):
-        _run(runs, "SFT", seed, 0.6, 100, False)
-        _run(runs, "RFT (16 samples)", seed, 0.7, 400, False)
+        _run(runs, "SFT", seed, BASE, 100, False)
+        _run(runs, "RFT (16 samples)", seed, BASE, 400, False)
     repo.mkdir()
     readme = repo / "README.md"
     readme.write_text("intro\n<!-- results:start -->\nold table\n<!-- results:end -->\nrest\n")
@@ -52,3 +102,10 @@ def test_readme_is_rewritten_only_with_the_flag(tmp_path, monkeypatch, capsys):
     rt.main(argv + ["--readme"])
     assert readme.read_text() == f"intro\n<!-- results:start -->\n{table}<!-- results:end -->\nrest\n"
     assert f"updated {readme}" in capsys.readouterr().out
+
+
+def test_flags_are_range_checked(capsys):
+    for argv in (["--jobs", "0"], ["--prefix-len", "-1"]):
+        with pytest.raises(SystemExit) as e:
+            rt.main(argv)
+        assert e.value.code == 2 and "must be >= 1" in capsys.readouterr().err

@@ -20,6 +20,7 @@ import re
 import shutil
 import sys
 import tempfile
+import time
 from contextlib import contextmanager
 from datetime import datetime
 from functools import lru_cache
@@ -30,6 +31,7 @@ import jinja2.ext
 import jinja2.nodes
 import tokenizers
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+from tqdm import tqdm
 
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)  # read the process umask (the only way is to set it and put it back)
@@ -52,6 +54,33 @@ class UpftFault(UpftError):
     """The machine, not the input: a write that failed mid-run (disk full, permissions). One line that
     names the file, says what was kept and how to continue; CLIs exit 1."""
     exit_code = 1
+
+
+# ----------------------------------------------------------------------------------------- progress
+
+class Progress:
+    """A tqdm bar on a terminal; when stderr is not one (a log file), one line every `every` seconds
+    instead (`train: 40/126 steps, loss 0.4810, 25 s`), so a long phase still says it is alive."""
+
+    def __init__(self, total, desc, unit, initial=0, enabled=True, every=30.0):
+        self.tty, self.enabled, self.every = sys.stderr.isatty(), enabled, every
+        self.desc, self.unit, self.total, self.n = desc, unit, total, initial
+        self.t0 = self.last = time.time()
+        self.bar = tqdm(total=total, desc=desc, unit=unit, initial=initial, disable=not (enabled and self.tty))
+
+    def update(self, n=1, **postfix):
+        self.n += n
+        if postfix:
+            self.bar.set_postfix(**postfix, refresh=False)
+        self.bar.update(n)
+        if self.enabled and not self.tty and (time.time() - self.last >= self.every or self.n == self.total):
+            extra = "".join(f", {k} {v}" for k, v in postfix.items())
+            print(f"{self.desc}: {self.n}/{self.total} {self.unit}s{extra}, {time.time() - self.t0:.0f} s",
+                  file=sys.stderr, flush=True)
+            self.last = time.time()
+
+    def close(self):
+        self.bar.close()
 
 
 # ----------------------------------------------------------------------------------------- files

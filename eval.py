@@ -17,9 +17,12 @@ created; a location that cannot be written is refused before the model is loaded
 import argparse
 import json
 import math
+import os
 import sys
 import tempfile
 from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch starts OpenMP: README, "A busy machine"
 
 import torch
 

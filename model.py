@@ -33,9 +33,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
-from tqdm import tqdm
 
-from data import IGNORE, TOKENIZER_FILES, UpftError, atomic_dir, resolve
+from data import IGNORE, TOKENIZER_FILES, Progress, UpftError, atomic_dir, resolve
 
 SUPPORTED = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
 ROPE_TYPES = ("default", "linear", "llama3")
@@ -756,7 +755,7 @@ def generate(model, prompts, max_new_tokens, *, temperature=0.0, top_k=0, top_p=
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     bs = batch_size or max(len(prompts), 1)
     groups = [None] * len(prompts)
-    bar = tqdm(total=len(prompts), desc="generate", unit="prompt", disable=not progress)
+    bar = Progress(len(prompts), "generate", "prompt", enabled=progress)
     for c in range(0, len(order), bs):
         chunk = order[c:c + bs]
         chunk_groups = _generate_chunk(model, [prompts[i] for i in chunk], max_new_tokens=max_new_tokens,

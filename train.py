@@ -40,15 +40,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch starts OpenMP: README, "A busy machine"
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from safetensors.torch import load_file
-from tqdm import tqdm
 
 import toy
 import upft
-from data import (IGNORE, Tokenizer, UpftError, UpftFault, atomic_dir, chat_prompt, load_rows, read_jsonl,
+from data import (IGNORE, Progress, Tokenizer, UpftError, UpftFault, atomic_dir, chat_prompt, load_rows, read_jsonl,
                   resolve, supervised_count, write_json, write_jsonl)
 from eval import evaluate, summarize
 from model import HEAD_CHUNK, Config, Transformer, gather_full, load_shards, save_safetensors, shard_rows
@@ -251,9 +252,8 @@ def fit(model, examples, tc: TrainConfig, pad_id=0, out=None, resume=False, desc
     model.train()
     model.gradient_checkpointing = tc.grad_ckpt
     history, measured = [], False
-    bar = tqdm(range(start, stop), desc=desc, unit="step", initial=start, total=stop,
-               disable=None if rank == 0 else True)
-    for step in bar:
+    bar = Progress(stop, desc, "step", initial=start, enabled=rank == 0)
+    for step in range(start, stop):
         batch = [examples[i] for i in steps[step]][rank::world]  # torchrun: this rank's part of the step
         lr = lr_at(step, len(steps), tc)
         for g in opt.param_groups:
@@ -276,7 +276,7 @@ def fit(model, examples, tc: TrainConfig, pad_id=0, out=None, resume=False, desc
         rec = {"step": step + 1, "loss": loss, "lr": lr, "grad_norm": gnorm,
                "supervised_tokens" if tc.loss_norm == "token" else "samples": n}
         history.append(rec)
-        bar.set_postfix(loss=f"{loss:.4f}")
+        bar.update(loss=f"{loss:.4f}")
         log_metrics(rec)
         if evaluating and ((step + 1) % tc.eval_every == 0 or step + 1 == stop):
             eval_now(step + 1)

@@ -9,8 +9,11 @@ seeded initialisation and data order); the comparison prints which parts are byt
 the weights, the largest difference. Exit 0 when everything that was rebuilt matches, 1 otherwise.
 """
 import argparse
+import os
 import sys
 from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch starts OpenMP: README, "A busy machine"
 
 import torch
 from safetensors.torch import load_file

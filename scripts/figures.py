@@ -17,6 +17,7 @@ here only (requirements-plots.txt).
 """
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -24,6 +25,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch starts OpenMP: README, "A busy machine"
 
 import results_table as rt  # noqa: E402  (the rows, their run folders and the interval)
 

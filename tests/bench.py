@@ -43,6 +43,8 @@ import threading
 import time
 from pathlib import Path
 
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch starts OpenMP: README, "A busy machine"
+
 import torch
 import torch.nn.functional as F
 

@@ -52,3 +52,32 @@ def test_grader_does_not_import_torch():
            "print(grader.is_equiv('\\\\frac{1}{2}', '0.5'))"
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and r.stdout.strip() == "True", r.stderr
+
+
+ENTRY_POINTS = ["train.py", "eval.py", "scripts/show_example.py", "scripts/build_toy.py", "scripts/figures.py",
+                "tests/bench.py"]
+
+
+def test_entry_points_default_to_a_passive_openmp_wait_before_torch_loads():
+    """OpenMP reads OMP_WAIT_POLICY once, when torch loads it: every entry point sets the passive default
+    (README, "A busy machine") with setdefault, so a user's own setting still wins, and before its first
+    import of torch or of a project module that imports torch."""
+    for name in ENTRY_POINTS:
+        tree = ast.parse((ROOT / name).read_text())
+        setting = next((n.lineno for n in ast.walk(tree) if isinstance(n, ast.Call)
+                        and ast.unparse(n.func) == "os.environ.setdefault" and n.args
+                        and ast.literal_eval(n.args[0]) == "OMP_WAIT_POLICY"
+                        and ast.literal_eval(n.args[1]) == "PASSIVE"), None)
+        assert setting, f"{name}: no os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')"
+        heavy = [n.lineno for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom)) and any(
+            (a.name if isinstance(n, ast.Import) else n.module or "").split(".")[0] in
+            {"torch", "model", "train", "toy", "upft", "eval", "safetensors"} for a in n.names)]
+        first = min(heavy, default=len((ROOT / name).read_text()))  # none at module level: loaded lazily later
+        assert setting < first, f"{name}: OMP_WAIT_POLICY set at line {setting}, after an import that loads " \
+                                f"torch (line {first})"
+    env = {k: v for k, v in __import__("os").environ.items() if k != "OMP_WAIT_POLICY"}
+    code = "import os, train; print(os.environ['OMP_WAIT_POLICY'])"
+    for given, want in ((None, "PASSIVE"), ("ACTIVE", "ACTIVE")):
+        e = dict(env, **({"OMP_WAIT_POLICY": given} if given else {}))
+        r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=e, capture_output=True, text=True, timeout=120)
+        assert r.stdout.strip() == want, r.stderr

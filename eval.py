@@ -76,8 +76,11 @@ def summarize(records, n, max_new_tokens):
     N, k = max(len(records), 1), sum(r["correct"] for r in records)
     answers = [a for r in records for a in (r["answers"] if n > 1 else [r["answer"]])]
     lengths = [t for r in records for t in (r["tokens"] if n > 1 else [r["tokens"]])]
+    texts = [t for r in records for t in (r["responses"] if n > 1 else [r["response"]])]
     s = {"questions": len(records), "samples_per_question": n,
          "no_answer_rate": sum(a is None for a in answers) / max(len(answers), 1),
+         # answers that end after their first line: what a prefix task can teach (stop after the opening)
+         "one_line_rate": sum(len(t.strip().splitlines()) <= 1 for t in texts) / max(len(texts), 1),
          "truncated_rate": sum(t >= max_new_tokens for t in lengths) / max(len(lengths), 1),
          "mean_tokens": sum(lengths) / max(len(lengths), 1)}
     if n == 1:

@@ -256,6 +256,15 @@ def make_table(results, seeds, prefix_len):
         cells += [f"{sampled:,.0f}", f"{sup:,.0f}", ratio(sampled, rft_sampled), ratio(sup, sft_sup),
                   f"{work:.0f}{mark}"]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "What the tuned models do under the plain prompt (greedy answers; mean over seeds): mean length "
+              "in tokens, the share with no extractable answer, the share that ends after its first line.", "",
+              "| method | mean tokens | no answer | one line only |", "|---|---|---|---|",
+              f"| base | {b0['base']['mean_tokens']:.1f} | {pct(b0['base']['no_answer_rate'])}% | "
+              f"{pct(b0['base'].get('one_line_rate', float('nan')))}% |"]
+    for name, rs in results.items():
+        mean = lambda k: statistics.mean(r["tuned"].get(k, float("nan")) for r in rs)  # noqa: E731
+        lines.append(f"| {name} | {mean('mean_tokens'):.1f} | {pct(mean('no_answer_rate'))}% | "
+                     f"{pct(mean('one_line_rate'))}% |")
     return "\n".join(lines + [""] + notes(results, rft, rft_sampled, sft_sup, resumed_runs, total_wall))
 
 

@@ -27,8 +27,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch starts OpenM
 import torch
 
 from data import Tokenizer, UpftError, chat_prompt, load_rows, write_json, write_jsonl
-from grader import extract_answer, is_equiv, majority_vote
+from grader import extract_answer, is_equiv
 from model import Transformer, generate
+from upft import majority_vote
 
 
 # --- evaluation --------------------------------------------------------------------------------------

@@ -18,7 +18,6 @@ import math
 import multiprocessing
 import re
 import time
-from collections import Counter
 from fractions import Fraction
 
 MAX_LEN = 1000        # longer "answers" are compared as plain strings only (keeps every step bounded)
@@ -421,16 +420,3 @@ def _sympy_equal(a, b, timeout):
         child.join()
         recv.close()
         send.close()
-
-
-
-# --- voting -----------------------------------------------------------------------------------------
-
-def majority_vote(answers):
-    """Most frequent answer by normalised form; a tie goes to the earliest sample; None if no answer."""
-    keys = [normalize(a) for a in answers if a is not None]
-    if not keys:
-        return None
-    best = Counter(keys).most_common(1)[0][0]   # most_common keeps first-seen order among ties
-    return next(a for a in answers if a is not None and normalize(a) == best)
-

@@ -348,9 +348,17 @@ class Transformer(nn.Module):
         h (B, T, C): the last layer's output (before the final norm); labels (B, T) aligned with the
         input ids, IGNORE where not trained. objective "ce" (cross-entropy of the label) or "entropy"
         (EM-FT: the entropy of the next-token distribution; the label is only a mask). per_sample: each
-        sample's token mean, summed over samples, and the count is of samples (the official weighting)."""
+        sample's token mean, summed over samples, and the count is of samples (the official weighting).
+
+        (Part of exercise masked_ce_sum: the same shift, picking rows instead of masking a loss.) Set
+        `rows`, a (B, T - 1) bool tensor, True at [b, t] when position t predicts a supervised token
+        (labels[b, t + 1] != IGNORE); then `h`, the (N, C) outputs of those positions, and `targets`,
+        the (N,) labels they predict, both in the order b, then t (N = rows.sum()). The rest is written.
+        """
+        # >>> exercise: masked_ce_sum
         rows = labels[:, 1:] != IGNORE                          # (B, T-1): position t predicts labels[t + 1]
         h, targets = h[:, :-1][rows], labels[:, 1:][rows]       # (N, C), (N,): the supervised rows, in order
+        # <<< exercise: masked_ce_sum
         per_row = rows.sum(1)                                   # (B,) supervised tokens of each sample
         weights = (1.0 / per_row.clamp(min=1)).repeat_interleave(per_row) if per_sample else None  # (N,)
         count = int((per_row > 0).sum()) if per_sample else int(per_row.sum())

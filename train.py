@@ -61,7 +61,8 @@ def masked_ce_sum(logits, labels):
     """Sum of next-token CE over supervised positions, and their count. logits (B, T, V), labels (B, T)
     aligned with input_ids: position t's logits predict labels[t + 1] (the shift happens here, once).
     (Exercise masked_ce_sum; Eq. 8 is a sum of token log-likelihoods; docs/method.md §4 for the
-    normaliser.)
+    normaliser. Its second part, the same shift on the rows train.py trains with, is in
+    model.Transformer.supervised_loss.)
 
     Inputs: logits (B, T, V) from the model (any float dtype: compute the loss in fp32); labels (B, T),
     a LongTensor aligned with input_ids, IGNORE (-100) on the prompt and on padding.

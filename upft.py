@@ -30,7 +30,7 @@ from collections import Counter
 import torch
 
 from data import IGNORE, UpftError, chat_prompt, supervised_count
-from grader import extract_answer, is_equiv, majority_vote, normalize
+from grader import extract_answer, is_equiv, normalize
 from model import generate
 
 # The paper's prefix-task template (Fig. 3 of v1), exact text, leading space included; appended to the
@@ -91,6 +91,18 @@ def prefix_vote(samples, L):
     winner = next(p for p in prefixes if counts[p] == best)  # first drawn among the tied
     return list(winner), best / len(prefixes)
     # <<< exercise: prefix_vote
+
+
+def majority_vote(answers):
+    """Most frequent answer by normalised form; a tie goes to the earliest sample; None if no answer.
+    It is prefix_vote with L = 1: each answer is a one-token sample, the number of the first answer with
+    its normalised form (so it needs exercise prefix_vote in a student copy)."""
+    given = [a for a in answers if a is not None]
+    if not given:
+        return None
+    keys = [normalize(a) for a in given]
+    (first,), _ = prefix_vote([[keys.index(k)] for k in keys], 1)
+    return given[first]
 
 
 def sample_upft(model, tok, questions, prefix_len, structure_ratio, num_samples=1, max_new_tokens=512,
@@ -268,8 +280,8 @@ def sample_rft(model, tok, questions, golds, num_samples=16, max_new_tokens=512,
 def sample_vote(model, tok, questions, num_samples=16, max_new_tokens=512, seed=0, batch_size=64, **sampling):
     """Majority-vote self-training (offline TTRL, arXiv 2504.16084; §7): the same num_samples full traces
     per question as RFT (same seed, same sampler), but the pseudo-label is the most common extracted
-    answer (grader.majority_vote, ties to the earliest sample) and the first sample that reaches it is
-    kept. No gold answer is taken or read. Questions whose samples have no extractable answer are
+    answer (majority_vote, ties to the earliest sample) and the first sample that reaches it is kept.
+    No gold answer is taken or read. Questions whose samples have no extractable answer are
     dropped. Each kept rollout records its vote share (samples agreeing with the vote / num_samples).
     Returns (rollouts, tokens sampled, questions dropped)."""
     prompts = [chat_prompt(tok, q) for q in questions]

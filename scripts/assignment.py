@@ -45,9 +45,13 @@ DEF = re.compile(r"^(?P<indent>[ \t]*)(?:async[ \t]+)?(?:def|class)[ \t]+(?P<nam
 ORDER = ["split_questions", "sample_next", "kv_cache_update", "kv_cache_positions_mask", "prefix_vote",
          "make_example", "masked_ce_sum", "accumulate_grads", "lr_at", "extract_answer"]
 TESTS = Path("tests") / "exercises"
-# Never copied into a student copy: the wrong-variant test holds pieces of the reference bodies, and the
-# make/grade round trip needs the reference itself.
-INSTRUCTOR_ONLY = {"tests/test_exercise_variants.py", "tests/test_assignment.py"}
+# Never copied into a student copy, because each would hand out answers (tests/test_assignment.py's leak
+# test checks that no other file does):
+INSTRUCTOR_ONLY = {
+    "tests/test_exercise_variants.py",  # its variants are pieces of the reference bodies
+    "tests/test_assignment.py",         # the make/grade/solve round trip and the leak test read the reference
+    "tests/test_head_loss.py",          # it writes the masked_ce_sum exercise out (per sample, entropy)
+}
 SKIP_DIRS = {".git", "runs", "__pycache__", ".pytest_cache", ".venv", ".whl", ".gl"}
 STUB = 'raise NotImplementedError("exercise {name}: {func} in {file}; see its docstring and docs/teaching.md")'
 

@@ -46,12 +46,11 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch starts OpenMP: README, "A busy machine"
 
 import torch
-import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import train  # noqa: E402
-from data import IGNORE, Tokenizer, UpftError, read_jsonl, supervised_count  # noqa: E402
+from data import Tokenizer, UpftError, read_jsonl, supervised_count  # noqa: E402
 from model import Transformer, generate  # noqa: E402
 from upft import make_example  # noqa: E402
 
@@ -260,7 +259,7 @@ def bench_upft_step(ours, ref, tok, rows, args):
     ref.train()
 
     def hf_loss(model, ids, labels):  # transformers' own loss: the mean over the micro-batch's tokens
-        n = int((labels[:, 1:] != IGNORE).sum())
+        n = sum(supervised_count(row) for row in labels.tolist())
         return model(ids, labels=labels).loss * n, n
 
     def step(model, loss_sum, amp, record):
@@ -323,7 +322,8 @@ def bench_train(ours, ref, tok, rows, args, n_params):
         def fn():
             model.zero_grad(set_to_none=True)
             logits = model(ids) if name == "ours" else model(ids).logits
-            lo = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
+            loss_sum, n = train.masked_ce_sum(logits, ids)   # every position after the first is a target
+            lo = loss_sum / n
             lo.backward()
             loss[name] = lo.item()
             return None

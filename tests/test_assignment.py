@@ -1,10 +1,15 @@
-"""The course kit (scripts/assignment.py): markers, the student copy, and the make -> grade -> solve round trip.
+"""The course kit (scripts/assignment.py): markers, the student copy, the make -> grade -> solve round trip,
+and the leak test: no exercise's answer anywhere else in the student copy.
 
 Instructor-only: `make` leaves this file out of the student copy (it needs the reference bodies).
 """
+import keyword
+import re
 import shlex
+import shutil
 import subprocess
 import sys
+import textwrap
 
 import pytest
 
@@ -67,6 +72,7 @@ def test_reference_exercises():
     assert where["sample_next"] == ["model.py:sample_next"]
     assert where["kv_cache_positions_mask"] == ["model.py:KVCache.positions", "model.py:KVCache.mask"]
     assert where["accumulate_grads"] == ["train.py:accumulate_grads"]
+    assert where["masked_ce_sum"] == ["model.py:Transformer.supervised_loss", "train.py:masked_ce_sum"]
     assert where["extract_answer"] == ["grader.py:_last_boxed", "grader.py:extract_answer"]
     for rs in ex.values():
         for r in rs:
@@ -247,3 +253,93 @@ def test_exercise_tests_need_no_transformers():
                        timeout=600)
     print(p.stdout[-400:])
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+
+
+# ----------------------------------------------------------------------------- no answers outside the exercises
+#
+# A line is compared by its shape: its tokens with every name but Python's keywords made ID, every string
+# and number LIT, the comment and the spaces dropped (`total = sum(x for x in xs)` -> `ID = ID ( ID for ID
+# in ID )`). Lines of fewer than MIN_TOKENS tokens (`return ID`, `ID = LIT`, `if not ID :`) say too little
+# and are skipped on both sides. A leak is WINDOW consecutive counted lines of a reference body (the whole
+# body when it has fewer), or one body line of at least LONG tokens, found as consecutive counted lines
+# of a .py or .md file of the student copy: the body itself, or the same lines with other names.
+# Margins on the reference tree: no two consecutive counted lines of a body occur in the copy (no three
+# even when every line counts), and the longest body line that occurs in it has 15 tokens.
+TOKEN = re.compile(r"""(?P<lit>[rRbBfFuU]{0,2}(?:"(?:\\.|[^"\\])*"|'(?:\\.|[^'\\])*')|\.?\d[\w.]*)"""
+                   r"|(?P<name>[A-Za-z_]\w*)|(?P<op>\*\*|//|->|:=|[-+*/%@&|^<>=!]=|\S)")
+MIN_TOKENS, WINDOW, LONG = 5, 3, 20
+
+
+def shapes(text):
+    """[(line number, shape)] of the lines of `text` that have at least MIN_TOKENS tokens."""
+    out = []
+    for i, line in enumerate(text.splitlines(), 1):
+        tokens = []
+        for m in TOKEN.finditer(line):
+            if m["op"] == "#":
+                break
+            tokens.append("LIT" if m["lit"] else m[0] if m["op"] or keyword.iskeyword(m[0]) else "ID")
+        if len(tokens) >= MIN_TOKENS:
+            out.append((i, " ".join(tokens)))
+    return out
+
+
+def body_windows(root):
+    """{window of shapes: "exercise (file:function)"} over every reference body (each has one), and its
+    long lines alone."""
+    windows = {}
+    for name, regions in assignment.exercises(root).items():
+        for r in regions:
+            lines = (root / r.file).read_text(encoding="utf-8").splitlines()[r.begin + 1:r.end]
+            body = [s for _, s in shapes("\n".join(lines))]
+            assert body, f"{name} in {r.func}: no line long enough to compare"
+            k = min(WINDOW, len(body))
+            where = f"{name} ({r.file}:{r.func})"
+            windows.update({tuple(body[i:i + k]): where for i in range(len(body) - k + 1)})
+            windows.update({(line,): where for line in body if len(line.split()) >= LONG})
+    return windows
+
+
+def leaks(copy, windows):
+    """'file:line: exercise' for every window of `windows` found in the .py and .md files under `copy`."""
+    found = set()
+    for f in assignment.source_files(copy):
+        if f.endswith((".py", ".md")):
+            lines = shapes((copy / f).read_text(encoding="utf-8"))
+            for k in {len(w) for w in windows}:
+                for i in range(len(lines) - k + 1):
+                    if (w := tuple(s for _, s in lines[i:i + k])) in windows:
+                        found.add(f"{f}:{lines[i][0]}: {windows[w]}")
+    return sorted(found)
+
+
+@pytest.fixture(scope="module")
+def student_copy(tmp_path_factory):
+    dest = tmp_path_factory.mktemp("kit") / "student"
+    assignment.make(dest, log=lambda *_: None)
+    return dest
+
+
+def test_no_exercise_answer_outside_its_markers(student_copy):
+    """The student copy (tests and docs included) holds no reference body, nor the same lines renamed."""
+    found = leaks(student_copy, body_windows(ROOT))
+    assert not found, "exercise answers in the student copy (restructure, stub, or list the file in " \
+                      "INSTRUCTOR_ONLY):\n" + "\n".join(found)
+
+
+def test_the_leak_test_finds_a_renamed_copy(student_copy, tmp_path):
+    """So that the leak test cannot rot into a no-op: accumulate_grads's body pasted into a function of
+    another file, every variable renamed and re-indented, is found (and nothing else is)."""
+    (r,) = assignment.exercises(ROOT)["accumulate_grads"]
+    body = textwrap.dedent("\n".join((ROOT / r.file).read_text().splitlines()[r.begin + 1:r.end]))
+    names = {"total": "n_tok", "examples": "batch", "micro_batch_size": "m", "step_loss": "acc", "device": "dev",
+             "ids": "x", "labels": "y", "loss": "val", "model": "net", "normaliser": "norm", "i": "j"}
+    renamed = re.sub(r"\w+", lambda m: names.get(m[0], m[0]), body)
+    assert "total" not in renamed and "step_loss" not in renamed
+    copy = tmp_path / "student"
+    shutil.copytree(student_copy, copy)
+    with open(copy / "data.py", "a") as f:
+        f.write("\n\nclass Helper:\n    def step(self, net, batch, m, pad_id, loss_sum, norm=None, autocast=None):\n"
+                + textwrap.indent(renamed, " " * 8) + "\n")
+    found = leaks(copy, body_windows(ROOT))
+    assert found and all(f.startswith("data.py:") and "accumulate_grads" in f for f in found), found

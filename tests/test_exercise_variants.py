@@ -251,6 +251,8 @@ VARIANTS = [  # (exercise, the usual mistake, patches)
      sub("train.masked_ce_sum", ("return loss, int((targets != IGNORE).sum())", "return loss, int((labels != IGNORE).sum())"))),
     ("masked_ce_sum", "loss in the logits' dtype (bf16), not fp32",
      sub("train.masked_ce_sum", ("logits[:, :-1].float()", "logits[:, :-1]"))),
+    ("masked_ce_sum", "the training path's rows without the shift (each position trains on its own token)",
+     sub("model.Transformer.supervised_loss", ("h[:, :-1][rows]", "h[:, 1:][rows]"))),
     # --- gradient accumulation (§4)
     ("accumulate_grads", "each micro-batch divided by its own count",
      sub("train.accumulate_grads", (MB_LOSS, "loss, n_mb = loss_sum(model, ids.to(device), labels.to(device))\n"

@@ -6,8 +6,12 @@ micro-batches, chunk sizes that do and do not divide the row count.
 
 Tolerance (fp32): the loss to rel 1e-6; every element of a parameter's gradient within 1e-5 of that
 gradient's largest element (the same numbers added in another order, and the head's products taken over
-other row counts: measured at most 7e-7 of the largest element, the loss equal to the last bit). Instructor-only: it recomputes
-the masked_ce_sum exercise, so the student copy leaves it out (scripts/assignment.py)."""
+other row counts: measured at most 7e-7 of the largest element, the loss equal to the last bit).
+
+Instructor-only: its written-out sums are the masked_ce_sum exercise (the shift, the mask, the count) in
+other forms, so the student copy leaves this file out (INSTRUCTOR_ONLY in scripts/assignment.py)."""
+import functools
+
 import pytest
 import torch
 
@@ -105,6 +109,24 @@ def test_uneven_micro_batches_through_accumulate_grads(monkeypatch):
         assert n == ref_n == 21 and loss == pytest.approx(ref_loss, rel=1e-6), key
         for k in ref_g:
             assert_close(g[k], ref_g[k], f"{key} {k}")
+
+
+def test_entropy_step_is_the_written_out_mean_entropy():
+    """EM-FT through accumulate_grads (tests/test_audit.py: the same for every micro-batch size): the
+    gradient of (sum of token entropies) / (supervised positions), written out on the full logits."""
+    from test_train import random_examples, tiny_model
+    model = tiny_model()
+    ex = random_examples(4, seed=1)
+    model.zero_grad(set_to_none=True)
+    train.accumulate_grads(model, ex, 4, 0, functools.partial(train.supervised_rows_loss, objective="entropy"))
+    want = {k: p.grad.clone() for k, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    ids, labels = train.collate(ex, 0)
+    logp = model(ids)[:, :-1].log_softmax(-1)  # the entropy at every position that predicts a supervised token
+    mask = labels[:, 1:] != IGNORE
+    (-(logp.exp() * logp).sum(-1)[mask].sum() / mask.sum()).backward()
+    for k, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, want[k], atol=1e-6, rtol=0)
 
 
 def test_nothing_supervised_is_zero_not_nan():

@@ -1,9 +1,11 @@
 """Contract of train.masked_ce_sum: the SUM of next-token cross-entropy over the supervised positions
-(position t predicts labels[t + 1]) and the NUMBER of those positions (the normaliser)."""
+(position t predicts labels[t + 1]) and the NUMBER of those positions (the normaliser); and of its part in
+model.Transformer.supervised_loss, the training path, which picks those positions as rows."""
 import torch
 
 import train
 from data import IGNORE
+from helpers import TINY, tiny_model
 
 I = IGNORE
 # B = 3 rows, T = 7 positions. Supervised targets after the shift: 3 + 2 + 3 = 8, which is none of
@@ -70,3 +72,16 @@ def test_loss_is_fp32_for_low_precision_logits():
     want, _ = by_hand(lg.float(), LABELS)
     assert loss.dtype == torch.float32, f"compute the loss in fp32, got {loss.dtype}"
     assert abs(float(loss) - want) < 1e-3 and n == 8
+
+
+def test_the_training_path_picks_the_same_positions():
+    """train.py trains with model.Transformer.supervised_loss (model(ids, labels=...)): the head runs on
+    the supervised rows only, and gives the same sum and count as the full logits."""
+    net = tiny_model(seed=8)
+    ids = torch.randint(0, TINY["vocab_size"], LABELS.shape, generator=torch.Generator().manual_seed(8))
+    with torch.no_grad():
+        loss, n = net(ids, labels=LABELS)
+        want, count = by_hand(net(ids), LABELS)
+    assert n == count == 8, f"supervised_loss: expected 8 supervised (shifted) positions, got {n}"
+    assert abs(float(loss) - want) < 1e-4, \
+        f"supervised_loss: expected the SUM of the 8 shifted token losses {want:.5f}, got {float(loss):.5f}"

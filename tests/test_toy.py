@@ -324,6 +324,22 @@ def test_gate_figures_on_a_tiny_random_model(tok_dir, test_rows):
     assert gates.opening_nll(model, tok, qs, o, "", 2) == pytest.approx((3 * one[0] + one[1]) / 4, rel=1e-5)
 
 
+def test_miniature_instruct_build_and_the_gates_command(tmp_path, capsys):
+    """build_world end to end on a miniature instruct world (64 examples, 2 steps), then the gates'
+    one command on it: it prints the gates, writes gates.json and exits 0 or 1."""
+    from train import TrainConfig, fit
+    rec = toy.build_world(tmp_path / "w", fit, TrainConfig, max_steps=2, log=lambda *_: None,
+                          n_pretrain=64, n_upft=8, n_test=6)
+    assert rec["world"] == "instruct" and rec["version"] == toy.TOY_VERSION and rec["steps"] == 2
+    assert rec["tasks"] == INSTRUCT.tasks and rec["instruction_coverage"]["tokens"]
+    world = toy.load_world(tmp_path / "w")
+    assert len(world["train"]) == 8 and len(world["test"]) == 6 and toy.world_of(world["build"]) == INSTRUCT
+    assert gates.main(["--world", str(tmp_path / "w"), "--limit", "3", "--max-new-tokens", "16"]) in (0, 1)
+    assert "gate opening" in capsys.readouterr().out
+    figures = json.loads((tmp_path / "w" / "gates.json").read_text())
+    assert figures["questions"] == 3 and figures["version"] == toy.TOY_VERSION
+
+
 def test_shipped_world_is_what_the_generator_makes():
     world = toy.load_world()
     b = world["build"]

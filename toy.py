@@ -20,9 +20,9 @@ Two worlds (`build_world(..., world=...)`, `python scripts/build_toy.py --world 
   instruction (upft.PREFIX_INSTRUCTION, docs/method.md §3.4) as ordinary English. This world's corpus
   keeps the plain question -> full solution pairs and adds questions with an instruction in natural
   English, appended to the question or placed before it, in many wordings (`INSTRUCTIONS`): give only
-  the first step (target: the solution's first line, then end of turn), only the first two steps, only
-  the final answer, or the full solution. The tokenizer is trained on this corpus, so the words of
-  such instructions are real tokens.
+  the first step (target: the solution's opening line and its first operation, then end of turn), only
+  the first two steps, only the final answer, or the full solution. The tokenizer is trained on this
+  corpus, so the words of such instructions are real tokens.
 * "plain" (toy-v4, the world shipped before it): plain pairs only; its problems, splits and tokenizer
   are reproduced byte for byte. Its model cannot read the instruction (issue 15: 80 of the
   instruction's 91 tokens never occur in its corpus; greedy accuracy on 200 test questions falls from
@@ -59,8 +59,9 @@ from pathlib import Path
 import torch
 from tokenizers import Regex, Tokenizer as HFTokenizer, decoders, models, pre_tokenizers, trainers
 
-from data import Tokenizer, UpftError, atomic_dir, read_jsonl, write_json, write_jsonl
-from model import Config, Transformer
+from data import Tokenizer, UpftError, atomic_dir, chat_prompt, read_jsonl, write_json, write_jsonl
+from grader import extract_answer, is_equiv
+from model import Config, Transformer, generate
 from upft import PREFIX_INSTRUCTION, make_example
 
 # The problem generator's random streams are keyed by the version that introduced it; it has not changed
@@ -240,7 +241,7 @@ _PARTIAL_REMARKS = [
     "This is only a beginning, not the full answer.",
 ]
 INSTRUCTIONS = {
-    "first": ([  # only the first step: the solution's first line
+    "first": ([  # only the first step: the opening line and the first operation (`target_of`)
         "Please give only the first step of the solution.",
         "Write just the initial step, nothing more.",
         "Provide the first step towards the answer and stop there.",
@@ -249,17 +250,17 @@ INSTRUCTIONS = {
         "Begin resolving the problem, but write one step only.",
         "Please provide a single step, the first one.",
         "Show how you would start, with one step only.",
-        "Give the first line of your working and then stop.",
+        "Give the first step of your working and then stop.",
         "Start on this question, and stop after the initial step.",
         "Lay the foundation: write the first step and nothing else.",
         "Provide only the opening step of your solution.",
     ], _PARTIAL_REMARKS),
-    "two": ([  # the first two steps: the solution's first two lines
+    "two": ([  # the first two steps: the opening line and two operations
         "Please give only the first two steps of the solution.",
         "Write the first two steps and stop.",
         "Provide two steps towards the answer, no more.",
         "Begin the solution with its opening two steps only.",
-        "Show just the first two lines of your working.",
+        "Show just the first two steps of your working.",
         "Start resolving this question, but stop after two steps.",
     ], _PARTIAL_REMARKS),
     "answer": ([  # only the final answer, without working
@@ -297,14 +298,18 @@ P_BEFORE = 0.35  # share placed before the question (the rest is appended, as UP
 
 
 def target_of(row: dict, kind: str) -> str:
-    """What the answer to `row`'s question is under an instruction of `kind` (plain: no instruction)."""
+    """What the answer to `row`'s question is under an instruction of `kind` (plain: no instruction).
+
+    A step is one operation, one line of arithmetic; the opening line, which restates the starting
+    count, belongs to the first step (alone it is not a step towards the answer, and at ~7 tokens it is
+    shorter than UPFT's 8-token prefix: see the recipe log in WORLDS)."""
     lines = row["solution"].split("\n")
     if kind in ("plain", "full"):
         return row["solution"]
     if kind == "first":
-        return lines[0]
-    if kind == "two":
         return "\n".join(lines[:2])
+    if kind == "two":
+        return "\n".join(lines[:3])
     if kind == "answer":
         return f"The answer is \\boxed{{{row['answer']}}}."
     raise ValueError(f"unknown kind {kind!r}")
@@ -490,7 +495,7 @@ WORLDS = {
     # kind, the one UPFT's instruction asks for, gets the largest instructed share; the other kinds
     # are there so that the wording, not the mere presence of an instruction, decides where to stop.
     # 44,800 examples = 2,800 steps of 16: ~32,000 whole solutions, as many as toy-v4 learned from.
-    "instruct": World("instruct", "toy-v5", n_pretrain=44_800,
+    "instruct": World("instruct", "toy-v5", n_pretrain=57_600,
                       tasks={"first": 0.16, "two": 0.06, "answer": 0.06, "full": 0.12},
                       n_upft=2_000, n_test=2_000, vocab_size=896, pretrain=PRETRAIN),
 }
@@ -544,14 +549,18 @@ def instruction_coverage(corpus, tok) -> dict:
             "unseen_tokens": [tok.decode([i]) for i in ids if counts[i] == 0]}
 
 
-def build_world(out_dir, fit, train_config, world=DEFAULT_WORLD, max_steps=None, log=print, **sizes) -> dict:
+def build_world(out_dir, fit, train_config, world=DEFAULT_WORLD, max_steps=None, eval_every=0, log=print,
+                **sizes) -> dict:
     """Build the toy world `world` (a WORLDS name) into `out_dir` (atomically) and return its build record.
 
     `fit(model, examples, tc, pad_id=..., desc=..., log=...)` is the trainer (train.fit, passed in so that
     the toy world does not depend on the trainer): pretraining is the project's own masked cross-entropy
     loop run on the corpus's targets, chat prompt masked, the same code path UPFT trains with.
     `train_config` builds its config from the recipe's pretrain settings (train.TrainConfig). max_steps
-    stops early (a partial rebuild for the tests; the schedule still spans all steps). `sizes` overrides
+    stops early (a partial rebuild for the tests; the schedule still spans all steps). eval_every = K
+    measures plain greedy accuracy on the first 100 held-out questions every K steps (logged and kept in
+    the record as "accuracy_during_pretraining"; greedy decoding draws nothing, so the weights are the
+    same with or without it). `sizes` overrides
     the recipe's n_pretrain / n_upft / n_test (a miniature world for tests). The record holds the recipe,
     every step's loss and the sha256 of the weights, so a rebuild can be compared with the shipped world.
     """
@@ -565,8 +574,16 @@ def build_world(out_dir, fit, train_config, world=DEFAULT_WORLD, max_steps=None,
         model = Transformer(Config.from_dict(model_config(len(tok)))).init_weights(0.02)
         # every example is the chat prompt over its user turn + the whole target + end of turn
         examples = [make_example(tok, e["prompt"], tok.encode(e["target"]), "full", prefix_len=0) for e in corpus]
-        tc = train_config(**w.pretrain, max_steps=max_steps)
-        hist = fit(model, examples, tc, pad_id=tok.pad_id, desc=f"pretrain toy ({w.name})", log=log)
+        tc = train_config(**w.pretrain, max_steps=max_steps, eval_every=eval_every)
+        curve = []
+
+        def accuracy(m):  # shows where the model learns to copy and to add (the transition noted at PRETRAIN)
+            rows = test[:100]
+            outs = generate(m, [chat_prompt(tok, r["question"]) for r in rows], 256, stop_ids=tok.eos_ids)
+            curve.append(sum(is_equiv(extract_answer(tok.decode(o)), r["answer"]) for o, r in zip(outs, rows)) / len(rows))
+            return {"accuracy": curve[-1]}
+        hist = fit(model, examples, tc, pad_id=tok.pad_id, desc=f"pretrain toy ({w.name})", log=log,
+                   evaluate=accuracy if eval_every else None)
         model.save_pretrained(tmp / "model", tokenizer_dir=tmp / "tokenizer")
         shutil.rmtree(tmp / "tokenizer")
         write_jsonl(tmp / "train.jsonl", upft_rows)
@@ -578,6 +595,8 @@ def build_world(out_dir, fit, train_config, world=DEFAULT_WORLD, max_steps=None,
                   "steps": len(hist), "final_loss": hist[-1]["loss"],
                   "model_sha256": weights, "seconds": round(time.time() - t0, 1), "torch": torch.__version__,
                   "losses": [h["loss"] for h in hist]}
+        if curve:
+            record["accuracy_during_pretraining"] = {"every": eval_every, "questions": 100, "accuracy": curve}
         write_json(tmp / "build.json", record)
     log(f"toy world {w.name!r} ({w.version}) built in {time.time() - t0:.0f}s -> {out_dir}")
     return record

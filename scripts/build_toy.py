@@ -54,10 +54,13 @@ def main():
     ap.add_argument("--out", default=str(ROOT / "runs" / "toy-rebuild"))
     ap.add_argument("--max-steps", type=int, help="stop pretraining early (compares the losses so far)")
     ap.add_argument("--ref", default=str(toy.WORLD_DIR), help="the world to compare with")
+    ap.add_argument("--eval-every", type=int, default=0,
+                    help="greedy accuracy on 100 held-out questions every K pretraining steps (same weights)")
     args = ap.parse_args()
     torch.set_num_threads(min(2, torch.get_num_threads()))  # the shipped world was built with 2 threads
     out, ref = Path(args.out), Path(args.ref)
-    record = toy.build_world(out, fit, TrainConfig, world=args.world, max_steps=args.max_steps)
+    record = toy.build_world(out, fit, TrainConfig, world=args.world, max_steps=args.max_steps,
+                             eval_every=args.eval_every)
     if out.resolve() == ref.resolve() or not (ref / "build.json").is_file():
         return 0
     shipped = toy.load_world(ref)["build"]

@@ -15,8 +15,9 @@ stay likely under it. On the first --limit held-out questions (the world's test.
   gate "accuracy"  plain-prompt greedy accuracy in [0.45, 0.75] (room to gain and to lose).
 
 Reported, not gated: what the base model does under the instruction (greedy): mean response length
-in tokens, the share of responses that stop after their first line, the share whose first line is the
-plain greedy response's first line, and the accuracy. Prints a table, writes the figures as JSON
+in tokens, the share of responses that stop after their first line and after their first step (the
+toy's first step is the opening line and one operation: toy.target_of), the share whose first line is
+the plain greedy response's first line, and the accuracy. Prints a table, writes the figures as JSON
 (default: gates.json in the world folder), exits 0 when every gate holds, 1 otherwise.
 """
 import argparse
@@ -87,7 +88,7 @@ def gate_figures(model, tok, rows, seed=0, max_new_tokens=256, batch_size=128):
     outs, texts, instr_ok = greedy(model, tok, rows, PREFIX_INSTRUCTION, max_new_tokens, batch_size)
     n = max(len(rows), 1)
     first_line = [t.strip().split("\n")[0] for t in texts]
-    stops = [len(o) < max_new_tokens and "\n" not in t.strip() for o, t in zip(outs, texts)]
+    lines = [len(t.strip().split("\n")) if len(o) < max_new_tokens else None for o, t in zip(outs, texts)]
     acc = sum(plain_ok) / n
     return {
         "questions": len(rows),
@@ -97,7 +98,8 @@ def gate_figures(model, tok, rows, seed=0, max_new_tokens=256, batch_size=128):
         "instructed": {
             "accuracy": sum(instr_ok) / n,
             "mean_tokens": sum(len(o) for o in outs) / n,
-            "stops_after_first_line": sum(stops) / n,
+            "stops_after_first_line": lines.count(1) / n,
+            "stops_after_first_step": lines.count(2) / n,
             "first_line_as_plain": sum(a == p.strip().split("\n")[0] for a, p in zip(first_line, plain_texts)) / n,
             "no_answer": sum(extract_answer(t) is None for t in texts) / n,
         },
@@ -119,7 +121,8 @@ def report(f):
         f"gate accuracy  {f['plain']['accuracy']:.1%} plain greedy ({ACCURACY_RANGE[0]:.0%}-{ACCURACY_RANGE[1]:.0%}): "
         f"{mark[g['accuracy']['ok']]}",
         f"reported       under the instruction (greedy): accuracy {i['accuracy']:.1%}, {i['mean_tokens']:.1f} tokens "
-        f"on average, {i['stops_after_first_line']:.1%} stop after the first line, {i['first_line_as_plain']:.1%} "
+        f"on average, {i['stops_after_first_line']:.1%} stop after the first line, {i['stops_after_first_step']:.1%} "
+        f"after the first step, {i['first_line_as_plain']:.1%} "
         f"open with the plain first line, {i['no_answer']:.1%} give no boxed answer",
     ])
 

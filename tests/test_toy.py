@@ -231,7 +231,7 @@ def test_targets_of_each_kind(small_instruct):
     corpus, _, _, pre = small_instruct
     for e, r in zip(corpus, pre):
         lines = r["solution"].split("\n")
-        want = {"plain": r["solution"], "full": r["solution"], "first": lines[0], "two": "\n".join(lines[:2]),
+        want = {"plain": r["solution"], "full": r["solution"], "first": "\n".join(lines[:2]), "two": "\n".join(lines[:3]),
                 "answer": f"The answer is \\boxed{{{r['answer']}}}."}[e["kind"]]
         assert e["target"] == want
         if e["kind"] == "plain":
@@ -313,7 +313,7 @@ def test_gate_figures_on_a_tiny_random_model(tok_dir, test_rows):
     assert f["questions"] == 6 and f["opening"]["tokens"] == gates.OPENING_TOKENS
     assert f["opening"]["temperature"] == toy.GEN_TEMPERATURE and f["opening"]["top_p"] == toy.GEN_TOP_P
     assert f["opening"]["nll_plain"] > 0 and f["opening"]["nll_instructed"] > 0
-    for k in ("accuracy", "mean_tokens", "stops_after_first_line", "first_line_as_plain", "no_answer"):
+    for k in ("accuracy", "mean_tokens", "stops_after_first_line", "stops_after_first_step", "first_line_as_plain", "no_answer"):
         assert 0 <= f["instructed"][k] <= (12 if k == "mean_tokens" else 1)
     assert set(f["gates"]) == {"opening", "accuracy"} and all(isinstance(g["ok"], bool) for g in f["gates"].values())
     assert "gate opening" in gates.report(f)
@@ -334,6 +334,11 @@ def test_miniature_instruct_build_and_the_gates_command(tmp_path, capsys):
     assert rec["tasks"] == INSTRUCT.tasks and rec["instruction_coverage"]["tokens"]
     world = toy.load_world(tmp_path / "w")
     assert len(world["train"]) == 8 and len(world["test"]) == 6 and toy.world_of(world["build"]) == INSTRUCT
+    # accuracy during pretraining (--eval-every) changes nothing of the build
+    again = toy.build_world(tmp_path / "e", fit, TrainConfig, max_steps=2, eval_every=1, log=lambda *_: None,
+                            n_pretrain=64, n_upft=8, n_test=6)
+    assert again["model_sha256"] == rec["model_sha256"] and again["losses"] == rec["losses"]
+    assert len(again["accuracy_during_pretraining"]["accuracy"]) == 3  # before step 1, after steps 1 and 2
     assert gates.main(["--world", str(tmp_path / "w"), "--limit", "3", "--max-new-tokens", "16"]) in (0, 1)
     assert "gate opening" in capsys.readouterr().out
     figures = json.loads((tmp_path / "w" / "gates.json").read_text())

@@ -1,17 +1,44 @@
 """The embedded toy world: synthetic arithmetic word problems, a tokenizer and a tiny Llama config.
 
-`python train.py` without `--model` needs something to fine-tune that can be built offline in a few
-minutes on a CPU. This module provides the pieces of that "toy world":
+`python train.py` without `--model` needs something to fine-tune that can be built offline on a CPU.
+This module provides the pieces of that "toy world":
 
 * a generator of grade-school style word problems (3-5 operations on a running count, step-by-step
   solutions that end in ``\\boxed{N}``), deterministic from a seed, with disjoint train/test splits;
-* a byte-level BPE tokenizer trained with the ``tokenizers`` library (digits split one per token,
-  ChatML special tokens and chat template like Qwen), written as HF-style tokenizer files;
+* the pretraining corpus made from those problems (the recipe of a world: `World`, `WORLDS`);
+* a byte-level BPE tokenizer trained on that corpus with the ``tokenizers`` library (digits split one
+  per token, ChatML special tokens and chat template like Qwen), written as HF-style tokenizer files;
 * the ``config.json`` dict of a small Llama-architecture model.
 
 It is meant as a small analogue of the paper's preconditions (docs/method.md §1): samples of one question
 share their opening (the solution first restates the problem), and mistakes tend to come late (carries
 in the larger running totals of later steps). Nothing here is tuned to make UPFT win.
+
+Two worlds (`build_world(..., world=...)`, `python scripts/build_toy.py --world ...`):
+
+* "instruct" (the default, toy-v5). The paper tunes INSTRUCT models, which read UPFT's prefix
+  instruction (upft.PREFIX_INSTRUCTION, docs/method.md §3.4) as ordinary English. This world's corpus
+  keeps the plain question -> full solution pairs and adds questions with an instruction in natural
+  English, appended to the question or placed before it, in many wordings (`INSTRUCTIONS`): give only
+  the first step (target: the solution's opening line and its first operation, then end of turn), only
+  the first two steps, only the final answer, or the full solution. The tokenizer is trained on this
+  corpus, so the words of such instructions are real tokens.
+* "plain" (toy-v4, the world shipped before it): plain pairs only; its problems, splits and tokenizer
+  are reproduced byte for byte. Its model cannot read the instruction (issue 15: 80 of the
+  instruction's 91 tokens never occur in its corpus; greedy accuracy on 200 test questions falls from
+  58% to 0.5% when the instruction is appended).
+
+The vocabulary rule of the instruct corpus (checked by tests/test_toy.py and at every build): the
+EXACT UPFT instruction never occurs in it, and neither does any run of 4 or more consecutive words of
+the instruction (case-insensitive, punctuation ignored: `instruction_ngrams`), so what the model does
+under it is generalisation from other sentences, as for the paper's models. Every single word of the
+instruction may occur, in other sentences (the paper's models know English), and every one does, so
+none of its tokens is unseen in pretraining.
+
+A world is a `World` recipe (problem counts, the share of each kind of pretraining example, vocabulary
+size, pretraining settings); another world is one more `WORLDS` entry. (A later issue's "decision
+worlds", whose solutions open with one of a few method markers, would add a solution style to the
+problem generator and reuse the instruct mix as it is.)
 
 The built world (model + question files) ships in assets/toy; `load_world` reads it, and
 `build_world` rebuilds it with the trainer passed in (scripts/build_toy.py passes train.fit).
@@ -19,24 +46,29 @@ The built world (model + question files) ships in assets/toy; `load_world` reads
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import random
+import re
 import shutil
 import time
+from collections import Counter
 from pathlib import Path
 
 import torch
 from tokenizers import Regex, Tokenizer as HFTokenizer, decoders, models, pre_tokenizers, trainers
 
-from data import Tokenizer, UpftError, atomic_dir, read_jsonl, write_json, write_jsonl
-from model import Config, Transformer
-from upft import make_example
+from data import Tokenizer, UpftError, atomic_dir, chat_prompt, read_jsonl, write_json, write_jsonl
+from grader import extract_answer, is_equiv
+from model import Config, Transformer, generate
+from upft import PREFIX_INSTRUCTION, make_example
 
-TOY_VERSION = "toy-v4"  # bump whenever the generator, tokenizer or model config changes (keys the cache)
+# The problem generator's random streams are keyed by the version that introduced it; it has not changed
+# since toy-v4, so every world draws the same problems (and the toy-v4 world is reproduced exactly).
+PROBLEMS_KEY = "toy-v4"
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]  # ids 0, 1, 2
-VOCAB_SIZE = 640
 
 # ChatML, as in Qwen2.5 (without Qwen's default system prompt and tool handling).
 CHAT_TEMPLATE = (
@@ -177,7 +209,7 @@ def make_split(n: int, seed: int = 0, split: str = "train", **kw) -> list[dict]:
     """
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    rng = random.Random(f"upft-toy/{TOY_VERSION}/{seed}/{split}")
+    rng = random.Random(f"upft-toy/{PROBLEMS_KEY}/{seed}/{split}")
     rows, seen = [], set()
     while len(rows) < n:
         p = make_problem(rng, **kw)
@@ -186,6 +218,142 @@ def make_split(n: int, seed: int = 0, split: str = "train", **kw) -> list[dict]:
         seen.add(p["question"])
         rows.append(p)
     return rows
+
+
+# --------------------------------------------------------------------------------------------------
+# The pretraining corpus: plain pairs and instructed questions
+# --------------------------------------------------------------------------------------------------
+
+# Natural-English instructions of each kind: a request, optionally followed by a remark. The instruct
+# world's corpus draws one request and, half of the time, one remark per instructed example. The
+# remarks about scope are shared by the two "partial" kinds, so only the request says how far to go.
+# None of these may contain 4 consecutive words of upft.PREFIX_INSTRUCTION (module docstring).
+_PARTIAL_REMARKS = [
+    "It may not be the whole solution.",
+    "You do not need to finish.",
+    "The rest can come later.",
+    "That step might serve only as a start.",
+    "It is fine if it does not reach the answer.",
+    "The remaining steps are not needed yet.",
+    "It does not have to encompass everything.",
+    "We are not after the entire solution here.",
+    "Later steps can build on it.",
+    "This is only a beginning, not the full answer.",
+]
+INSTRUCTIONS = {
+    "first": ([  # only the first step: the opening line and the first operation (`target_of`)
+        "Please give only the first step of the solution.",
+        "Write just the initial step, nothing more.",
+        "Provide the first step towards the answer and stop there.",
+        "Only begin the solution: write its opening step.",
+        "What is the initial step in solving this question? Write only that step.",
+        "Begin resolving the problem, but write one step only.",
+        "Please provide a single step, the first one.",
+        "Show how you would start, with one step only.",
+        "Give the first step of your working and then stop.",
+        "Start on this question, and stop after the initial step.",
+        "Lay the foundation: write the first step and nothing else.",
+        "Provide only the opening step of your solution.",
+    ], _PARTIAL_REMARKS),
+    "two": ([  # the first two steps: the opening line and two operations
+        "Please give only the first two steps of the solution.",
+        "Write the first two steps and stop.",
+        "Provide two steps towards the answer, no more.",
+        "Begin the solution with its opening two steps only.",
+        "Show just the first two steps of your working.",
+        "Start resolving this question, but stop after two steps.",
+    ], _PARTIAL_REMARKS),
+    "answer": ([  # only the final answer, without working
+        "Give only the final answer.",
+        "Just tell me the answer, without the steps.",
+        "Please reply with the final answer only.",
+        "Skip the working and state the result.",
+        "What is the answer? No explanation is needed.",
+        "Provide the answer alone, not the solution.",
+    ], [
+        "Keep it short.",
+        "One sentence is enough.",
+        "There is no need to show the work.",
+        "Do not write any steps.",
+    ]),
+    "full": ([  # the whole solution, as for the plain question
+        "Please solve this step by step.",
+        "Show all the steps of the solution.",
+        "Give the complete solution, one step per line.",
+        "Work through the entire problem and give the final answer.",
+        "Solve the question fully, from the first step to the answer.",
+        "Explain each step until you reach the answer.",
+        "Provide the entire solution, step by step.",
+        "Write out the whole solution.",
+    ], [
+        "Do not skip any step.",
+        "Finish with the final answer.",
+        "Make sure the solution is complete.",
+        "Your answer should encompass every step.",
+        "Each step may build on the one before.",
+    ]),
+}
+P_REMARK = 0.5   # share of instructed examples whose request is followed by a remark
+P_BEFORE = 0.35  # share placed before the question (the rest is appended, as UPFT's instruction is)
+
+
+def target_of(row: dict, kind: str) -> str:
+    """What the answer to `row`'s question is under an instruction of `kind` (plain: no instruction).
+
+    A step is one operation, one line of arithmetic; the opening line, which restates the starting
+    count, belongs to the first step (alone it is not a step towards the answer, and at ~7 tokens it is
+    shorter than UPFT's 8-token prefix: see the recipe log in WORLDS)."""
+    lines = row["solution"].split("\n")
+    if kind in ("plain", "full"):
+        return row["solution"]
+    if kind == "first":
+        return "\n".join(lines[:2])
+    if kind == "two":
+        return "\n".join(lines[:3])
+    if kind == "answer":
+        return f"The answer is \\boxed{{{row['answer']}}}."
+    raise ValueError(f"unknown kind {kind!r}")
+
+
+def instruct(row: dict, kind: str, rng: random.Random) -> dict:
+    """One pretraining example {"kind", "prompt" (the user turn's text), "target"} for `row`: the plain
+    question, or the question with an instruction of `kind` in one of its wordings, before or after it."""
+    if kind == "plain":
+        return {"kind": kind, "prompt": row["question"], "target": row["solution"]}
+    requests, remarks = INSTRUCTIONS[kind]
+    text = rng.choice(requests)
+    if rng.random() < P_REMARK:
+        text += " " + rng.choice(remarks)
+    if rng.random() < P_BEFORE:
+        prompt = text + rng.choice([" ", "\n"]) + row["question"]
+    else:
+        prompt = row["question"] + " " + text
+    return {"kind": kind, "prompt": prompt, "target": target_of(row, kind)}
+
+
+def pretraining_corpus(rows: list[dict], tasks: dict, key: str) -> list[dict]:
+    """One pretraining example per row (`instruct`), with exactly round(share * len(rows)) of each kind
+    of `tasks` ({kind: share}, plain first), the kinds shuffled over the rows by a seeded stream."""
+    counts = {k: round(s * len(rows)) for k, s in tasks.items()}
+    counts["plain"] = len(rows) - sum(c for k, c in counts.items() if k != "plain")
+    kinds = [k for k, c in counts.items() for _ in range(c)]
+    if len(kinds) == len(rows) and set(kinds) == {"plain"}:  # the plain world: no random draw at all
+        return [instruct(r, "plain", None) for r in rows]
+    rng = random.Random(f"upft-toy/{key}/corpus")
+    rng.shuffle(kinds)
+    return [instruct(r, k, rng) for r, k in zip(rows, kinds)]
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9]+", text.lower())  # case-insensitive, punctuation ignored
+
+
+def instruction_ngrams(text: str, n: int = 4, instruction: str = PREFIX_INSTRUCTION) -> set[str]:
+    """The runs of `n` consecutive words of `instruction` that occur in `text` (the vocabulary rule)."""
+    inst = _words(instruction)
+    grams = {" ".join(inst[i:i + n]) for i in range(len(inst) - n + 1)}
+    words = _words(text)
+    return {g for g in (" ".join(words[i:i + n]) for i in range(len(words) - n + 1)) if g in grams}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -199,7 +367,7 @@ _SPLIT_REGEX = (
 )
 
 
-def train_tokenizer(texts, out_dir, vocab_size: int = VOCAB_SIZE) -> Path:
+def train_tokenizer(texts, out_dir, vocab_size: int) -> Path:
     """Train a byte-level BPE on `texts`; write tokenizer.json, tokenizer_config.json and
     generation_config.json to `out_dir`. Returns out_dir as a Path."""
     out = Path(out_dir)
@@ -241,12 +409,13 @@ def train_tokenizer(texts, out_dir, vocab_size: int = VOCAB_SIZE) -> Path:
     return out
 
 
-def tokenizer_corpus(rows) -> list[str]:
-    """Texts to train the tokenizer on: questions, solutions and the chat scaffolding."""
+def tokenizer_corpus(corpus) -> list[str]:
+    """Texts to train the tokenizer on: every pretraining example's prompt (the question and any
+    instruction) and target, and the chat scaffolding."""
     texts = []
-    for r in rows:
-        texts.append(r["question"])
-        texts.append(r["solution"])
+    for e in corpus:
+        texts.append(e["prompt"])
+        texts.append(e["target"])
     texts.append("user\nassistant\nsystem\n")
     return texts
 
@@ -255,7 +424,7 @@ def tokenizer_corpus(rows) -> list[str]:
 # Model
 # --------------------------------------------------------------------------------------------------
 
-def model_config(vocab_size: int = VOCAB_SIZE) -> dict:
+def model_config(vocab_size: int | None = None) -> dict:
     """HF config.json of the toy model (Llama architecture, GQA, tied embeddings, fp32)."""
     return {
         "architectures": ["LlamaForCausalLM"],
@@ -270,7 +439,7 @@ def model_config(vocab_size: int = VOCAB_SIZE) -> dict:
         "rms_norm_eps": 1e-5,
         "rope_theta": 10000.0,
         "max_position_embeddings": 512,
-        "vocab_size": vocab_size,
+        "vocab_size": vocab_size or WORLDS[DEFAULT_WORLD].vocab_size,
         "tie_word_embeddings": True,
         "attention_bias": False,
         "mlp_bias": False,
@@ -282,25 +451,64 @@ def model_config(vocab_size: int = VOCAB_SIZE) -> dict:
     }
 
 
+# --------------------------------------------------------------------------------------------------
+# Worlds: what a world is built from, and the build
+# --------------------------------------------------------------------------------------------------
+
 # The built world ships with the code (assets/toy: the model in HF layout, ~3.5 MB, and its question
 # files), so the first `python train.py` needs no pretraining. scripts/build_toy.py rebuilds it with
 # build_world below and checks the result against the shipped one.
 WORLD_DIR = Path(__file__).resolve().parent / "assets" / "toy"
 
-# Settings measured with a transformers LlamaForCausalLM stand-in (fp32, 2 CPU threads, uncontended):
-# 1300 steps in ~258 s, final train loss ~0.08, greedy accuracy 49% on 300 held-out problems.
-N_PRETRAIN = 32_000       # gold solutions the toy model is pretrained on (2000 steps of 16, one epoch)
 # The questions UPFT trains on and the held-out test questions take 4-6 steps, one more than the model
 # was pretrained on at the top end: harder than its training data, as MATH500/AIME are for the paper's
-# models. In distribution (3-5 steps) the toy model is right ~84% of the time; on 4-6 steps ~55%, with
-# the errors in the late steps. That leaves headroom without making the model worse on purpose.
+# models. In distribution (3-5 steps) the toy-v4 model is right ~84% of the time; on 4-6 steps ~58%,
+# with the errors in the late steps. That leaves headroom without making the model worse on purpose.
 HARDER = dict(min_ops=4, max_ops=6)
-N_UPFT = 2_000            # fresh train-split questions for UPFT/SFT/RFT (never seen in pretraining)
-N_TEST = 500              # held-out questions for base/tuned accuracy
-# Pretraining settings found by experiment (2-core CPU, ~6 min): accuracy jumps once the model learns
-# to copy names and numbers from the question (~900 steps), so fewer steps collapse it.
+
+
+@dataclasses.dataclass(frozen=True)
+class World:
+    """The recipe of a toy world (build.json records it)."""
+    name: str
+    version: str            # bump whenever the generator, corpus, tokenizer or model config changes
+    n_pretrain: int         # pretraining examples, one per fresh 3-5-step train question (one epoch)
+    tasks: dict             # share of each kind of pretraining example (`instruct`); the rest is plain
+    n_upft: int             # fresh 4-6-step train questions for UPFT/SFT/RFT (never seen in pretraining)
+    n_test: int             # held-out 4-6-step questions (base/tuned accuracy, the gates)
+    vocab_size: int         # BPE vocabulary, special tokens included
+    pretrain: dict          # train.TrainConfig of pretraining (train.fit, one epoch)
+
+
+# Pretraining from scratch with the project's own loop. Accuracy jumps once the model learns to copy
+# names and numbers from the question (~900 steps in toy-v4), then the arithmetic; toy-v4 with 1,300 or
+# 1,700 steps instead of 2,000 stayed near 13% on 3-5-step problems, at 2,000 it reached ~84%.
 PRETRAIN = dict(lr=4e-3, epochs=1, batch_size=16, micro_batch_size=16, warmup_ratio=0.02,
                 schedule="cosine", seed=0)
+
+WORLDS = {
+    # toy-v4: 32,000 plain pairs, 2,000 steps of 16 (1,173 s here, 2 CPU threads).
+    "plain": World("plain", "toy-v4", n_pretrain=32_000, tasks={}, n_upft=2_000, n_test=500,
+                   vocab_size=640, pretrain=PRETRAIN),
+    # toy-v5: the instruct mix. Plain pairs stay the majority and, with the instructed full solutions,
+    # 72% of the examples carry a whole solution (the arithmetic is learned from those); the first-step
+    # kind, the one UPFT's instruction asks for, gets the largest instructed share; the other kinds
+    # are there so that the wording, not the mere presence of an instruction, decides where to stop.
+    # 44,800 examples = 2,800 steps of 16: ~32,000 whole solutions, as many as toy-v4 learned from.
+    "instruct": World("instruct", "toy-v5", n_pretrain=57_600,
+                      tasks={"first": 0.16, "two": 0.06, "answer": 0.06, "full": 0.12},
+                      n_upft=2_000, n_test=2_000, vocab_size=896, pretrain=PRETRAIN),
+}
+DEFAULT_WORLD = "instruct"
+TOY_VERSION = WORLDS[DEFAULT_WORLD].version  # the version a fresh build of the default world gets
+
+
+def world_of(build: dict) -> World:
+    """The recipe a build record was made from (records before toy-v5 name only their version)."""
+    for w in WORLDS.values():
+        if build.get("world", w.name) == w.name and build["version"] == w.version:
+            return w
+    raise UpftError(f"toy world version {build['version']!r} is not one this code can build")
 
 
 def load_world(path=WORLD_DIR) -> dict:
@@ -312,40 +520,83 @@ def load_world(path=WORLD_DIR) -> dict:
             "test": read_jsonl(path / "test.jsonl"), "build": json.loads((path / "build.json").read_text())}
 
 
-def build_world(out_dir, fit, train_config, max_steps=None, log=print) -> dict:
-    """Build the toy world into `out_dir` (atomically) and return its build record.
+def world_data(w: World) -> tuple[list[dict], list[dict], list[dict]]:
+    """(pretraining corpus, UPFT questions, test questions) of recipe `w`, all deterministic."""
+    pre = make_split(w.n_pretrain, seed=0, split="train")  # 3-5 steps: what the model learns from
+    seen = {r["question"] for r in pre}
+    upft_rows = [r for r in make_split(w.n_upft + 100, seed=1, split="train", **HARDER)
+                 if r["question"] not in seen][:w.n_upft]
+    test = make_split(w.n_test, seed=0, split="test", **HARDER)
+    corpus = pretraining_corpus(pre, w.tasks, w.version)
+    bad = [e["prompt"] for e in corpus if instruction_ngrams(e["prompt"] + "\n" + e["target"])]
+    if bad:  # the vocabulary rule (module docstring): never build a world that breaks it
+        raise UpftError(f"{len(bad)} pretraining prompts contain words of the UPFT instruction, e.g. {bad[0]!r}")
+    return corpus, upft_rows, test
+
+
+def instruction_coverage(corpus, tok) -> dict:
+    """How much of the UPFT instruction's vocabulary the corpus holds (the vocabulary rule allows every
+    word, never 4 in a row): its words that occur / do not occur in the corpus, and how often each of its
+    tokens under `tok` (data.Tokenizer) occurs in the corpus's text."""
+    text = "\n".join(e["prompt"] + "\n" + e["target"] for e in corpus)
+    present = set(_words(text))
+    words = list(dict.fromkeys(_words(PREFIX_INSTRUCTION)))
+    counts = Counter(tok.encode(text))
+    ids = tok.encode(PREFIX_INSTRUCTION)
+    return {"words_in_corpus": [w for w in words if w in present],
+            "words_absent": [w for w in words if w not in present],
+            "tokens": [tok.decode([i]) for i in ids], "token_counts": [counts[i] for i in ids],
+            "unseen_tokens": [tok.decode([i]) for i in ids if counts[i] == 0]}
+
+
+def build_world(out_dir, fit, train_config, world=DEFAULT_WORLD, max_steps=None, eval_every=0, log=print,
+                **sizes) -> dict:
+    """Build the toy world `world` (a WORLDS name) into `out_dir` (atomically) and return its build record.
 
     `fit(model, examples, tc, pad_id=..., desc=..., log=...)` is the trainer (train.fit, passed in so that
     the toy world does not depend on the trainer): pretraining is the project's own masked cross-entropy
-    loop run on gold solutions, chat prompt masked, the same code path UPFT trains with. `train_config`
-    builds its config from PRETRAIN (train.TrainConfig). max_steps stops early (a partial rebuild for
-    the tests; the schedule still spans all steps). The record holds every step's loss and the sha256
-    of the weights, so a rebuild can be compared with the shipped world.
+    loop run on the corpus's targets, chat prompt masked, the same code path UPFT trains with.
+    `train_config` builds its config from the recipe's pretrain settings (train.TrainConfig). max_steps
+    stops early (a partial rebuild for the tests; the schedule still spans all steps). eval_every = K
+    measures plain greedy accuracy on the first 100 held-out questions every K steps (logged and kept in
+    the record as "accuracy_during_pretraining"; greedy decoding draws nothing, so the weights are the
+    same with or without it). `sizes` overrides
+    the recipe's n_pretrain / n_upft / n_test (a miniature world for tests). The record holds the recipe,
+    every step's loss and the sha256 of the weights, so a rebuild can be compared with the shipped world.
     """
     t0 = time.time()
-    pre = make_split(N_PRETRAIN, seed=0, split="train")  # 3-5 steps: what the model learns from
-    seen = {r["question"] for r in pre}
-    upft_rows = [r for r in make_split(N_UPFT + 100, seed=1, split="train", **HARDER)
-                 if r["question"] not in seen][:N_UPFT]
-    test = make_split(N_TEST, seed=0, split="test", **HARDER)
+    w = dataclasses.replace(WORLDS[world], **sizes)
+    corpus, upft_rows, test = world_data(w)
     with atomic_dir(out_dir) as tmp:
-        train_tokenizer(tokenizer_corpus(pre), tmp / "tokenizer")
+        train_tokenizer(tokenizer_corpus(corpus), tmp / "tokenizer", w.vocab_size)
         tok = Tokenizer.from_pretrained(tmp / "tokenizer")
-        torch.manual_seed(PRETRAIN["seed"])
+        torch.manual_seed(w.pretrain["seed"])
         model = Transformer(Config.from_dict(model_config(len(tok)))).init_weights(0.02)
-        examples = [make_example(tok, r["question"], tok.encode(r["solution"]), "full", prefix_len=0)
-                    for r in pre]
-        tc = train_config(**PRETRAIN, max_steps=max_steps)
-        hist = fit(model, examples, tc, pad_id=tok.pad_id, desc="pretrain toy", log=log)
+        # every example is the chat prompt over its user turn + the whole target + end of turn
+        examples = [make_example(tok, e["prompt"], tok.encode(e["target"]), "full", prefix_len=0) for e in corpus]
+        tc = train_config(**w.pretrain, max_steps=max_steps, eval_every=eval_every)
+        curve = []
+
+        def accuracy(m):  # shows where the model learns to copy and to add (the transition noted at PRETRAIN)
+            rows = test[:100]
+            outs = generate(m, [chat_prompt(tok, r["question"]) for r in rows], 256, stop_ids=tok.eos_ids)
+            curve.append(sum(is_equiv(extract_answer(tok.decode(o)), r["answer"]) for o, r in zip(outs, rows)) / len(rows))
+            return {"accuracy": curve[-1]}
+        hist = fit(model, examples, tc, pad_id=tok.pad_id, desc=f"pretrain toy ({w.name})", log=log,
+                   evaluate=accuracy if eval_every else None)
         model.save_pretrained(tmp / "model", tokenizer_dir=tmp / "tokenizer")
         shutil.rmtree(tmp / "tokenizer")
         write_jsonl(tmp / "train.jsonl", upft_rows)
         write_jsonl(tmp / "test.jsonl", test)
         weights = hashlib.sha256((tmp / "model" / "model.safetensors").read_bytes()).hexdigest()
-        record = {"version": TOY_VERSION, "pretrain": PRETRAIN, "pretrain_questions": N_PRETRAIN,
-                  "steps": len(hist), "final_loss": hist[-1]["loss"], "model_sha256": weights,
-                  "seconds": round(time.time() - t0, 1), "torch": torch.__version__,
+        record = {"version": w.version, "world": w.name, "pretrain": w.pretrain, "pretrain_questions": w.n_pretrain,
+                  "tasks": w.tasks, "upft_questions": w.n_upft, "test_questions": w.n_test,
+                  "vocab_size": w.vocab_size, "instruction_coverage": instruction_coverage(corpus, tok),
+                  "steps": len(hist), "final_loss": hist[-1]["loss"],
+                  "model_sha256": weights, "seconds": round(time.time() - t0, 1), "torch": torch.__version__,
                   "losses": [h["loss"] for h in hist]}
+        if curve:
+            record["accuracy_during_pretraining"] = {"every": eval_every, "questions": 100, "accuracy": curve}
         write_json(tmp / "build.json", record)
-    log(f"toy world built in {time.time() - t0:.0f}s -> {out_dir}")
+    log(f"toy world {w.name!r} ({w.version}) built in {time.time() - t0:.0f}s -> {out_dir}")
     return record

@@ -273,19 +273,18 @@ def _rank_pid(parent, rank):
 # ----------------------------------------------------------------------------- the toy world, per-sample loss
 
 @pytest.mark.slow
-def test_toy_two_processes_equal_one_per_sample_loss(tmp_path, monkeypatch):
+def test_toy_two_processes_equal_one_per_sample_loss(tmp_path):
     """The toy world's UPFT: the shipped world through the default path (no --model), or, where it is
     not shipped, a miniature rebuild of it (fewer problems, 10 pretraining steps) through --model."""
     import toy
     common = ["--prefix-len", 8, "--limit", 12, "--no-eval", "--max-new-tokens", 48,
               "--batch-size", 5, "--micro-batch-size", 2, "--epochs", 1, "--lr", LR, "--loss-norm", "sample"]
     if not (toy.WORLD_DIR / "build.json").is_file():
-        for name, n in (("N_PRETRAIN", 160), ("N_UPFT", 12), ("N_TEST", 4)):
-            monkeypatch.setattr(toy, name, n)
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # on a busy 2-core machine, 2 OpenMP threads are several times slower
         try:
-            toy.build_world(tmp_path / "world", T.fit, T.TrainConfig, max_steps=10, log=lambda *_: None)
+            toy.build_world(tmp_path / "world", T.fit, T.TrainConfig, max_steps=10, log=lambda *_: None,
+                            n_pretrain=160, n_upft=12, n_test=4)
         finally:
             torch.set_num_threads(threads)
         common += ["--model", tmp_path / "world" / "model", "--data", tmp_path / "world" / "train.jsonl"]

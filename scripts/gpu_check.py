@@ -20,7 +20,7 @@ A GPU comes rarely and for minutes, so the check is written before one does. Fiv
               bf16 tolerance; the memory plan's exact figures vs the tensors, its peak vs
               torch.cuda.max_memory_allocated
   5 refusal   a micro-batch far too large for the device: train.py stops before loading anything (exit 2)
-              with one line `error: memory plan: ...` naming a micro-batch, which the plan then accepts
+              with one line `error: memory plan: ...` naming a smaller micro-batch that fits
 
 The time: the deadline (480 s on CUDA) is shared out in proportion to each part's weight (env: a fixed
 30 s), and what a part leaves unused goes to the parts after it; a part whose share would fall below its
@@ -794,15 +794,15 @@ def part_refusal(part):
         part.check("planned against the device's memory (90% of it)",
                    usable and abs(float(usable.group(1)) - 0.9 * device_gib) < 0.11,
                    f"{usable.group(1) if usable else '?'} GiB usable", f"0.9 x {device_gib:.1f} GiB", "0.1 GiB")
-        fix = re.search(r"smallest change that fits: --micro-batch-size (\d+)", err)
-        if part.check("the line names a micro-batch that fits", fix, fix.group(0) if fix else err.strip()[-120:],
-                      "--micro-batch-size N", ""):
-            # the plan accepts the micro-batch it named
-            rc, out, err, _ = part.sh("accepted", [PY, ROOT / "train.py", *flags, "--micro-batch-size", fix.group(1),
-                                                   "--plan"])
-            part.check(f"--plan with --micro-batch-size {fix.group(1)}: no refusal",
-                       rc == 0 and "memory plan:" not in out, rc, 0, "")
-            part.number(suggested_micro_batch=int(fix.group(1)))
+        # the change it names: a smaller micro-batch, whose planned GiB (in the same line) fit the usable GiB
+        fix = re.search(r"training needs ([\d.]+) GiB per GPU, ([\d.]+) GiB usable; smallest change that fits: "
+                        r"--micro-batch-size (\d+) \(([\d.]+) GiB\)", err)
+        part.check("it names a smaller micro-batch, planned within the usable memory",
+                   fix and int(fix.group(3)) < 512 and float(fix.group(4)) <= float(fix.group(2)) < float(fix.group(1)),
+                   f"--micro-batch-size {fix.group(3)} ({fix.group(4)} GiB)" if fix else err.strip()[-120:],
+                   f"< 512, <= {fix.group(2) if fix else '?'} GiB", "")
+        if fix:
+            part.number(suggested_micro_batch=int(fix.group(3)))
 
 
 FUNCTIONS = {"env": part_env, "toy": part_toy, "parity": part_parity, "bench": part_bench,

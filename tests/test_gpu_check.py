@@ -29,7 +29,7 @@ def test_cpu_mode_passes_every_part(tmp_path):
     out = tmp_path / "check"
     report = json.loads((out / "report.json").read_text())
     summary = (out / "summary.md").read_text()
-    assert r.returncode == 0, summary
+    assert r.returncode == 0, r.stdout + r.stderr  # one line per part: which failed, and why
     assert list(report["parts"]) == PARTS and report["passed"]
     for name, p in report["parts"].items():
         assert p["status"] == "passed" and p["checks"] and all(c["ok"] for c in p["checks"]), (name, p)

@@ -53,6 +53,7 @@ import traceback
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP (README, "A busy machine")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # every model is a local folder: never wait on a network (children too)
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable

@@ -59,6 +59,10 @@ SHAPES = {
     "50m": dict(model_type="llama", vocab_size=24000, hidden_size=512, intermediate_size=1536,
                 num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=4, rope_theta=500000.0,
                 max_position_embeddings=2048, tie_word_embeddings=False),
+    # 0.7M parameters: a smoke run of this script (scripts/gpu_check.py --device cpu), not a measurement
+    "tiny": dict(model_type="llama", vocab_size=1024, hidden_size=128, intermediate_size=384, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2, rope_theta=10000.0, max_position_embeddings=256,
+                 tie_word_embeddings=False),
     # Qwen2.5-1.5B's shape (random weights)
     "qwen2.5-1.5b": dict(model_type="qwen2", vocab_size=151936, hidden_size=1536, intermediate_size=8960,
                          num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2,

@@ -55,7 +55,7 @@ def test_grader_does_not_import_torch():
 
 
 ENTRY_POINTS = ["train.py", "eval.py", "scripts/show_example.py", "scripts/build_toy.py", "scripts/figures.py",
-                "tests/bench.py"]
+                "scripts/gpu_check.py", "tests/bench.py"]
 
 
 def test_entry_points_default_to_a_passive_openmp_wait_before_torch_loads():

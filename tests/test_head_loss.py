@@ -197,14 +197,13 @@ def test_bf16_run_where_the_cpu_has_it(tiny_dir, tmp_path, monkeypatch):
         seen.append((autocast is not None and autocast.fast_dtype, next(model.parameters()).dtype))
         return real(model, examples, micro, pad_id, loss_sum, normaliser, autocast)
     monkeypatch.setattr(train, "accumulate_grads", spy)
-    import upft
     decoded = []
-    real_generate = upft.generate
+    real_generate = M.generate
 
     def gen_spy(model, *a, **kw):
         decoded.append(next(model.parameters()).dtype)
         return real_generate(model, *a, **kw)
-    monkeypatch.setattr(upft, "generate", gen_spy)
+    monkeypatch.setattr(M, "generate", gen_spy)  # every decoding goes through it
     args = train.parse_args(["--model", str(tiny_dir), "--data", str(_questions(tmp_path / "q.jsonl")),
                              "--prefix-len", "4", "--max-new-tokens", "8", "--batch-size", "4", "--no-eval",
                              "--autocast-bf16", "--decode-bf16", "--device", "cpu", "--out", str(tmp_path / "run")])

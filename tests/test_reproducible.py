@@ -146,7 +146,7 @@ def test_rft_keeps_the_first_matching_sample_and_never_a_wrong_one(tiny_dir, mon
 
     def fake_generate(model, ps, max_new_tokens, num_samples, **kw):
         return [[tok.encode(t) for t in texts[prompts[tuple(p)]]] for p in ps]
-    monkeypatch.setattr(upft, "generate", fake_generate)
+    monkeypatch.setattr(model_module, "generate", fake_generate)
     rollouts, sampled, dropped = upft.sample_rft(None, tok, list(texts), ["7", "9", "4"], num_samples=4)
     assert dropped == 1 and [r["index"] for r in rollouts] == [0, 2]
     assert [tok.decode(r["response_ids"]) for r in rollouts] == ["so \\boxed{7}", "it is \\boxed{4}"]

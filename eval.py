@@ -27,6 +27,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch starts OpenM
 import torch
 
 from data import Tokenizer, UpftError, load_rows, write_json, write_jsonl
+from fsdp import all_gather_json
 from grader import extract_answer, is_equiv
 from model import Transformer, default_device, generate_answers
 from upft import majority_vote
@@ -44,18 +45,24 @@ def wilson(k, n, z=1.96):
 
 
 def evaluate(model, tok, rows, max_new_tokens, batch_size=64, n=1, temperature=0.0, top_p=1.0, top_k=0, seed=0,
-             progress=True):
+             progress=True, share=None):
     """Generate n responses per row ({question, gold[, dataset]}), grade them -> (records, summary).
 
     summary["accuracy"] is the share of correct responses for n == 1 and the mean pass@1 for n > 1
     (then "pass@n" counts the questions with a correct sample and "maj@n" grades the majority answer).
     Sampled answers draw from per-question random streams (model.generate), so two models evaluated with
     the same seed use the same uniform numbers on every question: their difference is paired.
-    batch_size counts sequences: batch_size // n prompts."""
-    groups = generate_answers(model, tok, [r["question"] for r in rows], max_new_tokens, n=n, batch_size=batch_size,
-                              temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, progress=progress)
+    batch_size counts sequences: batch_size // n prompts. share=(rank, world) (torchrun, train.py): this
+    rank decodes rows rank, rank + world, ... and every rank gets all the records back, in order, with
+    the summary of them all."""
+    rank, world = share or (0, 1)
+    mine = list(range(rank, len(rows), world))
+    groups = generate_answers(model, tok, [rows[i]["question"] for i in mine], max_new_tokens, n=n,
+                              batch_size=batch_size, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
+                              progress=progress)
     records = []
-    for i, (row, ids) in enumerate(zip(rows, groups)):
+    for i, ids in zip(mine, groups):
+        row = rows[i]
         texts = [tok.decode(x, skip_special_tokens=True) for x in ids]
         answers = [extract_answer(t, row.get("dataset")) for t in texts]
         correct = [is_equiv(a, row["gold"]) for a in answers]
@@ -67,7 +74,20 @@ def evaluate(model, tok, rows, max_new_tokens, batch_size=64, n=1, temperature=0
             rec.update(responses=texts, answers=answers, sample_correct=correct, tokens=[len(x) for x in ids],
                        majority_answer=vote, correct=is_equiv(vote, row["gold"]))
         records.append(rec)
+    if share:
+        records = sorted((r for part in all_gather_json(records) for r in part), key=lambda r: r["index"])
     return records, summarize(records, n, max_new_tokens)
+
+
+def accuracy_line(greedy, sampled=None):
+    """One line of evaluate()'s summaries: greedy accuracy and its interval (and the sampled one's)."""
+    if not greedy:
+        return "-"
+    line = f"greedy {greedy['accuracy']:.1%} [{greedy['accuracy_ci95'][0]:.1%}, {greedy['accuracy_ci95'][1]:.1%}]"
+    if not sampled:
+        return line
+    return (line + f"   sampled {sampled['accuracy']:.1%} [{sampled['pass@1_ci95'][0]:.1%}, "
+            f"{sampled['pass@1_ci95'][1]:.1%}], pass@{sampled['samples_per_question']} {sampled['pass@n']:.1%}")
 
 
 def summarize(records, n, max_new_tokens):

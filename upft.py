@@ -16,7 +16,8 @@ model.Transformer.supervised_loss);
 `sample_rft` = N full samples, keep one whose final answer matches the label (questions with none are
 dropped); `sample_vote` = the same N samples, the majority answer replaces the label (no label read).
 Controls that take UPFT apart (§7.1): `build_examples(..., instruction=, eos=)` and `ablate_rollouts`
-(full traces only; each prefix example trained on another question's prefix). Every decoding goes
+(full traces only; each prefix example trained on another question's prefix). `sample_method` picks
+the sampler of train.py's --method, `sampling_accounting` counts what it sampled. Every decoding goes
 through model.generate_answers.
 
 Definitions: L = --prefix-len, in model tokens of the raw sampled response (no whitespace
@@ -299,6 +300,49 @@ def sample_vote(model, tok, questions, num_samples=16, max_new_tokens=512, seed=
         r.update(pseudo_label=vote, vote_share=sum(agree) / len(samples))
         rollouts.append(r)
     return rollouts, _sampled_tokens(outs, max_new_tokens), len(questions) - len(rollouts)
+
+
+# ----------------------------------------------------------------------------- a method by its name
+
+def sample_method(method, model, tok, questions, golds, prefix_len, structure_ratio, num_samples, share=None,
+                  prefixes=True, **common):
+    """The self-generated rollouts of `method` (train.py --method: upft, sft, em, vote or rft), this
+    process's part of them: (rollouts, each with its question's index; tokens sampled; questions dropped).
+    share=(rank, world) (torchrun): questions rank, rank + world, ... only. golds: rft's labels (no other
+    method reads them). common: max_new_tokens, seed, batch_size and the sampling settings."""
+    if method == "upft":
+        rollouts, sampled = sample_upft(model, tok, questions, prefix_len, structure_ratio, num_samples,
+                                        share=share, prefixes=prefixes, **common)
+        return rollouts, sampled, 0
+    rank, world = share or (0, 1)
+    mine = list(range(rank, len(questions), world))
+    dropped = 0
+    if method in ("sft", "em"):  # EM-FT trains on SFT's samples; only the loss differs
+        rollouts, sampled = sample_sft(model, tok, [questions[i] for i in mine], **common)
+    elif method == "vote":  # no gold answer is passed: the majority answer is the pseudo-label
+        rollouts, sampled, dropped = sample_vote(model, tok, [questions[i] for i in mine], num_samples, **common)
+    else:
+        rollouts, sampled, dropped = sample_rft(model, tok, [questions[i] for i in mine], [golds[i] for i in mine],
+                                                num_samples, **common)
+    for r in rollouts:
+        r["index"] = mine[r["index"]]
+    return rollouts, sampled, dropped
+
+
+def sampling_accounting(method, questions, rollouts, sampled, dropped, num_samples):
+    """accounting.json's sampling part, over every question (all ranks' rollouts): tokens sampled, and
+    what the method adds (prefix agreement of the vote, questions dropped, mean vote share)."""
+    acct = {"method": method, "questions": questions, "tokens_sampled": sampled}
+    if method == "upft" and num_samples > 1:
+        agree = [r["agreement"] for r in rollouts if r["kind"] == "prefix"]
+        acct["mean_prefix_agreement"] = sum(agree) / max(len(agree), 1)
+    if method == "rft":
+        acct["questions_dropped_no_correct_sample"] = dropped
+    if method == "vote":
+        acct["questions_dropped_no_answer"] = dropped
+        shares = [r["vote_share"] for r in rollouts]
+        acct["mean_vote_share"] = sum(shares) / max(len(shares), 1)
+    return acct
 
 
 # ----------------------------------------------------------------------------- helpers

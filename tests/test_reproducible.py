@@ -17,6 +17,7 @@ import pytest
 import torch
 
 import model as model_module
+import plan
 import toy
 import train
 import upft
@@ -258,8 +259,8 @@ def test_cpu_memory_plan_refuses_what_cannot_fit(tiny_dir, tmp_path, capsys, mon
     argv = ["--model", str(tiny_dir), "--data", q, "--out", str(tmp_path / "run"), "--device", "cpu",
             "--max-new-tokens", "4096", "--sample-batch-size", "1024", "--no-eval"]
     cfg = model_module.Config.from_json(tiny_dir / "config.json")
-    kv, prefill = train.decode_row_bytes(cfg, train.PROMPT_TOKENS, 4096, 4)
-    monkeypatch.setattr(train, "available_memory", lambda: int(100 * (kv + prefill) / train.USABLE) + 2**20)
+    kv, prefill = plan.decode_row_bytes(cfg, plan.PROMPT_TOKENS, 4096, 4)
+    monkeypatch.setattr(plan, "available_memory", lambda: int(100 * (kv + prefill) / plan.USABLE) + 2**20)
     code, err = _main(argv, capsys)
     assert code == 2 and "memory plan: sample decoding needs" in err and "--sample-batch-size" in err, err
     b = int(err.rsplit("--sample-batch-size", 1)[1])

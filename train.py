@@ -215,9 +215,9 @@ def fit(model, examples, tc: TrainConfig, pad_id=0, out=None, resume=False, desc
     With `evaluate` (a function of the model -> dict) and tc.eval_every = K, it is called before the
     first step, every K steps and after the last, in eval mode; its records ({"step", **result}) go to
     the metrics too. It must not touch the training's random streams (greedy generate does not).
-    Under torchrun (a sharded model) every rank calls it and trains on its part of each step.
     """
-    sharded, (rank, world) = is_sharded(model), rank_and_world(model)
+    sharded = is_sharded(model)  # under torchrun: every rank calls fit and trains on its part of each step
+    rank, world = rank_and_world(model)
     device = next(model.parameters()).device
     autocast = autocast_for(device, sharded, tc.bf16)
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=(0.9, 0.95), weight_decay=0.0,

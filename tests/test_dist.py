@@ -33,6 +33,7 @@ import pytest
 import torch
 
 from conftest import LLAMA, ROOT, wait_for_checkpoint
+from data import supervised_count
 from model import Config, Transformer, shard_rows
 
 import cli
@@ -163,7 +164,7 @@ def test_two_processes_equal_one(runs):
     # the ranks hold unequal supervised-token counts, and in the 1-example steps rank 1 holds none
     steps = T.step_batches(N_Q, T.TrainConfig(lr=LR, batch_size=BATCH, micro_batch_size=1, epochs=EPOCHS))
     ex = _lines(two / "train_examples.jsonl")
-    per_rank = [[sum(T.supervised_count(ex[i]) for i in s[r::2]) for r in (0, 1)] for s in steps]
+    per_rank = [[sum(supervised_count(ex[i]["labels"]) for i in s[r::2]) for r in (0, 1)] for s in steps]
     assert sum(a != b and b > 0 for a, b in per_rank) >= 4 and sum(b == 0 for a, b in per_rank) == EPOCHS
     m1, m2 = _metrics(one), _metrics(two)
     assert [m["step"] for m in m1] == [m["step"] for m in m2] == list(range(1, len(steps) + 1))

@@ -5,6 +5,7 @@
              answer JSONL for training and evaluation alike: one place for field names and their errors)
   prompts    Tokenizer (tokenizer.json + the checkpoint's own chat template, rendered in jinja2's
              sandbox exactly as transformers does), chat_prompt (the token ids of one user question),
+             sampling_filters (top-p and top-k: the given ones, else the checkpoint's),
              IGNORE (the label of a position that is not trained), show_example (one training example
              with its supervised tokens marked)
 
@@ -32,9 +33,6 @@ import jinja2.nodes
 import tokenizers
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tqdm import tqdm
-
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)  # read the process umask (the only way is to set it and put it back)
 
 IGNORE = -100  # label of a position that is not trained (the torch / Hugging Face convention)
 
@@ -110,12 +108,27 @@ def read_jsonl(path) -> list[dict]:
     return rows
 
 
+def umask() -> int:
+    """The process's umask now, read when a file is written (never changed at import): Linux reports it in
+    /proc/self/status; elsewhere it is set and put back at once, the only other way to read it."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _atomic_write(path, text: str) -> None:
     # Write next to the target and rename, so a crash never leaves a half-written file behind.
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it private; the result should look like any new file
+    os.chmod(tmp, 0o666 & ~umask())  # mkstemp makes it private; the result should look like any new file
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
@@ -141,7 +154,7 @@ def atomic_dir(path):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp", dir=path.parent))
-    os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes it private; the result should look like any new folder
+    os.chmod(tmp, 0o777 & ~umask())  # mkdtemp makes it private; the result should look like any new folder
     try:
         yield tmp
         if path.exists():
@@ -405,6 +418,15 @@ def chat_prompt(tok: Tokenizer, question: str, instruction: str = "") -> list[in
     assistant header. UPFT's prefix examples pass the prefix instruction; everything else passes none."""
     return tok.encode(tok.apply_chat_template([{"role": "user", "content": question + instruction}],
                                               add_generation_prompt=True))
+
+
+def sampling_filters(tok: Tokenizer, top_p=None, top_k=None) -> tuple:
+    """(top_p, top_k) to sample with: the ones given, else the checkpoint's generation_config.json's,
+    else none (top-p 1.0, top-k 0 = off). train.py's --top-p/--top-k, its sampled evaluation (the
+    checkpoint's own) and scripts/show_example.py all take them from here."""
+    gen = tok.generation_config
+    return (top_p if top_p is not None else gen.get("top_p", 1.0),
+            top_k if top_k is not None else gen.get("top_k", 0) or 0)
 
 
 # ------------------------------------------------------------------------------------- show an example

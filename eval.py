@@ -26,9 +26,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch starts OpenM
 
 import torch
 
-from data import Tokenizer, UpftError, chat_prompt, load_rows, write_json, write_jsonl
+from data import Tokenizer, UpftError, load_rows, write_json, write_jsonl
+from fsdp import all_gather_json
 from grader import extract_answer, is_equiv
-from model import Transformer, generate
+from model import Transformer, default_device, generate_answers
 from upft import majority_vote
 
 
@@ -44,19 +45,24 @@ def wilson(k, n, z=1.96):
 
 
 def evaluate(model, tok, rows, max_new_tokens, batch_size=64, n=1, temperature=0.0, top_p=1.0, top_k=0, seed=0,
-             progress=True):
+             progress=True, share=None):
     """Generate n responses per row ({question, gold[, dataset]}), grade them -> (records, summary).
 
     summary["accuracy"] is the share of correct responses for n == 1 and the mean pass@1 for n > 1
     (then "pass@n" counts the questions with a correct sample and "maj@n" grades the majority answer).
     Sampled answers draw from per-question random streams (model.generate), so two models evaluated with
     the same seed use the same uniform numbers on every question: their difference is paired.
-    batch_size counts sequences: batch_size // n prompts."""
-    groups = generate(model, [chat_prompt(tok, r["question"]) for r in rows], max_new_tokens,
-                      temperature=temperature, top_p=top_p, top_k=top_k, stop_ids=tok.eos_ids, seed=seed,
-                      num_samples=n, batch_size=max(1, batch_size // n), progress=progress)
+    batch_size counts sequences: batch_size // n prompts. share=(rank, world) (torchrun, train.py): this
+    rank decodes rows rank, rank + world, ... and every rank gets all the records back, in order, with
+    the summary of them all."""
+    rank, world = share or (0, 1)
+    mine = list(range(rank, len(rows), world))
+    groups = generate_answers(model, tok, [rows[i]["question"] for i in mine], max_new_tokens, n=n,
+                              batch_size=batch_size, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
+                              progress=progress)
     records = []
-    for i, (row, ids) in enumerate(zip(rows, groups)):
+    for i, ids in zip(mine, groups):
+        row = rows[i]
         texts = [tok.decode(x, skip_special_tokens=True) for x in ids]
         answers = [extract_answer(t, row.get("dataset")) for t in texts]
         correct = [is_equiv(a, row["gold"]) for a in answers]
@@ -68,7 +74,20 @@ def evaluate(model, tok, rows, max_new_tokens, batch_size=64, n=1, temperature=0
             rec.update(responses=texts, answers=answers, sample_correct=correct, tokens=[len(x) for x in ids],
                        majority_answer=vote, correct=is_equiv(vote, row["gold"]))
         records.append(rec)
+    if share:
+        records = sorted((r for part in all_gather_json(records) for r in part), key=lambda r: r["index"])
     return records, summarize(records, n, max_new_tokens)
+
+
+def accuracy_line(greedy, sampled=None):
+    """One line of evaluate()'s summaries: greedy accuracy and its interval (and the sampled one's)."""
+    if not greedy:
+        return "-"
+    line = f"greedy {greedy['accuracy']:.1%} [{greedy['accuracy_ci95'][0]:.1%}, {greedy['accuracy_ci95'][1]:.1%}]"
+    if not sampled:
+        return line
+    return (line + f"   sampled {sampled['accuracy']:.1%} [{sampled['pass@1_ci95'][0]:.1%}, "
+            f"{sampled['pass@1_ci95'][1]:.1%}], pass@{sampled['samples_per_question']} {sampled['pass@n']:.1%}")
 
 
 def summarize(records, n, max_new_tokens):
@@ -107,9 +126,8 @@ def prefix_consistency(model, tok, rows, num_samples, max_new_tokens, temperatur
     """Fig. 2a: for each t, M / (number of distinct t-token prefixes among the M samples of a question),
     averaged over questions. A sample shorter than t takes part with its whole, shorter, sequence."""
     M = num_samples
-    groups = generate(model, [chat_prompt(tok, r["question"]) for r in rows], max_new_tokens,
-                      temperature=temperature, top_p=top_p, stop_ids=tok.eos_ids, seed=seed, num_samples=M,
-                      batch_size=max(1, batch_size // M), progress=True)
+    groups = generate_answers(model, tok, [r["question"] for r in rows], max_new_tokens, n=M, batch_size=batch_size,
+                              temperature=temperature, top_p=top_p, seed=seed)
     grid = [t for t in GRID if t <= max((len(s) for g in groups for s in g), default=0)]
     avg = [sum(M / len({tuple(s[:t]) for s in g}) for g in groups) / max(len(rows), 1) for t in grid]
     return {"analysis": "prefix-consistency", "questions": len(rows), "samples_per_question": M,
@@ -122,10 +140,9 @@ def error_position(model, tok, rows, num_samples, rollouts, max_new_tokens, temp
     lacking either are skipped); for t = 0 and each t of GRID shorter than the trajectory, run K
     rollouts from its first t tokens and report the share that reach the gold answer. Rollouts get
     the remaining budget, max_new_tokens - t, so every response has the same length limit."""
-    kw = dict(temperature=temperature, top_p=top_p, stop_ids=tok.eos_ids, progress=True)
-    prompts = [chat_prompt(tok, r["question"]) for r in rows]
-    groups = generate(model, prompts, max_new_tokens, seed=seed, num_samples=num_samples,
-                      batch_size=max(1, batch_size // num_samples), **kw)
+    questions = [r["question"] for r in rows]
+    groups = generate_answers(model, tok, questions, max_new_tokens, n=num_samples, batch_size=batch_size,
+                              temperature=temperature, top_p=top_p, seed=seed)
 
     def right(i, ids):
         text = tok.decode(ids, skip_special_tokens=True)
@@ -141,8 +158,9 @@ def error_position(model, tok, rows, num_samples, rollouts, max_new_tokens, temp
         jobs = [(kind, i, s) for kind, i, s in picked if t == 0 or t < len(s)]
         if not jobs or max_new_tokens - t < 1:
             continue
-        conts = generate(model, [prompts[i] + s[:t] for _, i, s in jobs], max_new_tokens - t, seed=seed + t + 1,
-                         num_samples=rollouts, batch_size=max(1, batch_size // rollouts), **kw)
+        conts = generate_answers(model, tok, [questions[i] for _, i, _ in jobs], max_new_tokens - t,
+                                 prefixes=[s[:t] for _, _, s in jobs], n=rollouts, batch_size=batch_size,
+                                 temperature=temperature, top_p=top_p, seed=seed + t + 1)
         for (kind, i, s), cs in zip(jobs, conts):
             rates[kind, t].append(sum(right(i, s[:t] + c) for c in cs) / rollouts)
     result = {"analysis": "error-position", "questions": len(rows), "questions_used": len(picked) // 2,
@@ -225,7 +243,8 @@ def parse_args(argv=None):
     p.add_argument("--analysis", choices=["prefix-consistency", "error-position"])
     p.add_argument("--num-samples", type=int, default=16, help="analyses: samples per question (M)")
     p.add_argument("--rollouts", type=int, default=8, help="error-position: rollouts per prefix (K)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default=default_device(), help="cpu or cuda (default: %(default)s; cuda when there "
+                                                              "is a GPU, as in train.py)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     return p.parse_args(argv)
 

@@ -259,64 +259,80 @@ def latex_to_sympy(s):
     sympy expression string. Raises ValueError on anything else (the caller then says "not equal")."""
     if len(s) > 200 or re.search(r"[a-zA-Z]{3}", re.sub(r"\\[a-zA-Z]+", " ", s)):
         raise ValueError("too long, or a word rather than a product of variables")
-    toks, pos = [], [0]
+    outs = []
+    for side in _split_top(s, "="):
+        parser = _LatexParser(_TOKEN.findall(side))
+        outs.append(parser.expr())
+        if parser.peek() is not None:
+            raise ValueError(f"unexpected {parser.peek()!r}")
+    if len(outs) > 2:
+        raise ValueError("more than one '='")
+    return outs[0] if len(outs) == 1 else f"Eq({outs[0]}, {outs[1]})"
 
-    def peek():
-        return toks[pos[0]] if pos[0] < len(toks) else None
 
-    def take(expected=None):
-        t = peek()
+class _LatexParser:
+    """Recursive descent over the tokens of one side of an equation: expr = term (+|- term)*,
+    term = unary ((*|/) unary | implicit product)*, unary = (-|+) unary | power, power = atom (^ exponent)? !?"""
+
+    def __init__(self, tokens):
+        self.toks, self.pos = tokens, 0
+
+    def peek(self):
+        return self.toks[self.pos] if self.pos < len(self.toks) else None
+
+    def take(self, expected=None):
+        t = self.peek()
         if t is None or (expected is not None and t != expected):
             raise ValueError(f"expected {expected!r}, got {t!r}")
-        pos[0] += 1
+        self.pos += 1
         return t
 
-    def expr():
-        out = term()
-        while peek() in ("+", "-"):
-            out = f"({out}){take()}({term()})"
+    def expr(self):
+        out = self.term()
+        while self.peek() in ("+", "-"):
+            out = f"({out}){self.take()}({self.term()})"
         return out
 
-    def term():
-        out = unary()
-        while (t := peek()) is not None:
+    def term(self):
+        out = self.unary()
+        while (t := self.peek()) is not None:
             if t in ("*", "\\cdot", "\\times", "/", "\\div"):
-                op = "/" if take() in ("/", "\\div") else "*"
-                out = f"({out}){op}({unary()})"
+                op = "/" if self.take() in ("/", "\\div") else "*"
+                out = f"({out}){op}({self.unary()})"
             elif _FACTOR.match(t):
-                out = f"({out})*({power()})"          # implicit product
+                out = f"({out})*({self.power()})"          # implicit product
             else:
                 break
         return out
 
-    def unary():
-        if peek() in ("-", "+"):
-            return ("-" if take() == "-" else "+") + f"({unary()})"
-        return power()
+    def unary(self):
+        if self.peek() in ("-", "+"):
+            return ("-" if self.take() == "-" else "+") + f"({self.unary()})"
+        return self.power()
 
-    def power():
-        out = atom()
-        if peek() == "^":
-            take()
-            exponent = unary() if peek() == "-" else atom()
+    def power(self):
+        out = self.atom()
+        if self.peek() == "^":
+            self.take()
+            exponent = self.unary() if self.peek() == "-" else self.atom()
             if "**" in exponent or re.search(r"\d{5}", exponent):   # towers hang sympy: refuse early
                 raise ValueError("power tower or huge exponent")
             out = f"({out})**({exponent})"
-        if peek() == "!":
-            take()
+        if self.peek() == "!":
+            self.take()
             out = f"factorial({out})"
         return out
 
-    def group():                                      # {expr}, or one token as in \frac12
-        if peek() != "{":
-            return atom()
-        take()
-        out = expr()
-        take("}")
+    def group(self):                                  # {expr}, or one token as in \frac12
+        if self.peek() != "{":
+            return self.atom()
+        self.take()
+        out = self.expr()
+        self.take("}")
         return out
 
-    def atom():
-        t = take()
+    def atom(self):
+        t = self.take()
         if re.fullmatch(r"\d+\.?\d*|\.\d+", t):
             if len(t) > 30:
                 raise ValueError("long literal")
@@ -324,41 +340,34 @@ def latex_to_sympy(s):
         if t.isalpha() and len(t) == 1:
             return {"i": "I", "e": "E"}.get(t, f"Symbol('{t}')")   # as in MATH: i and e are constants
         if t in ("(", "{", "|"):
-            out = expr()
-            take({"(": ")", "{": "}", "|": "|"}[t])
+            out = self.expr()
+            self.take({"(": ")", "{": "}", "|": "|"}[t])
             return f"Abs({out})" if t == "|" else out
+        return self.command(t)
+
+    def command(self, t):                             # a backslash command, e.g. \frac, \sqrt, \sin
         name = t[1:]
         if name == "frac":
-            return f"({group()})/({group()})"
+            return f"({self.group()})/({self.group()})"
         if name == "sqrt":
-            if peek() != "[":
-                return f"sqrt({group()})"
-            take()
-            n = expr()
-            take("]")
-            return f"root({group()}, {n})"
+            if self.peek() != "[":
+                return f"sqrt({self.group()})"
+            self.take()
+            n = self.expr()
+            self.take("]")
+            return f"root({self.group()}, {n})"
         if name in ("pi", "infty"):
             return {"pi": "pi", "infty": "oo"}[name]
         if name in _GREEK:
             return f"Symbol('{name}')"
         if name in _FUNCS:
             fn = {"ln": "log", "arcsin": "asin", "arccos": "acos", "arctan": "atan"}.get(name, name)
-            if peek() == "^":                            # \sin^2 x = (sin x)^2
-                take()
-                e = atom()
-                return f"({fn}({power()}))**({e})"
-            return f"{fn}({power()})"
+            if self.peek() == "^":                        # \sin^2 x = (sin x)^2
+                self.take()
+                e = self.atom()
+                return f"({fn}({self.power()}))**({e})"
+            return f"{fn}({self.power()})"
         raise ValueError(f"unsupported token {t!r}")
-
-    outs = []
-    for side in _split_top(s, "="):
-        toks[:], pos[0] = _TOKEN.findall(side), 0
-        outs.append(expr())
-        if peek() is not None:
-            raise ValueError(f"unexpected {peek()!r}")
-    if len(outs) > 2:
-        raise ValueError("more than one '='")
-    return outs[0] if len(outs) == 1 else f"Eq({outs[0]}, {outs[1]})"
 
 
 _SYMPY_NAMES = ("Rational", "Symbol", "I", "E", "pi", "oo", "Abs", "sqrt", "root", "factorial", "sin",

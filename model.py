@@ -10,6 +10,8 @@ What is here, top to bottom:
                                       a sharded model's full weights gathered back into a plain one
   KVCache, sample_next, generate      batched decoding of DIFFERENT prompts (left padding) and
                                       prefill-once-then-expand for n samples of one prompt
+  generate_answers                    n answers per plain question (its chat prompt, the checkpoint's
+                                      stop tokens): the one decoding call of upft.py and eval.py
 
 Left out on purpose: sliding-window attention, MoE, quantisation, torch.compile, flash kernels.
 Mirrors transformers' modeling_llama.py / modeling_qwen2.py (the tests check parity to 1e-4 in fp32).
@@ -34,7 +36,7 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from data import IGNORE, TOKENIZER_FILES, Progress, UpftError, atomic_dir, resolve
+from data import IGNORE, TOKENIZER_FILES, Progress, UpftError, atomic_dir, chat_prompt, resolve
 
 SUPPORTED = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
 ROPE_TYPES = ("default", "linear", "llama3")
@@ -775,6 +777,24 @@ def generate(model, prompts, max_new_tokens, *, temperature=0.0, top_k=0, top_p=
         bar.update(len(chunk))
     bar.close()
     return groups if num_samples is not None else [g[0] for g in groups]
+
+
+def generate_answers(model, tok, questions, max_new_tokens, *, n=1, batch_size=64, prefixes=None, progress=True,
+                     **sampling):
+    """The model's answers to plain questions: n samples per question (a list of n token-id lists each),
+    decoded from its chat prompt (data.chat_prompt) and cut at the checkpoint's stop tokens (tok.eos_ids).
+    prefixes[i], when given, are response tokens already decoded: question i continues after them.
+    batch_size counts sequences in flight, so a chunk holds batch_size // n questions. sampling:
+    temperature, top_p, top_k, seed (as generate). Every decoding of upft.py and eval.py goes through here."""
+    prompts = [chat_prompt(tok, q) + (list(prefixes[i]) if prefixes is not None else [])
+               for i, q in enumerate(questions)]
+    return generate(model, prompts, max_new_tokens, num_samples=n, stop_ids=tok.eos_ids,
+                    batch_size=max(1, batch_size // n), progress=progress, **sampling)
+
+
+def default_device():
+    """cuda when a GPU is there, else cpu: the --device default of train.py and eval.py."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _generate_chunk(model, prompts, *, max_new_tokens, num_samples, temperature, top_k, top_p, stop_ids, keys):

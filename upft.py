@@ -16,7 +16,9 @@ model.Transformer.supervised_loss);
 `sample_rft` = N full samples, keep one whose final answer matches the label (questions with none are
 dropped); `sample_vote` = the same N samples, the majority answer replaces the label (no label read).
 Controls that take UPFT apart (§7.1): `build_examples(..., instruction=, eos=)` and `ablate_rollouts`
-(full traces only; each prefix example trained on another question's prefix).
+(full traces only; each prefix example trained on another question's prefix). `sample_method` picks
+the sampler of train.py's --method, `sampling_accounting` counts what it sampled. Every decoding goes
+through model.generate_answers.
 
 Definitions: L = --prefix-len, in model tokens of the raw sampled response (no whitespace
 normalisation: §5); p = --structure-ratio = fraction of FULL-trace questions.
@@ -31,7 +33,7 @@ import torch
 
 from data import IGNORE, UpftError, chat_prompt, supervised_count
 from grader import extract_answer, is_equiv, normalize
-from model import generate
+from model import generate_answers
 
 # The paper's prefix-task template (Fig. 3 of v1), exact text, leading space included; appended to the
 # question inside the user turn, at training time, for prefix examples only. Samples are always drawn
@@ -120,13 +122,14 @@ def sample_upft(model, tok, questions, prefix_len, structure_ratio, num_samples=
     if prefix_len < 1:
         raise UpftError(f"--prefix-len must be a positive number of tokens, got {prefix_len}")
     rank, world = share or (0, 1)
-    prompts = [chat_prompt(tok, q) for q in questions]  # the plain question: no instruction
     full = split_canonical(questions, structure_ratio, seed)
     fi = [i for i, f in enumerate(full) if f and i % world == rank]
     pi = [i for i, f in enumerate(full) if not f and i % world == rank]
-    full_outs = _sample(model, tok, [prompts[i] for i in fi], max_new_tokens, 1, seed, batch_size, sampling)
-    pre_outs = _sample(model, tok, [prompts[i] for i in pi], prefix_len, num_samples, seed, batch_size,
-                       sampling) if prefixes else []
+    # the plain question's prompt (no instruction); batch_size counts sequences in flight
+    full_outs = generate_answers(model, tok, [questions[i] for i in fi], max_new_tokens, n=1, seed=seed,
+                                 batch_size=batch_size, **sampling)
+    pre_outs = generate_answers(model, tok, [questions[i] for i in pi], prefix_len, n=num_samples, seed=seed,
+                                batch_size=batch_size, **sampling) if prefixes else []
     rollouts = [_full(i, samples[0], max_new_tokens) for i, samples in zip(fi, full_outs)]
     for i, samples in zip(pi, pre_outs):  # (empty when prefixes=False)
         winner, agreement = prefix_vote(samples, prefix_len)
@@ -255,8 +258,8 @@ def supervised_tokens(examples):
 
 def sample_sft(model, tok, questions, max_new_tokens=512, seed=0, batch_size=64, **sampling):
     """SFT baseline on self-generated data: one full trace per question, no filter."""
-    prompts = [chat_prompt(tok, q) for q in questions]
-    outs = _sample(model, tok, prompts, max_new_tokens, 1, seed, batch_size, sampling)
+    outs = generate_answers(model, tok, questions, max_new_tokens, n=1, seed=seed, batch_size=batch_size,
+                            **sampling)
     return [_full(i, g[0], max_new_tokens) for i, g in enumerate(outs)], _sampled_tokens(outs, max_new_tokens)
 
 
@@ -267,8 +270,8 @@ def sample_rft(model, tok, questions, golds, num_samples=16, max_new_tokens=512,
     Returns (rollouts, tokens sampled, questions dropped)."""
     if (i := next((i for i, g in enumerate(golds) if g is None), None)) is not None:
         raise UpftError(f"--method rft needs a gold answer for every question (question {i + 1} has none)")
-    prompts = [chat_prompt(tok, q) for q in questions]
-    outs = _sample(model, tok, prompts, max_new_tokens, num_samples, seed, batch_size, sampling)
+    outs = generate_answers(model, tok, questions, max_new_tokens, n=num_samples, seed=seed, batch_size=batch_size,
+                            **sampling)
     rollouts = []
     for i, (samples, gold) in enumerate(zip(outs, golds)):
         ok = next((s for s in samples if is_equiv(extract_answer(tok.decode(s)), gold)), None)
@@ -284,8 +287,8 @@ def sample_vote(model, tok, questions, num_samples=16, max_new_tokens=512, seed=
     No gold answer is taken or read. Questions whose samples have no extractable answer are
     dropped. Each kept rollout records its vote share (samples agreeing with the vote / num_samples).
     Returns (rollouts, tokens sampled, questions dropped)."""
-    prompts = [chat_prompt(tok, q) for q in questions]
-    outs = _sample(model, tok, prompts, max_new_tokens, num_samples, seed, batch_size, sampling)
+    outs = generate_answers(model, tok, questions, max_new_tokens, n=num_samples, seed=seed, batch_size=batch_size,
+                            **sampling)
     rollouts = []
     for i, samples in enumerate(outs):
         answers = [extract_answer(tok.decode(s)) for s in samples]
@@ -299,15 +302,50 @@ def sample_vote(model, tok, questions, num_samples=16, max_new_tokens=512, seed=
     return rollouts, _sampled_tokens(outs, max_new_tokens), len(questions) - len(rollouts)
 
 
+# ----------------------------------------------------------------------------- a method by its name
+
+def sample_method(method, model, tok, questions, golds, prefix_len, structure_ratio, num_samples, share=None,
+                  prefixes=True, **common):
+    """The self-generated rollouts of `method` (train.py --method: upft, sft, em, vote or rft), this
+    process's part of them: (rollouts, each with its question's index; tokens sampled; questions dropped).
+    share=(rank, world) (torchrun): questions rank, rank + world, ... only. golds: rft's labels (no other
+    method reads them). common: max_new_tokens, seed, batch_size and the sampling settings."""
+    if method == "upft":
+        rollouts, sampled = sample_upft(model, tok, questions, prefix_len, structure_ratio, num_samples,
+                                        share=share, prefixes=prefixes, **common)
+        return rollouts, sampled, 0
+    rank, world = share or (0, 1)
+    mine = list(range(rank, len(questions), world))
+    dropped = 0
+    if method in ("sft", "em"):  # EM-FT trains on SFT's samples; only the loss differs
+        rollouts, sampled = sample_sft(model, tok, [questions[i] for i in mine], **common)
+    elif method == "vote":  # no gold answer is passed: the majority answer is the pseudo-label
+        rollouts, sampled, dropped = sample_vote(model, tok, [questions[i] for i in mine], num_samples, **common)
+    else:
+        rollouts, sampled, dropped = sample_rft(model, tok, [questions[i] for i in mine], [golds[i] for i in mine],
+                                                num_samples, **common)
+    for r in rollouts:
+        r["index"] = mine[r["index"]]
+    return rollouts, sampled, dropped
+
+
+def sampling_accounting(method, questions, rollouts, sampled, dropped, num_samples):
+    """accounting.json's sampling part, over every question (all ranks' rollouts): tokens sampled, and
+    what the method adds (prefix agreement of the vote, questions dropped, mean vote share)."""
+    acct = {"method": method, "questions": questions, "tokens_sampled": sampled}
+    if method == "upft" and num_samples > 1:
+        agree = [r["agreement"] for r in rollouts if r["kind"] == "prefix"]
+        acct["mean_prefix_agreement"] = sum(agree) / max(len(agree), 1)
+    if method == "rft":
+        acct["questions_dropped_no_correct_sample"] = dropped
+    if method == "vote":
+        acct["questions_dropped_no_answer"] = dropped
+        shares = [r["vote_share"] for r in rollouts]
+        acct["mean_vote_share"] = sum(shares) / max(len(shares), 1)
+    return acct
+
+
 # ----------------------------------------------------------------------------- helpers
-
-def _sample(model, tok, prompts, max_new_tokens, n, seed, batch_size, sampling):
-    """n samples per prompt; batch_size counts sequences in flight, so a chunk holds batch_size // n prompts.
-    A progress bar unless sampling says progress=False (torchrun: ranks other than 0)."""
-    sampling = {"progress": True, **sampling}
-    return generate(model, prompts, max_new_tokens, num_samples=n, seed=seed, stop_ids=tok.eos_ids,
-                    batch_size=max(1, batch_size // n), **sampling)
-
 
 def _full(i, ids, max_new_tokens):
     return {"index": i, "kind": "full", "response_ids": ids, "finished": len(ids) < max_new_tokens}

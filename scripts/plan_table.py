@@ -1,17 +1,16 @@
-"""The README's "Reproducing the paper on GPUs" figures: each model's memory plan on 8 x 80 GB (train.py's
-own memory_plan, from the checkpoints' config.json shapes written out below, so no download is needed),
-and a wall-time ESTIMATE from FLOPs at a stated utilisation.
+"""The README's "Reproducing the paper on GPUs" figures: each model's memory plan on 8 x 80 GB (the plan
+train.py prints, plan.plan_run, from the checkpoints' config.json shapes written out below, so no download
+is needed), and a wall-time ESTIMATE from FLOPs at a stated utilisation.
 
     python scripts/plan_table.py          # prints the markdown the README holds
 
 `python train.py --plan 8 --device cuda --model <hub id> ...` prints the same plan from the real config.json.
 """
 import sys
-from argparse import Namespace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import train as T  # noqa: E402
+import plan as P  # noqa: E402
 from model import Config  # noqa: E402
 
 # config.json shape fields of the three checkpoints (Hugging Face hub, as published)
@@ -29,7 +28,7 @@ MODELS = [  # name, hub id, shapes, L, max_len, sampling/eval budget, extra flag
     ("DeepSeek-R1-Distill-Qwen-7B", "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B",
      {**QWEN_7B, "max_position_embeddings": 131072}, 128, 16384, 16384, ["--grad-ckpt"], 1656, 5.0e6),
 ]
-GPUS, GPU_GIB = 8, T.PLAN_GPU_GIB  # an "80 GB" GPU reports about 79 GiB
+GPUS, GPU_GIB = 8, P.PLAN_GPU_GIB  # an "80 GB" GPU reports about 79 GiB
 # Wall-time estimate, stated assumptions: PRM-12K (12,000 questions, 2 epochs, as the paper trains on it),
 # a 150-token prompt per question (+30 for the prefix instruction on prefix examples), the paper's UPFT
 # sampling = tuning token counts (its Table 2) and RFT's mean response length for the evaluation
@@ -50,18 +49,17 @@ def command(name, hub, L, max_len, budget, extra):
 
 
 def main():
-    g = lambda b: f"{b / T.GiB:.1f}"  # noqa: E731
+    g = lambda b: f"{b / P.GiB:.1f}"  # noqa: E731
     rows, cmds, times = [], [], []
     for name, hub, shape, L, max_len, budget, extra, resp_len, upft_tokens in MODELS:
         cfg = Config.from_dict(shape)
-        args = Namespace(device="cuda", gpu_mem=GPU_GIB, dtype=None, method="upft", structure_ratio=0.1,
-                         max_new_tokens=budget, prefix_len=L, micro_batch_size=1, max_len=max_len,
-                         grad_ckpt="--grad-ckpt" in extra, sample_batch_size=None, eval_batch_size=None,
-                         eval_max_new_tokens=budget, no_eval=False)
-        kw, p, cap, fix = T.plan_for(args, cfg, GPUS, 0, True)
-        assert fix is None, fix
-        n = sum(__import__("math").prod(s) for s in T._param_shapes(__import__("json").dumps(
-            cfg.to_dict(), sort_keys=True))[0])
+        # the command below on 8 GPUs: fp32 master weights, sharded, full traces (p = 0.1) of `budget` tokens;
+        # the decoding batches are the largest that fit
+        plan = P.plan_run(cfg, P.usable_bytes(cuda=True, gpu_mem=GPU_GIB), world=GPUS, sharded=True, cuda=True,
+                          micro_batch=1, max_len=max_len, grad_ckpt="--grad-ckpt" in extra, sample_tokens=budget,
+                          eval_tokens=budget)
+        assert plan.fix is None, plan.fix
+        kw, p, n = plan.settings, plan.bytes, P.parameter_count(cfg)
         rows.append(f"| {name} | {n / 1e9:.2f}B | {g(p['weights'])} / {g(p['grads'])} / {g(p['optimizer'])} | "
                     f"{g(p['gathered'])} | {'ckpt ' if kw['grad_ckpt'] else ''}{g(p['activations'])} + "
                     f"{g(p['logits'])} | **{g(p['train_total'])}** | {kw['sample_batch']} x {budget}: "

@@ -26,7 +26,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch starts OpenM
 import torch  # noqa: E402
 
 import toy  # noqa: E402
-from data import Tokenizer, UpftError, chat_prompt, load_rows, read_jsonl, show_example  # noqa: E402
+from data import (Tokenizer, UpftError, chat_prompt, load_rows, read_jsonl, sampling_filters,  # noqa: E402
+                  show_example)
 from grader import extract_answer, is_equiv  # noqa: E402
 from model import Transformer, generate  # noqa: E402
 from upft import make_example  # noqa: E402
@@ -61,10 +62,9 @@ def sampled(model_dir, question, gold, dataset, prefix_len, seed, temperature, m
     torch.manual_seed(seed)
     tok = Tokenizer.from_pretrained(model_dir)
     model = Transformer.from_pretrained(model_dir)
-    gen = tok.generation_config
+    top_p, top_k = sampling_filters(tok)  # the checkpoint's, as train.py samples without --top-p/--top-k
     (response,) = generate(model, [chat_prompt(tok, question)], max_new_tokens, temperature=temperature,
-                           top_p=gen.get("top_p", 1.0), top_k=gen.get("top_k", 0) or 0, stop_ids=tok.eos_ids,
-                           seed=seed)
+                           top_p=top_p, top_k=top_k, stop_ids=tok.eos_ids, seed=seed)
     finished = len(response) < max_new_tokens
     return [show_example(tok, make_example(tok, question, response, "prefix", prefix_len), color),
             show_example(tok, make_example(tok, question, response, "full", prefix_len, finished=finished), color),

@@ -49,6 +49,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+import cli  # noqa: E402
 import train  # noqa: E402
 from data import Tokenizer, UpftError, read_jsonl, supervised_count  # noqa: E402
 from model import Transformer, generate  # noqa: E402
@@ -383,8 +384,8 @@ def main():
     if min(args.upft_step) < 0 or args.micro_batch < 1 or args.train_batch < 0 or args.train_len < 2:
         ap.error("--upft-step counts must be >= 0, --micro-batch >= 1, --train-batch >= 0, --train-len >= 2")
     args.upft_step = args.upft_step if sum(args.upft_step) else None
-    if args.autocast_bf16 and not train.cpu_bf16()[0]:
-        print(f"note: {train.cpu_bf16()[1]}: the bf16 rows run emulated, many times slower than fp32",
+    if args.autocast_bf16 and not cli.cpu_bf16()[0]:
+        print(f"note: {cli.cpu_bf16()[1]}: the bf16 rows run emulated, many times slower than fp32",
               file=sys.stderr)
     dtype = getattr(torch, args.dtype)
     try:

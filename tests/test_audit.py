@@ -72,10 +72,10 @@ def test_vote_picks_majority_and_records_shares(monkeypatch):
         "q2": ["\\boxed{1}", "\\boxed{2}", "\\boxed{2}", "\\boxed{1}", "\\boxed{5}"],   # tie: earliest wins
     }
 
-    def fake_sample(model, tok_, prompts, max_new_tokens, n, seed, batch_size, sampling):
+    def fake_answers(model, tok_, questions, max_new_tokens, n=1, **kw):
         assert n == 5
-        return [[tok.encode(t) for t in samples[tok.decode(p)]] for p in prompts]
-    monkeypatch.setattr(upft, "_sample", fake_sample)
+        return [[tok.encode(t) for t in samples[q]] for q in questions]
+    monkeypatch.setattr(upft, "generate_answers", fake_answers)
     rollouts, sampled, dropped = upft.sample_vote(None, tok, ["q0", "q1", "q2"], num_samples=5, max_new_tokens=99)
     assert dropped == 1 and [r["index"] for r in rollouts] == [0, 2]
     r0, r2 = rollouts
@@ -87,17 +87,18 @@ def test_vote_picks_majority_and_records_shares(monkeypatch):
 
 
 def _boxed_sampler(tok):
-    """Replaces the model's sampler: sample j of a prompt answers (len(prompt) + j // 2) % 3, so the
-    majority is known and differs between questions; the texts are tokenized by the real tokenizer."""
-    def fake_sample(model, tok_, prompts, max_new_tokens, n, seed, batch_size, sampling):
-        return [[tok.encode(f"so \\boxed{{{(len(p) + j // 2) % 3}}}")[:max_new_tokens] for j in range(n)]
-                for p in prompts]
-    return fake_sample
+    """Replaces the model's answers (model.generate_answers, as upft calls it): sample j of a question
+    answers (len(its chat prompt) + j // 2) % 3, so the majority is known and differs between questions;
+    the texts are tokenized by the real tokenizer."""
+    def fake_answers(model, tok_, questions, max_new_tokens, n=1, **kw):
+        return [[tok.encode(f"so \\boxed{{{(len(chat_prompt(tok, q)) + j // 2) % 3}}}")[:max_new_tokens]
+                 for j in range(n)] for q in questions]
+    return fake_answers
 
 
 def test_vote_never_reads_gold(tiny_dir, tmp_path, monkeypatch):
     tok = Tokenizer.from_pretrained(tiny_dir)
-    monkeypatch.setattr(upft, "_sample", _boxed_sampler(tok))
+    monkeypatch.setattr(upft, "generate_answers", _boxed_sampler(tok))
     no_gold, wrong_gold = tmp_path / "none.jsonl", tmp_path / "wrong.jsonl"
     qs = [f"What is {i} plus {i + 3}?" for i in range(12)]
     no_gold.write_text("".join(json.dumps({"question": q}) + "\n" for q in qs))   # no answer field at all

@@ -33,8 +33,11 @@ import pytest
 import torch
 
 from conftest import LLAMA, ROOT, wait_for_checkpoint
+from data import supervised_count
 from model import Config, Transformer, shard_rows
 
+import cli
+import plan as P
 import train as T
 
 QWEN_MATH_7B = dict(model_type="qwen2", vocab_size=152064, hidden_size=3584, intermediate_size=18944,
@@ -161,7 +164,7 @@ def test_two_processes_equal_one(runs):
     # the ranks hold unequal supervised-token counts, and in the 1-example steps rank 1 holds none
     steps = T.step_batches(N_Q, T.TrainConfig(lr=LR, batch_size=BATCH, micro_batch_size=1, epochs=EPOCHS))
     ex = _lines(two / "train_examples.jsonl")
-    per_rank = [[sum(T.supervised_count(ex[i]) for i in s[r::2]) for r in (0, 1)] for s in steps]
+    per_rank = [[sum(supervised_count(ex[i]["labels"]) for i in s[r::2]) for r in (0, 1)] for s in steps]
     assert sum(a != b and b > 0 for a, b in per_rank) >= 4 and sum(b == 0 for a, b in per_rank) == EPOCHS
     m1, m2 = _metrics(one), _metrics(two)
     assert [m["step"] for m in m1] == [m["step"] for m in m2] == list(range(1, len(steps) + 1))
@@ -194,7 +197,7 @@ def test_plan_static_figures_equal_the_tensors(runs, tiny_dir):
         assert len(measured) == len(planned) == nproc
         for r, (m, p) in enumerate(zip(measured, planned)):
             assert {k: p[k] for k in STATIC} == m, (nproc, r)
-            q = T.memory_plan(cfg, world=nproc, rank=r, sharded=nproc > 1)
+            q = P.memory_plan(cfg, world=nproc, rank=r, sharded=nproc > 1)
             assert {k: q[k] for k in STATIC} == m
     one = json.loads((runs.one / "memory_measured.json").read_text())["ranks"][0]
     two = json.loads((runs.two / "memory_measured.json").read_text())["ranks"]
@@ -325,7 +328,7 @@ def test_plan_static_figures_one_process_in_process(tmp_path):
     T.fit(model, ex, T.TrainConfig(lr=1e-3, epochs=1, batch_size=2, micro_batch_size=2), out=tmp_path,
           log=lambda *_: None)
     measured = json.loads((tmp_path / "memory_measured.json").read_text())["ranks"][0]
-    plan = T.memory_plan(cfg)
+    plan = P.memory_plan(cfg)
     assert {k: plan[k] for k in STATIC} == measured
     n = sum(p.numel() for p in model.parameters())  # the tied head counted once
     assert measured == {"weights": 4 * n, "grads": 4 * n, "optimizer": 8 * n + 4 * len(list(model.parameters()))}
@@ -350,7 +353,7 @@ def test_activation_estimate_near_saved_tensors():
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             model.model.layers[0](x, cos, sin)
         got = sum(v for k, v in saved.items() if k not in skip)
-        plan = T.memory_plan(cfg, micro_batch=B, max_len=S)
+        plan = P.memory_plan(cfg, micro_batch=B, max_len=S)
         est = plan["activations_full"] / cfg.num_hidden_layers
         assert 0.75 < est / got < 1.25, (est, got)
 
@@ -363,31 +366,31 @@ def _kw(**change):
 
 def test_smallest_fix_names_the_first_change_that_fits():
     cfg = Config.from_dict(QWEN_MATH_7B)
-    plan = lambda **c: T.memory_plan(cfg, **_kw(**c))  # noqa: E731
+    plan = lambda **c: P.memory_plan(cfg, **_kw(**c))  # noqa: E731
     big = 10 ** 15
-    assert T.smallest_fix(cfg, _kw(), big) is None
+    assert P.smallest_fix(cfg, _kw(), big) is None
     # just enough for micro-batch 2 without checkpointing: that is the answer (same results, no recompute)
     cap = plan(micro_batch=2)["train_total"]
     assert plan(micro_batch=3)["train_total"] > cap
-    assert T.smallest_fix(cfg, _kw(), cap).endswith(f"--micro-batch-size 2 ({cap / T.GiB:.1f} GiB)")
+    assert P.smallest_fix(cfg, _kw(), cap).endswith(f"--micro-batch-size 2 ({cap / P.GiB:.1f} GiB)")
     # not even micro-batch 1 without checkpointing: gradient checkpointing, at the largest micro-batch that fits
     cap = plan(micro_batch=1)["train_total"] - 1
-    fix = T.smallest_fix(cfg, _kw(), cap).split("smallest change that fits: ")[1]
+    fix = P.smallest_fix(cfg, _kw(), cap).split("smallest change that fits: ")[1]
     m = int(fix.split("--micro-batch-size ")[1].split()[0]) if "--micro-batch-size" in fix else 4
     assert fix.startswith("--grad-ckpt") and plan(grad_ckpt=True, micro_batch=m)["train_total"] <= cap
     assert m == 4 or plan(grad_ckpt=True, micro_batch=m + 1)["train_total"] > cap
     # one process cannot hold 7.6B parameters' fp32 weights, grads and AdamW moments on 72 GiB usable
     one = _kw(world=1, sharded=False, micro_batch=1, grad_ckpt=True)
-    cap = int(0.9 * 80 * T.GiB)
-    fix = T.smallest_fix(cfg, one, cap)
+    cap = int(0.9 * 80 * P.GiB)
+    fix = P.smallest_fix(cfg, one, cap)
     w = int(fix.split("--nproc-per-node ")[1].split()[0])
     assert fix.startswith("memory plan: training needs") and w >= 2
-    assert T.memory_plan(cfg, **{**one, "world": w, "sharded": True})["train_total"] <= cap
-    assert T.memory_plan(cfg, **{**one, "world": w - 1, "sharded": w > 2})["train_total"] > cap
+    assert P.memory_plan(cfg, **{**one, "world": w, "sharded": True})["train_total"] <= cap
+    assert P.memory_plan(cfg, **{**one, "world": w - 1, "sharded": w > 2})["train_total"] > cap
     # training fits, the sampling batch does not: the largest that does
     fits = _kw(micro_batch=1, grad_ckpt=True, sample_batch=512, eval_batch=1)
     cap = plan(micro_batch=1, grad_ckpt=True, sample_batch=100)["sample_total"]
-    b = int(T.smallest_fix(cfg, fits, cap).split("--sample-batch-size ")[1])
+    b = int(P.smallest_fix(cfg, fits, cap).split("--sample-batch-size ")[1])
     assert b == 100
 
 
@@ -398,10 +401,11 @@ def test_sampling_batch_from_the_memory_budget(qwen7b_dir, tmp_path):
                          "--max-new-tokens", "16384", "--grad-ckpt", "--micro-batch-size", "1", "--plan", "8"])
     assert args.sample_batch_size is None
     cfg = Config.from_json(qwen7b_dir / "config.json")
-    kw, plan, capacity, fix = T.plan_for(args, cfg, 8, 0, True)
-    b = args.sample_batch_size
-    assert fix is None and b == kw["sample_batch"] > 1 and plan["sample_total"] <= capacity
-    assert T.memory_plan(cfg, **{**kw, "sample_batch": b + 1})["sample_total"] > capacity
+    plan = cli.plan_for(args, cfg, 8, 0, True)
+    b = plan.sample_batch_size
+    assert args.sample_batch_size is None  # the plan returns the batch sizes it chose; the flags stay as given
+    assert plan.fix is None and b == plan.settings["sample_batch"] > 1 and plan.bytes["sample_total"] <= plan.capacity
+    assert P.memory_plan(cfg, **{**plan.settings, "sample_batch": b + 1})["sample_total"] > plan.capacity
 
 
 def test_plan_flag_prints_and_exits_before_loading(qwen7b_dir, tmp_path):
@@ -409,9 +413,9 @@ def test_plan_flag_prints_and_exits_before_loading(qwen7b_dir, tmp_path):
                 "--out", tmp_path / "out"])
     out = _ok(p, timeout=120)  # config.json only: there are no weights to load
     cfg = Config.from_json(qwen7b_dir / "config.json")
-    plan = T.memory_plan(cfg, world=8, sharded=True, cuda=True)
+    plan = P.memory_plan(cfg, world=8, sharded=True, cuda=True)
     assert "torchrun, 8 process(es), FSDP2, bf16 compute" in out
-    assert f"weights {plan['weights'] / T.GiB:7.2f}" in out and f"usable per GPU: {0.9 * T.PLAN_GPU_GIB:.1f} GiB" in out
+    assert f"weights {plan['weights'] / P.GiB:7.2f}" in out and f"usable per GPU: {0.9 * P.PLAN_GPU_GIB:.1f} GiB" in out
     assert not (tmp_path / "out").exists()
 
 

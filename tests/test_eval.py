@@ -61,14 +61,14 @@ def test_evaluate_real_model(tiny, data_file):
 def test_evaluate_bookkeeping(tiny, data_file, monkeypatch):
     _, model, tok = tiny
     rows = load_rows(data_file)
-    monkeypatch.setattr(E, "generate", scripted(tok, ["so \\boxed{5}", "#### 5", "it is 0.5 \\boxed{1/2}"]))
+    monkeypatch.setattr(M, "generate", scripted(tok, ["so \\boxed{5}", "#### 5", "it is 0.5 \\boxed{1/2}"]))
     records, summary = E.evaluate(model, tok, rows, max_new_tokens=50, n=3, temperature=1.0, progress=False)
     assert records[0]["answers"] == ["5", "5", "1/2"] and records[0]["sample_correct"] == [True, True, False]
     assert records[0]["majority_answer"] == "5" and records[0]["correct"]
     assert records[1]["sample_correct"] == [False, False, True] and not records[1]["correct"]
     assert summary["pass@1"] == pytest.approx((2 / 3 + 1 / 3 + 0) / 3)
     assert summary["maj@n"] == pytest.approx(1 / 3)
-    monkeypatch.setattr(E, "generate", scripted(tok, ["I think 12, so \\boxed{5}"]))
+    monkeypatch.setattr(M, "generate", scripted(tok, ["I think 12, so \\boxed{5}"]))
     records, summary = E.evaluate(model, tok, rows, max_new_tokens=50, progress=False)
     assert [r["correct"] for r in records] == [True, False, False]
     assert summary["accuracy"] == pytest.approx(1 / 3)
@@ -163,7 +163,7 @@ def test_prefix_consistency_counts(tiny, monkeypatch):
     # 4 samples: two share everything, the third shares the first 2 tokens only, the fourth nothing.
     a, b = list(range(10, 18)), list(range(20, 28))
     samples = [a, a, a[:2] + b[2:], b]
-    monkeypatch.setattr(E, "generate", lambda *args, **kw: [samples])  # one question, its 4 samples
+    monkeypatch.setattr(M, "generate", lambda *args, **kw: [samples])  # one question, its 4 samples
     res = E.prefix_consistency(model, tok, [{"question": "q", "gold": "1"}], num_samples=4, max_new_tokens=8)
     assert res["prefix_len"] == [1, 2, 4, 8] and res["avg_samples_per_prefix"] == [2, 2, 4 / 3, 4 / 3]
 
@@ -173,7 +173,7 @@ def test_error_position_scripted(tiny, data_file, monkeypatch):
     rows = load_rows(data_file)[:2]
     # Every question gets a correct sample 0 and an incorrect sample 1; rollouts alternate the same way,
     # so each success rate is exactly 1/2 (a rollout's answer is the last box, i.e. the continuation's).
-    monkeypatch.setattr(E, "generate", scripted(tok, ["step one step two \\boxed{5}", "wrong \\boxed{4}"]))
+    monkeypatch.setattr(M, "generate", scripted(tok, ["step one step two \\boxed{5}", "wrong \\boxed{4}"]))
     res = E.error_position(model, tok, rows, num_samples=2, rollouts=4, max_new_tokens=64)
     assert res["questions_used"] == 1                       # question 2's gold 1/2 is never produced
     for kind in ("correct", "incorrect"):

@@ -15,6 +15,7 @@ import functools
 import pytest
 import torch
 
+import cli
 import model as M
 import train
 from conftest import LLAMA, QWEN2
@@ -174,7 +175,7 @@ def test_bf16_autocast_on_cpu_is_recomputed_under_autocast():
 
 def test_bf16_flags_are_refused_on_a_cpu_without_fast_bf16(tiny_dir, tmp_path, monkeypatch, capsys):
     from test_train import _questions
-    monkeypatch.setattr(train, "cpu_bf16", lambda: (False, "this CPU has no AVX512-BF16, AMX-BF16 or Arm bf16"))
+    monkeypatch.setattr(cli, "cpu_bf16", lambda: (False, "this CPU has no AVX512-BF16, AMX-BF16 or Arm bf16"))
     monkeypatch.setattr(train.Transformer, "from_pretrained", lambda *a, **k: pytest.fail("model loaded"))
     for flag in ("--autocast-bf16", "--decode-bf16"):
         with pytest.raises(SystemExit) as e:
@@ -189,7 +190,7 @@ def test_bf16_run_where_the_cpu_has_it(tiny_dir, tmp_path, monkeypatch):
     """With fast bf16 (here pretended: the tiny model is fast either way) a run trains under bf16 autocast
     with fp32 master weights and decodes with a bf16 copy; the saved model stays fp32."""
     from test_train import _questions
-    monkeypatch.setattr(train, "cpu_bf16", lambda: (True, "avx512_bf16"))
+    monkeypatch.setattr(cli, "cpu_bf16", lambda: (True, "avx512_bf16"))
     seen = []
     real = train.accumulate_grads
 
@@ -197,14 +198,13 @@ def test_bf16_run_where_the_cpu_has_it(tiny_dir, tmp_path, monkeypatch):
         seen.append((autocast is not None and autocast.fast_dtype, next(model.parameters()).dtype))
         return real(model, examples, micro, pad_id, loss_sum, normaliser, autocast)
     monkeypatch.setattr(train, "accumulate_grads", spy)
-    import upft
     decoded = []
-    real_generate = upft.generate
+    real_generate = M.generate
 
     def gen_spy(model, *a, **kw):
         decoded.append(next(model.parameters()).dtype)
         return real_generate(model, *a, **kw)
-    monkeypatch.setattr(upft, "generate", gen_spy)
+    monkeypatch.setattr(M, "generate", gen_spy)  # every decoding goes through it
     args = train.parse_args(["--model", str(tiny_dir), "--data", str(_questions(tmp_path / "q.jsonl")),
                              "--prefix-len", "4", "--max-new-tokens", "8", "--batch-size", "4", "--no-eval",
                              "--autocast-bf16", "--decode-bf16", "--device", "cpu", "--out", str(tmp_path / "run")])

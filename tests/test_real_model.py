@@ -238,7 +238,10 @@ def test_upft_run_saves_a_model_transformers_loads(smol_dir, tok, tmp_path):
     out = tmp_path / "run"
     p = subprocess.run([sys.executable, "train.py", "--model", str(smol_dir), "--data", str(data),
                         "--prefix-len", "8", "--max-new-tokens", "16", "--batch-size", "8",
-                        "--micro-batch-size", "8", "--lr", "1e-5", "--no-eval", "--out", str(out)],
+                        "--micro-batch-size", "8", "--lr", "1e-5", "--no-eval", "--out", str(out),
+                        # these sequences are under 200 tokens: a 512-token plan (not the real default's 4,096)
+                        # fits a machine with less than 47 GiB free, and cuts nothing
+                        "--max-len", "512"],
                        cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stderr[-2000:]
     acct = json.loads((out / "results.json").read_text())["accounting"]

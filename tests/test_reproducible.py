@@ -7,6 +7,7 @@ import errno
 import hashlib
 import json
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import pytest
 import torch
 
 import model as model_module
+import plan
 import toy
 import train
 import upft
@@ -145,7 +147,7 @@ def test_rft_keeps_the_first_matching_sample_and_never_a_wrong_one(tiny_dir, mon
 
     def fake_generate(model, ps, max_new_tokens, num_samples, **kw):
         return [[tok.encode(t) for t in texts[prompts[tuple(p)]]] for p in ps]
-    monkeypatch.setattr(upft, "generate", fake_generate)
+    monkeypatch.setattr(model_module, "generate", fake_generate)
     rollouts, sampled, dropped = upft.sample_rft(None, tok, list(texts), ["7", "9", "4"], num_samples=4)
     assert dropped == 1 and [r["index"] for r in rollouts] == [0, 2]
     assert [tok.decode(r["response_ids"]) for r in rollouts] == ["so \\boxed{7}", "it is \\boxed{4}"]
@@ -230,11 +232,14 @@ def test_resume_refuses_other_settings_and_continues_the_same(tiny_dir, tmp_path
 
 # ----------------------------------------------------------------------------- faults: one line, a clear state
 
+PROGRESS = re.compile(r"\S+: \d+/\d+ \w+s\b.*, \d+ s$")  # data.Progress off a terminal: generate, train
+
+
 def _main(argv, capsys):
     with pytest.raises(SystemExit) as e:
         train.main(argv)
     err = capsys.readouterr().err
-    lines = [ln for ln in err.splitlines() if ln.strip() and "generate:" not in ln]  # not the sampling bars
+    lines = [ln for ln in err.splitlines() if ln.strip() and not PROGRESS.match(ln)]  # not the progress lines
     assert len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in err, err
     return e.value.code, lines[0]
 
@@ -254,8 +259,8 @@ def test_cpu_memory_plan_refuses_what_cannot_fit(tiny_dir, tmp_path, capsys, mon
     argv = ["--model", str(tiny_dir), "--data", q, "--out", str(tmp_path / "run"), "--device", "cpu",
             "--max-new-tokens", "4096", "--sample-batch-size", "1024", "--no-eval"]
     cfg = model_module.Config.from_json(tiny_dir / "config.json")
-    kv, prefill = train.decode_row_bytes(cfg, train.PROMPT_TOKENS, 4096, 4)
-    monkeypatch.setattr(train, "available_memory", lambda: int(100 * (kv + prefill) / train.USABLE) + 2**20)
+    kv, prefill = plan.decode_row_bytes(cfg, plan.PROMPT_TOKENS, 4096, 4)
+    monkeypatch.setattr(plan, "available_memory", lambda: int(100 * (kv + prefill) / plan.USABLE) + 2**20)
     code, err = _main(argv, capsys)
     assert code == 2 and "memory plan: sample decoding needs" in err and "--sample-batch-size" in err, err
     b = int(err.rsplit("--sample-batch-size", 1)[1])

@@ -13,7 +13,7 @@ from upft import PREFIX_INSTRUCTION, make_example
 from util_tok import make_tokenizer_dir
 
 sys.path.insert(0, str(ROOT / "scripts"))
-import show_example as cli  # noqa: E402  (scripts/show_example.py)
+import show_example as script  # noqa: E402  (scripts/show_example.py)
 
 VERDICT = re.compile(r"the sampled answer: (.+) \(gold (.+): (right|wrong)\)")
 
@@ -57,11 +57,11 @@ def test_colour_and_unmarked_first_token(tok):
 
 def test_verdict_grades_the_sample(tok):
     boxed = tok.encode("so it is \\boxed{5}.")
-    assert cli.verdict(tok, boxed, "5") == "the sampled answer: 5 (gold 5: right)"
-    assert cli.verdict(tok, boxed, "14") == "the sampled answer: 5 (gold 14: wrong)"
-    assert cli.verdict(tok, tok.encode("no box, 5"), "5") == "the sampled answer: none found (gold 5: wrong)"
-    assert cli.verdict(tok, tok.encode("so 2 + 3 = 5."), "5", "gsm8k") == "the sampled answer: 5 (gold 5: right)"
-    assert cli.verdict(tok, boxed, None) == "the sampled answer: 5 (no gold answer given)"
+    assert script.verdict(tok, boxed, "5") == "the sampled answer: 5 (gold 5: right)"
+    assert script.verdict(tok, boxed, "14") == "the sampled answer: 5 (gold 14: wrong)"
+    assert script.verdict(tok, tok.encode("no box, 5"), "5") == "the sampled answer: none found (gold 5: wrong)"
+    assert script.verdict(tok, tok.encode("so 2 + 3 = 5."), "5", "gsm8k") == "the sampled answer: 5 (gold 5: right)"
+    assert script.verdict(tok, boxed, None) == "the sampled answer: 5 (no gold answer given)"
 
 
 def test_cli_reads_a_run(tok, tmp_path):

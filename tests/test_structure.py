@@ -1,5 +1,6 @@
 """The module boundaries a reader relies on: no import cycle between the top-level modules, no
-function-level import of a project module (except commented test seams), and a grader without torch."""
+function-level import of a project module (except commented test seams), a grader without torch, no
+function longer than a screen or two, and scripts that use the modules' public names only."""
 import ast
 import subprocess
 import sys
@@ -47,6 +48,60 @@ def test_project_imports_are_at_module_level():
     assert lazy == []
 
 
+MAX_FUNCTION_LINES = 80
+
+
+def test_no_function_is_longer_than_80_lines():
+    """Every function and method of the top-level modules, docstring included, fits in 80 lines: a
+    long one is split into named steps a reader can take one at a time."""
+    long = []
+    for m, p in MODULES.items():
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES:
+                    long.append(f"{p.name}:{node.lineno} {node.name} ({lines} lines)")
+    assert long == []
+
+
+SCRIPTS = sorted((ROOT / "scripts").glob("*.py")) + [ROOT / "tests" / "bench.py"]
+
+
+def private_uses(path):
+    """`from X import _y` and `X._y` (X a project module, under any alias) in one file: (line, text)."""
+    tree = ast.parse(path.read_text())
+    aliases = {}  # local name -> project module
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            aliases.update({a.asname or a.name: a.name for a in node.names if a.name.split(".")[0] in MODULES})
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in MODULES:
+            found += [(node.lineno, f"from {node.module} import {a.name}") for a in node.names
+                      if a.name.startswith("_")]
+        elif isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__") \
+                and isinstance(node.value, ast.Name) and node.value.id in aliases:
+            found.append((node.lineno, f"{node.value.id}.{node.attr}"))
+        elif isinstance(node, ast.Call) and ast.unparse(node.func) == "__import__" and node.args \
+                and isinstance(node.args[0], ast.Constant) and node.args[0].value in MODULES:
+            found.append((node.lineno, ast.unparse(node)))
+    return sorted(found)
+
+
+def test_scripts_use_public_names_only():
+    """scripts/ and tests/bench.py call the modules through their public names (no leading underscore,
+    no __import__ of a project module): a private name may change with the module that owns it."""
+    found = [f"{p.relative_to(ROOT)}:{line}: {text}" for p in SCRIPTS for line, text in private_uses(p)]
+    assert found == []
+
+
+def test_the_private_name_check_finds_what_it_looks_for(tmp_path):
+    planted = tmp_path / "planted.py"
+    planted.write_text("import plan as P\nfrom model import _generate_chunk\nimport json\n"
+                       "P._param_shapes(None)\njson._default_decoder\n__import__('train')\n")
+    assert [line for line, _ in private_uses(planted)] == [2, 4, 6]
+
+
 def test_grader_does_not_import_torch():
     code = "import sys, grader; assert 'torch' not in sys.modules, 'grader imported torch'; " \
            "print(grader.is_equiv('\\\\frac{1}{2}', '0.5'))"
@@ -71,7 +126,8 @@ def test_entry_points_default_to_a_passive_openmp_wait_before_torch_loads():
         assert setting, f"{name}: no os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')"
         heavy = [n.lineno for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom)) and any(
             (a.name if isinstance(n, ast.Import) else n.module or "").split(".")[0] in
-            {"torch", "model", "train", "toy", "upft", "eval", "safetensors"} for a in n.names)]
+            {"torch", "model", "train", "toy", "upft", "eval", "cli", "plan", "fsdp", "safetensors"}
+            for a in n.names)]
         first = min(heavy, default=len((ROOT / name).read_text()))  # none at module level: loaded lazily later
         assert setting < first, f"{name}: OMP_WAIT_POLICY set at line {setting}, after an import that loads " \
                                 f"torch (line {first})"

@@ -1,0 +1,197 @@
+"""torchrun: FSDP2 sharding, the collectives train.py needs, and sharded checkpoints.
+
+The paper fine-tunes 7-8B models in full on 8 GPUs (its hyperparameters: App. B, Table 3); its released
+code runs bf16 DeepSpeed ZeRO-3. Here the same sharding is PyTorch's own FSDP2 (`fully_shard`):
+`torchrun --nproc-per-node N train.py ...`. Each rank holds 1/N of the fp32 master weights, gradients
+and AdamW moments; a layer's full weights exist only while it runs. Without torchrun nothing here is
+used and `python train.py` is unchanged.
+
+  init_distributed, is_sharded         join the process group (NCCL on CUDA, gloo on CPU); is a model sharded
+  load_sharded_model, save_gathered    the model on the meta device, sharded, then only this rank's rows read;
+                                       and back: the full weights gathered, written by rank 0
+  sharded_step                         a step's normaliser over all ranks, and micro-batches that pair up
+  all_reduce, all_gather_json          numbers summed or maxed over ranks; JSON gathered (no pickle)
+  record_state_bytes                   every rank's measured state bytes (memory_measured.json)
+  save_sharded_checkpoint / load_...   each rank its own shards, as safetensors; meta.json names the launch
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file
+
+from data import IGNORE, UpftError, atomic_dir, resolve, write_json
+from model import Config, Transformer, gather_full, load_shards, save_safetensors, shard_rows
+from plan import state_bytes
+
+
+def init_distributed(device):
+    """(rank, world, this rank's device). Under torchrun (LOCAL_RANK set) join the process group first:
+    NCCL on CUDA (one GPU per process), gloo on CPU."""
+    if "LOCAL_RANK" not in os.environ:
+        return 0, 1, device
+    if torch.device(device).type == "cuda":
+        device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+def is_sharded(model):
+    from torch.distributed.fsdp import FSDPModule  # torch's own module, loaded only when asked
+    return isinstance(model, FSDPModule)
+
+
+def rank_and_world(model):
+    """(this rank, the number of ranks) of a sharded model; (0, 1) for a plain one."""
+    return (dist.get_rank(), dist.get_world_size()) if is_sharded(model) else (0, 1)
+
+
+def sharded_step(examples, count, micro_batch_size, pad_id):
+    """torchrun: (the step's normaliser, all ranks' counts summed, so that no rank divides by its own;
+    this rank's examples, padded with fully masked ones so that every rank runs as many micro-batches as
+    the busiest: FSDP's all-gathers and reduce-scatters must pair up across ranks). A masked row's loss
+    and gradient are exactly 0 (no NaN), and FSDP sums the ranks' gradients, so any split over ranks
+    equals one big batch."""
+    total = all_reduce([count], "sum")[0]
+    n_micro = all_reduce([-(-len(examples) // micro_batch_size)], "max")[0]
+    short = max(0, (n_micro - 1) * micro_batch_size + 1 - len(examples))
+    return total, examples + [{"input_ids": [pad_id, pad_id], "labels": [IGNORE, IGNORE]}] * short
+
+
+def load_sharded_model(model_dir, device, dtype):
+    """Build the model on the meta device (no memory), shard every decoder layer and then the root with
+    fully_shard, allocate only this rank's shards and read them from the checkpoint (model.load_shards).
+
+    On CUDA the policy is bf16 compute with fp32 master weights and an fp32 gradient reduce-scatter
+    (what ZeRO-3 with bf16 does); on CPU everything stays in `dtype` (fp32) and gloo carries it."""
+    from torch.distributed.device_mesh import init_device_mesh  # torch's own modules, loaded only under torchrun
+    from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+    path = resolve(model_dir)
+    cfg = Config.from_json(path / "config.json")
+    with torch.device("meta"):
+        model = Transformer(cfg).to(dtype)
+    mesh = init_device_mesh(torch.device(device).type, (dist.get_world_size(),))
+    cuda = torch.device(device).type == "cuda"
+    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if cuda else \
+        MixedPrecisionPolicy()
+    for layer in model.model.layers:
+        fully_shard(layer, mesh=mesh, mp_policy=mp)
+    fully_shard(model, mesh=mesh, mp_policy=mp)  # the root: embeddings, final norm, lm_head
+    for m in model.modules():
+        if isinstance(m, FSDPModule):
+            # FSDP averages gradients over ranks by default (each rank's loss a local mean, as in DDP);
+            # our loss is already divided by the whole step's count, so the ranks' gradients are summed.
+            m.set_gradient_divide_factor(1.0)
+            m.set_force_sum_reduction_for_comms(True)
+    model.to_empty(device=device)
+    load_shards(model, path, dtype)
+    cfg.torch_dtype = str(dtype).removeprefix("torch.")
+    model.source_dir = path
+    return model.eval()
+
+
+def save_gathered(model, dtype, path, rank):
+    """The sharded model's full weights in HF layout at `path`: gathered tensor by tensor (model.gather_full;
+    every rank calls), rank 0 keeps them on the CPU and writes."""
+    full = gather_full(model, dtype, "cpu", keep=rank == 0)
+    if rank == 0:
+        full.save_pretrained(path)
+    del full
+    dist.barrier()
+
+
+# ----------------------------------------------------------------------------- collectives
+
+def _comm_device():
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+
+
+def all_reduce(values, op="sum", dtype=torch.int64):
+    """Element-wise sum or max of a list of numbers over ranks."""
+    t = torch.tensor(values, dtype=dtype, device=_comm_device())
+    dist.all_reduce(t, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
+    return t.tolist()
+
+
+def all_gather_json(obj):
+    """Every rank's `obj` (JSON-serialisable), in rank order, on every rank. Sent as UTF-8 bytes in a
+    uint8 tensor rather than through all_gather_object, which pickles."""
+    data = torch.frombuffer(bytearray(json.dumps(obj).encode()), dtype=torch.uint8).to(_comm_device())
+    sizes = [torch.zeros(1, dtype=torch.int64, device=data.device) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, torch.tensor([data.numel()], device=data.device))
+    longest = max(int(n) for n in sizes)
+    bufs = [torch.zeros(longest, dtype=torch.uint8, device=data.device) for _ in sizes]
+    dist.all_gather(bufs, torch.cat([data, data.new_zeros(longest - data.numel())]))
+    return [json.loads(bytes(b[:int(n)].cpu().tolist())) for b, n in zip(bufs, sizes)]
+
+
+def record_state_bytes(path, model, opt, rank):
+    """Write every rank's plan.state_bytes to `path` (rank 0 writes; all ranks must call when sharded)."""
+    mine = state_bytes(model, opt)
+    ranks = all_gather_json(mine) if is_sharded(model) else [mine]
+    if rank == 0:
+        write_json(path, {"ranks": ranks})
+
+
+# ----------------------------------------------------------------------------- sharded checkpoints
+
+def save_sharded_checkpoint(path: Path, model, opt, step):
+    """torchrun: each rank writes its own shards (weights, AdamW moments and steps) and its RNG to
+    rank<r>.safetensors in the folder rank 0 builds aside (atomic_dir); once all have, rank 0 adds
+    meta.json (step, world size, the rows each rank holds) and swaps the folder in. No pickle anywhere
+    (torch.distributed.checkpoint pickles its metadata). A rank that dies midway leaves the previous
+    checkpoint untouched."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    local = lambda t: t.to_local() if hasattr(t, "to_local") else t  # noqa: E731
+    tensors = {}
+    for n, p in model.named_parameters():
+        tensors[f"model.{n}"] = local(p.detach()).contiguous().cpu()
+        for k, v in opt.state.get(p, {}).items():
+            tensors[f"opt.{k}.{n}"] = local(v).detach().reshape(-1 if k == "step" else local(v).shape).cpu()
+    tensors["rng.torch"] = torch.get_rng_state()
+    with atomic_dir(path) if rank == 0 else contextlib.nullcontext() as tmp:
+        tmp = Path(all_gather_json(str(tmp) if rank == 0 else None)[0])  # rank 0's folder, for every rank
+        save_safetensors(tensors, tmp / f"rank{rank:05d}.safetensors")
+        dist.barrier()  # every shard is written
+        if rank == 0:
+            layout = {n: {"shape": list(p.shape), "rows": [shard_rows(p.shape[0], world, r) for r in range(world)]}
+                      for n, p in model.named_parameters()}
+            write_json(tmp / "meta.json", {"step": step, "world_size": world, "layout": layout})
+    dist.barrier()  # swapped in
+
+
+def checkpoint_world(path: Path):
+    """The number of processes a checkpoint was written by (None for a plain `python train.py` one)."""
+    try:
+        return json.loads((path / "meta.json").read_text()).get("world_size")
+    except (OSError, json.JSONDecodeError) as e:
+        raise UpftError(f"{path}: cannot read checkpoint ({type(e).__name__}: {e})") from None
+
+
+def load_sharded_checkpoint(path: Path, model, opt):
+    rank, world = dist.get_rank(), dist.get_world_size()
+    if checkpoint_world(path) != world:
+        raise UpftError(f"{path}: written by {checkpoint_world(path) or 'plain python'} process(es); "
+                        f"resume it with the same launch, not {world} processes")
+    try:
+        t = load_file(path / f"rank{rank:05d}.safetensors")
+    except Exception as e:
+        raise UpftError(f"{path}: cannot read checkpoint ({type(e).__name__}: {e})") from None
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            p.to_local().copy_(t[f"model.{n}"])
+            if f"opt.exp_avg.{n}" in t:
+                st = {"step": t[f"opt.step.{n}"].reshape(())}
+                for k in ("exp_avg", "exp_avg_sq"):
+                    st[k] = torch.zeros_like(p)  # a DTensor sharded like p
+                    st[k].to_local().copy_(t[f"opt.{k}.{n}"])
+                opt.state[p] = st
+    torch.set_rng_state(t["rng.torch"])
+    return json.loads((path / "meta.json").read_text())["step"]

@@ -7,7 +7,7 @@
     python scripts/gates.py --world runs/toy-rebuild   # then: does its model read UPFT's instruction?
 
 Measured here (2 CPU threads, torch 2.13): the plain world (toy-v4, 2,000 steps) took 1,173 s; the
-instruct world (toy-v5, 2,800 steps) see toy.WORLDS. The build is deterministic for a given machine
+instruct world (toy-v5, 3,600 steps) 3,385 s. The build is deterministic for a given machine
 and torch build (same problems, corpus and tokenizer, same seeded initialisation and data order). When
 the shipped world is the same world and version, the comparison prints which parts are byte-identical
 and, for the weights, the largest difference; exit 0 when everything that was rebuilt matches, 1

@@ -377,3 +377,15 @@ def test_partial_rebuild_reproduces_the_shipped_build(tmp_path):
         assert (tmp_path / "w" / name).read_bytes() == (toy.WORLD_DIR / name).read_bytes(), name
     assert record["steps"] == 30 and record["version"] == shipped["version"]
     assert record["losses"] == pytest.approx(shipped["losses"][:30], rel=1e-5)
+
+
+def test_the_shipped_world_passes_its_gates():
+    """The gates (scripts/gates.py) hold on the shipped model, recomputed here on the first 200 held-out
+    questions; the shipped record (gates.json, the first 500) says they held there too."""
+    world = toy.load_world()
+    tok, model = Tokenizer.from_pretrained(world["model_dir"]), Transformer.from_pretrained(world["model_dir"])
+    f = gates.gate_figures(model, tok, world["test"][:200])
+    assert f["gates"]["opening"]["ok"] and f["gates"]["accuracy"]["ok"], gates.report(f)
+    assert f["opening"]["nll_instructed"] <= gates.MAX_OPENING_NLL
+    shipped = json.loads((toy.WORLD_DIR / "gates.json").read_text())
+    assert shipped["questions"] == 500 and all(g["ok"] for g in shipped["gates"].values())

@@ -92,13 +92,16 @@ def resumed(r):
     return json.loads((Path(r["_dir"]) / "args.json").read_text()).get("resume", False)
 
 
-def load(out, seeds, rows=None):
-    """{row name: [results.json of each seed]} for the rows whose every seed has finished."""
+def load(out, seeds, rows=None, partial=False):
+    """{row name: [results.json of each seed]} for the rows whose every seed has finished; with `partial`,
+    also the rows of which only some seeds finished (a design's cut seeds: the table names their seeds)."""
     results = {}
-    for name in rows or ROWS:
+    for name in rows or {**ROWS, **LR_ROWS}:
         files = [run_dir(out, name, s) / "results.json" for s in seeds]
-        if all(f.exists() for f in files):
-            results[name] = [{**json.loads(f.read_text()), "_dir": str(f.parent)} for f in files]
+        done = [f for f in files if f.exists()]
+        if done and (partial or len(done) == len(files)):
+            results[name] = [{**json.loads(f.read_text()), "_dir": str(f.parent), "_seed": s}
+                             for f, s in zip(files, seeds) if f.exists()]
     return results
 
 
@@ -166,6 +169,8 @@ def main(argv=None):
                     "first run of --out measures it)")
     ap.add_argument("--readme", action="store_true", help="also write the table into README.md (default: only "
                     "print it and write <out>/table.md)")
+    ap.add_argument("--table-only", action="store_true", help="run nothing: the table of the runs that finished "
+                    "(a row some of whose seeds did not finish shows which did)")
     ap.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="flags passed to every train.py run")
     args = ap.parse_args(argv)
     rows = list(LR_ROWS) if args.lr_check else [n for n in ROWS if n in args.rows]
@@ -177,7 +182,7 @@ def main(argv=None):
     done = [j for j in jobs if (run_dir(out, j[1], j[0]) / "results.json").exists()]
     base_run = args.base_from or next((run_dir(out, n, s) for s, n in done
                                        if (run_dir(out, n, s) / "eval_base.json").exists()), None)
-    todo = [j for j in jobs if j not in done]  # finished runs are reused: the script can be restarted
+    todo = [] if args.table_only else [j for j in jobs if j not in done]  # finished runs are reused
     if base_run is None and todo:  # the first run measures the base model; the others reuse it
         seed, name = todo.pop(0)
         train_run(out, seed, name, args)
@@ -186,7 +191,7 @@ def main(argv=None):
         for f in [pool.submit(train_run, out, seed, name, args, base_run) for seed, name in todo]:
             f.result()
     print(f"this invocation: {time.time() - t0:.0f}s")
-    results = load(out, seeds, rows)
+    results = load(out, seeds, rows, partial=args.table_only)
     if not results:
         sys.exit(f"error: no finished runs in {out}")
     table = make_table(results, seeds, args.prefix_len)
@@ -236,7 +241,9 @@ def make_table(results, seeds, prefix_len):
     lines.append(base + " – | – | – | – | – |")
     total_wall, resumed_runs = 0.0, 0
     for name, rs in results.items():
-        cells = [name, pct(statistics.mean(r["tuned"]["accuracy"] for r in rs))]
+        seeds_of = "" if len(rs) == len(seeds) else f" (seed{'s' if len(rs) > 1 else ''} " \
+            f"{', '.join(str(r['_seed']) for r in rs)})"
+        cells = [name + seeds_of, pct(statistics.mean(r["tuned"]["accuracy"] for r in rs))]
         d, lo, hi = paired_delta(rs, sampled=False)
         cells.append(f"{pct(d, True)} [{pct(lo, True)}, {pct(hi, True)}]")
         if sampled_eval:

@@ -110,3 +110,21 @@ def test_flags_are_range_checked(capsys):
         with pytest.raises(SystemExit) as e:
             rt.main(argv)
         assert e.value.code == 2 and "must be >= 1" in capsys.readouterr().err
+
+
+def test_table_only_reports_cut_seeds_by_name(tmp_path, capsys):
+    """--table-only runs nothing; a row of which only some seeds finished (a design's cut) is in the table
+    with its seeds named, the others as before; without --table-only such a row is left out."""
+    for seed in (0, 1, 2):
+        _run(tmp_path, "SFT", seed, BASE, 100, False)
+    _run(tmp_path, "RFT (16 samples)", 0, BASE, 400, False)
+    _run(tmp_path, "RFT (16 samples)", 2, [1] * 10, 400, False)
+    assert list(rt.load(tmp_path, [0, 1, 2])) == ["SFT"]
+    both = rt.load(tmp_path, [0, 1, 2], partial=True)
+    assert [r["_seed"] for r in both["RFT (16 samples)"]] == [0, 2]
+    rt.main(["--out", str(tmp_path), "--table-only"])
+    out = capsys.readouterr().out
+    assert "$ " not in out  # no train.py command was run
+    rft = next(line for line in out.splitlines() if line.startswith("| RFT (16 samples) (seeds 0, 2) |"))
+    assert rft.split("|")[2].strip() == "75.0"  # (50 + 100) / 2
+    assert any(line.startswith("| SFT |") for line in out.splitlines())

@@ -4,11 +4,14 @@
     python scripts/build_toy.py --world plain          # the toy-v4 world (plain pairs only)
     python scripts/build_toy.py --max-steps 40         # a partial rebuild: compare the first 40 losses
     python scripts/build_toy.py --out assets/toy       # replace the shipped world (after changing toy.py)
+    python scripts/build_toy.py --eval-every 200       # also greedy accuracy on 100 test questions during it
     python scripts/gates.py --world runs/toy-rebuild   # then: does its model read UPFT's instruction?
 
-Measured here (2 CPU threads, torch 2.13): the plain world (toy-v4, 2,000 steps) took 1,173 s; the
-instruct world (toy-v5, 3,600 steps) 3,385 s. The build is deterministic for a given machine
-and torch build (same problems, corpus and tokenizer, same seeded initialisation and data order). When
+Measured here (2 CPU threads, torch 2.13, cores shared with other work): the plain world (toy-v4, 2,000
+steps) took 1,173 s; the instruct world (toy-v5, 3,600 steps) 3,385 s for the shipped build (pilot 3,
+the same recipe with `--eval-every 200`, 2,471 s on a quieter machine). The build is deterministic for
+a given machine and torch build (same problems, corpus and tokenizer, same seeded initialisation and
+data order). When
 the shipped world is the same world and version, the comparison prints which parts are byte-identical
 and, for the weights, the largest difference; exit 0 when everything that was rebuilt matches, 1
 otherwise. A build of another world than the shipped one is not compared (exit 0).

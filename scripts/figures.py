@@ -33,6 +33,12 @@ def seeds_text(xs):
     return f"{len(xs)} seed" + ("s" if len(xs) > 1 else "")
 
 
+def cut(results, name, seeds):
+    """' (seeds 0, 1)' for a row with fewer seeds than the others (a design's cut), else ''."""
+    got = [r["_seed"] for r in results[name]]
+    return "" if len(got) == len(seeds) else f" (seed{'s' if len(got) > 1 else ''} {', '.join(map(str, got))})"
+
+
 def pyplot():
     try:  # matplotlib is optional (requirements-plots.txt, not requirements.txt): only pictures need it
         import matplotlib
@@ -95,10 +101,10 @@ def fig2_draw(plt, docs, work):
     plt.close(fig)
 
 
-def curves(out, seeds, name):
-    """Mean over seeds of the during-training evaluations, point by point (x: the mean step)."""
+def curves(out, results, name):
+    """Mean over the row's seeds of the during-training evaluations, point by point (x: the mean step)."""
     per_seed = []
-    for s in seeds:
+    for s in (r["_seed"] for r in results[name]):
         recs = [json.loads(x) for x in open(rt.run_dir(out, name, s) / "metrics.jsonl")]
         per_seed.append([(r["step"], r["eval_accuracy"]) for r in recs if "eval_accuracy" in r])
     n = min(len(p) for p in per_seed)
@@ -114,10 +120,10 @@ def accuracy_vs_step(plt, results, out, seeds, docs):
     colors = [c for i, c in enumerate(plt.get_cmap("tab10").colors) if i != 3]  # red is UPFT's
     for ax, (title, names) in zip(axes, groups):
         for k, name in enumerate(n for n in names if n != "UPFT (N=1)"):
-            x, y = curves(out, seeds, name)
-            ax.plot(x, y, marker="o", ms=3.5, lw=1.4, color=colors[k % len(colors)], label=name)
+            x, y = curves(out, results, name)
+            ax.plot(x, y, marker="o", ms=3.5, lw=1.4, color=colors[k % len(colors)], label=name + cut(results, name, seeds))
         if "UPFT (N=1)" in names:
-            x, y = curves(out, seeds, "UPFT (N=1)")
+            x, y = curves(out, results, "UPFT (N=1)")
             ax.plot(x, y, marker="o", ms=4, lw=2.4, color="tab:red", label="UPFT (N=1)")
         ax.set(title=title, xlabel="optimizer step")
         ax.grid(alpha=0.3)
@@ -147,7 +153,7 @@ def accuracy_vs_tokens(plt, results, docs):
             seen.append(x)
             ax.errorbar(x * 1.07 ** near, d, yerr=[[d - lo], [hi - d]], fmt=markers[k % len(markers)],
                         color="tab:red" if name == "UPFT (N=1)" else cmap(k % 20), capsize=3, ms=7,
-                        label=f"{name}: {d:+.1f} [{lo:+.1f}, {hi:+.1f}]")
+                        label=f"{name}{cut(results, name, first)}: {d:+.1f} [{lo:+.1f}, {hi:+.1f}]")
         ax.axhline(0, color="0.5", lw=0.8)
         ax.set_xscale("log")
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v / 1e6:g}M" if v >= 1e6 else f"{v / 1e3:g}k"))
@@ -179,7 +185,7 @@ def main():
     if not args.reuse_fig2:
         fig2(work)
     fig2_draw(plt, docs, work)
-    results = rt.load(args.runs, args.seeds)
+    results = rt.load(args.runs, args.seeds, rows=rt.ROWS, partial=True)  # a cut seed leaves its row in
     if results:
         accuracy_vs_step(plt, results, args.runs, args.seeds, docs)
         accuracy_vs_tokens(plt, results, docs)

@@ -212,6 +212,17 @@ def write_readme(readme: Path, table: str):
     print(f"updated {readme}")
 
 
+def verdict(lo, hi):
+    """docs/experiments.md's decision rule for a 95% interval of Δ (accuracy units), in that order."""
+    if lo > 0.01:
+        return "helps"
+    if hi < -0.01:
+        return "hurts"
+    if -0.015 <= lo and hi <= 0.015:
+        return "no effect"
+    return "inconclusive"
+
+
 def pct(x, sign=False):
     return f"{100 * x:+.1f}" if sign else f"{100 * x:.1f}"
 
@@ -239,17 +250,19 @@ def make_table(results, seeds, prefix_len):
     if sampled_eval:
         base += f" {pct(b0['base_sampled']['accuracy'])} | – | {pct(b0['base_sampled']['pass@n'])} |"
     lines.append(base + " – | – | – | – | – |")
-    total_wall, resumed_runs = 0.0, 0
+    total_wall, resumed_runs, verdicts = 0.0, 0, []
     for name, rs in results.items():
         seeds_of = "" if len(rs) == len(seeds) else f" (seed{'s' if len(rs) > 1 else ''} " \
             f"{', '.join(str(r['_seed']) for r in rs)})"
         cells = [name + seeds_of, pct(statistics.mean(r["tuned"]["accuracy"] for r in rs))]
         d, lo, hi = paired_delta(rs, sampled=False)
         cells.append(f"{pct(d, True)} [{pct(lo, True)}, {pct(hi, True)}]")
+        verdicts.append(f"| {cells[0]} | {verdict(lo, hi)} |")
         if sampled_eval:
             cells.append(pct(statistics.mean(r["tuned_sampled"]["accuracy"] for r in rs)))
             d, lo, hi = paired_delta(rs, sampled=True)
             cells.append(f"{pct(d, True)} [{pct(lo, True)}, {pct(hi, True)}]")
+            verdicts[-1] += f" {verdict(lo, hi)} |"
             cells.append(pct(statistics.mean(r["tuned_sampled"]["pass@n"] for r in rs)))
         sampled = statistics.mean(r["accounting"]["tokens_sampled"] for r in rs)
         sup = statistics.mean(r["accounting"]["tokens_supervised"] for r in rs)
@@ -263,6 +276,10 @@ def make_table(results, seeds, prefix_len):
         cells += [f"{sampled:,.0f}", f"{sup:,.0f}", ratio(sampled, rft_sampled), ratio(sup, sft_sup),
                   f"{work:.0f}{mark}"]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "The decision rule of docs/experiments.md applied to each interval: helps (above +1), hurts "
+              "(below -1), no effect (within ±1.5), else inconclusive.", "",
+              "| method | greedy |" + (" sampled |" if sampled_eval else ""),
+              "|---|---|" + ("---|" if sampled_eval else ""), *verdicts]
     lines += ["", "What the tuned models do under the plain prompt (greedy answers; mean over seeds): mean length "
               "in tokens, the share with no extractable answer, the share that ends after its first line.", "",
               "| method | mean tokens | no answer | one line only |", "|---|---|---|---|",

@@ -128,3 +128,12 @@ def test_table_only_reports_cut_seeds_by_name(tmp_path, capsys):
     rft = next(line for line in out.splitlines() if line.startswith("| RFT (16 samples) (seeds 0, 2) |"))
     assert rft.split("|")[2].strip() == "75.0"  # (50 + 100) / 2
     assert any(line.startswith("| SFT |") for line in out.splitlines())
+
+
+def test_the_decision_rule():
+    """docs/experiments.md: helps if the interval lies above +1 point, hurts if below -1, no effect if
+    within +-1.5, else inconclusive (checked in that order)."""
+    assert rt.verdict(0.011, 0.03) == "helps" and rt.verdict(0.011, 0.014) == "helps"
+    assert rt.verdict(-0.05, -0.011) == "hurts"
+    assert rt.verdict(-0.015, 0.015) == "no effect" and rt.verdict(-0.01, 0.012) == "no effect"
+    assert rt.verdict(-0.016, 0.01) == "inconclusive" and rt.verdict(0.009, 0.03) == "inconclusive"

@@ -48,7 +48,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 import upft
-from cli import ABLATIONS, check_resume, clean_up, load_inputs, parse_args, partial_dir, plan_for, print_plan
+from cli import (ABLATIONS, TOY_NOTE, check_resume, clean_up, load_inputs, parse_args, partial_dir, plan_for,
+                 print_plan)
 from data import (IGNORE, Progress, Tokenizer, UpftError, atomic_dir, read_jsonl, sampling_filters, supervised_count,
                   write_json, write_jsonl)
 from eval import accuracy_line, evaluate
@@ -410,7 +411,7 @@ def run(args, log=print):
         dist.barrier()  # every rank is done with the folder
     if rank == 0:
         out.rename(args.out)  # complete: the folder takes its final name
-    log(report(results, args.out))
+    log(report(results, args.out) + ("" if args.model else "\n" + TOY_NOTE))
     return results
 
 
@@ -615,8 +616,7 @@ def write_results(run, base, tuned, acct, t0):
     return results
 
 
-def report(results, out):
-    """The lines a finished run prints."""
+def report(results, out):  # the lines a finished run prints
     acct = results["accounting"]
     lines = [f"\n== {results['method']} (L={results['prefix_len']}, p={results['structure_ratio']}, "
              f"N={results['num_samples']}, seed={results['seed']}) -> {out}",

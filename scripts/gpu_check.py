@@ -491,6 +491,9 @@ def save_random_hf(shape, folder, seed=0, perturb=False, tokenizer=False):
     import torch
     import transformers
     cfg = dict(shape)
+    if tokenizer:  # every id the toy tokenizer makes must have an embedding row (its world sets the count)
+        toy_vocab = json.loads((ROOT / "assets" / "toy" / "model" / "config.json").read_text())["vocab_size"]
+        cfg["vocab_size"] = max(cfg["vocab_size"], toy_vocab)
     classes = {"llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
                "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM)}[cfg.pop("model_type")]
     torch.manual_seed(seed)

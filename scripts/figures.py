@@ -114,7 +114,7 @@ def curves(out, results, name):
 
 def accuracy_vs_step(plt, results, out, seeds, docs):
     groups = [("Baselines and UPFT", [n for n in results if rt.ROWS[n][2] != "control"]),
-              ("UPFT and the controls that take it apart", ["UPFT (N=1)"] +
+              ("UPFT and the controls that take it apart", [n for n in results if n == "UPFT (N=1)"] +
                [n for n in results if rt.ROWS[n][2] == "control"])]
     fig, axes = plt.subplots(1, 2, figsize=(12, 5.4), sharey=True)
     colors = [c for i, c in enumerate(plt.get_cmap("tab10").colors) if i != 3]  # red is UPFT's

@@ -129,7 +129,8 @@ def accuracy_vs_step(plt, results, out, seeds, docs):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7.5, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
     axes[0].set_ylabel("greedy accuracy, first 100 held-out questions (%)")
-    fig.suptitle(f"Accuracy during training on the toy (mean of {seeds_text(seeds)}; step 0 = the base model)",
+    fig.suptitle(f"Accuracy during training on the toy (mean over {seeds_text(seeds)}, or the seeds a row names; "
+                 f"step 0 = the base model)",
                  fontsize=11)
     fig.tight_layout()
     fig.savefig(docs / "accuracy_vs_step.png", dpi=120)

@@ -142,6 +142,7 @@ def accuracy_vs_tokens(plt, results, docs):
     hierarchical-bootstrap intervals."""
     from matplotlib.ticker import FuncFormatter, NullFormatter
     first = next(iter(results.values()))
+    most = max(results.values(), key=len)  # rows with cut seeds name theirs in the legend
     kinds = [("greedy", False)] + ([("sampled", True)] if first[0].get("base_sampled") else [])
     fig, axes = plt.subplots(1, len(kinds), figsize=(7 * len(kinds) + 3, 5.2), sharey=True, squeeze=False)
     markers, cmap = "osD^v<>pPXh*d", plt.get_cmap("tab20")
@@ -154,7 +155,7 @@ def accuracy_vs_tokens(plt, results, docs):
             seen.append(x)
             ax.errorbar(x * 1.07 ** near, d, yerr=[[d - lo], [hi - d]], fmt=markers[k % len(markers)],
                         color="tab:red" if name == "UPFT (N=1)" else cmap(k % 20), capsize=3, ms=7,
-                        label=f"{name}{cut(results, name, first)}: {d:+.1f} [{lo:+.1f}, {hi:+.1f}]")
+                        label=f"{name}{cut(results, name, most)}: {d:+.1f} [{lo:+.1f}, {hi:+.1f}]")
         ax.axhline(0, color="0.5", lw=0.8)
         ax.set_xscale("log")
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v / 1e6:g}M" if v >= 1e6 else f"{v / 1e3:g}k"))
@@ -164,7 +165,7 @@ def accuracy_vs_tokens(plt, results, docs):
         ax.legend(fontsize=6.5, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2,
                   title=f"Δ {label} vs base (points) [95%]", title_fontsize=7)
     axes[0][0].set_ylabel("paired change vs base (points)")
-    fig.suptitle(f"Accuracy change vs sampling cost on the toy ({seeds_text(first)}; 95% intervals: hierarchical "
+    fig.suptitle(f"Accuracy change vs sampling cost on the toy ({seeds_text(most)}; 95% intervals: hierarchical "
                  f"bootstrap over seeds and questions)", fontsize=11)
     fig.tight_layout()
     fig.savefig(docs / "accuracy_vs_tokens.png", dpi=120, bbox_inches="tight")

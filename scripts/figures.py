@@ -33,12 +33,6 @@ def seeds_text(xs):
     return f"{len(xs)} seed" + ("s" if len(xs) > 1 else "")
 
 
-def cut(results, name, seeds):
-    """' (seeds 0, 1)' for a row with fewer seeds than the others (a design's cut), else ''."""
-    got = [r["_seed"] for r in results[name]]
-    return "" if len(got) == len(seeds) else f" (seed{'s' if len(got) > 1 else ''} {', '.join(map(str, got))})"
-
-
 def pyplot():
     try:  # matplotlib is optional (requirements-plots.txt, not requirements.txt): only pictures need it
         import matplotlib
@@ -121,7 +115,7 @@ def accuracy_vs_step(plt, results, out, seeds, docs):
     for ax, (title, names) in zip(axes, groups):
         for k, name in enumerate(n for n in names if n != "UPFT (N=1)"):
             x, y = curves(out, results, name)
-            ax.plot(x, y, marker="o", ms=3.5, lw=1.4, color=colors[k % len(colors)], label=name + cut(results, name, seeds))
+            ax.plot(x, y, marker="o", ms=3.5, lw=1.4, color=colors[k % len(colors)], label=name + rt.seeds_named(results[name], len(seeds)))
         if "UPFT (N=1)" in names:
             x, y = curves(out, results, "UPFT (N=1)")
             ax.plot(x, y, marker="o", ms=4, lw=2.4, color="tab:red", label="UPFT (N=1)")
@@ -155,7 +149,7 @@ def accuracy_vs_tokens(plt, results, docs):
             seen.append(x)
             ax.errorbar(x * 1.07 ** near, d, yerr=[[d - lo], [hi - d]], fmt=markers[k % len(markers)],
                         color="tab:red" if name == "UPFT (N=1)" else cmap(k % 20), capsize=3, ms=7,
-                        label=f"{name}{cut(results, name, most)}: {d:+.1f} [{lo:+.1f}, {hi:+.1f}]")
+                        label=f"{name}{rt.seeds_named(rs, len(most))}: {d:+.1f} [{lo:+.1f}, {hi:+.1f}]")
         ax.axhline(0, color="0.5", lw=0.8)
         ax.set_xscale("log")
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v / 1e6:g}M" if v >= 1e6 else f"{v / 1e3:g}k"))

@@ -212,6 +212,13 @@ def write_readme(readme: Path, table: str):
     print(f"updated {readme}")
 
 
+def seeds_named(rs, n):
+    """' (seeds 0, 1)' for a row of fewer than n finished seeds (a design's cut seeds), else ''."""
+    if len(rs) == n:
+        return ""
+    return f" (seed{'s' if len(rs) > 1 else ''} {', '.join(str(r['_seed']) for r in rs)})"
+
+
 def verdict(lo, hi):
     """docs/experiments.md's decision rule for a 95% interval of Δ (accuracy units), in that order."""
     if lo > 0.01:
@@ -252,9 +259,7 @@ def make_table(results, seeds, prefix_len):
     lines.append(base + " – | – | – | – | – |")
     total_wall, resumed_runs, verdicts = 0.0, 0, []
     for name, rs in results.items():
-        seeds_of = "" if len(rs) == len(seeds) else f" (seed{'s' if len(rs) > 1 else ''} " \
-            f"{', '.join(str(r['_seed']) for r in rs)})"
-        cells = [name + seeds_of, pct(statistics.mean(r["tuned"]["accuracy"] for r in rs))]
+        cells = [name + seeds_named(rs, len(seeds)), pct(statistics.mean(r["tuned"]["accuracy"] for r in rs))]
         d, lo, hi = paired_delta(rs, sampled=False)
         cells.append(f"{pct(d, True)} [{pct(lo, True)}, {pct(hi, True)}]")
         verdicts.append(f"| {cells[0]} | {verdict(lo, hi)} |")

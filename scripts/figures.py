@@ -95,18 +95,15 @@ def fig2_draw(plt, docs, work):
     plt.close(fig)
 
 
-def curves(out, results, name):
+def curves(results, name):
     """Mean over the row's seeds of the during-training evaluations, point by point (x: the mean step)."""
-    per_seed = []
-    for s in (r["_seed"] for r in results[name]):
-        recs = [json.loads(x) for x in open(rt.run_dir(out, name, s) / "metrics.jsonl")]
-        per_seed.append([(r["step"], r["eval_accuracy"]) for r in recs if "eval_accuracy" in r])
+    per_seed = [r["_summary"]["curve"] for r in results[name]]
     n = min(len(p) for p in per_seed)
     return ([statistics.mean(p[i][0] for p in per_seed) for i in range(n)],
             [100 * statistics.mean(p[i][1] for p in per_seed) for i in range(n)])
 
 
-def accuracy_vs_step(plt, results, out, seeds, docs):
+def accuracy_vs_step(plt, results, seeds, docs):
     groups = [("Baselines and UPFT", [n for n in results if rt.ROWS[n][2] != "control"]),
               ("UPFT and the controls that take it apart", [n for n in results if n == "UPFT (N=1)"] +
                [n for n in results if rt.ROWS[n][2] == "control"])]
@@ -114,10 +111,10 @@ def accuracy_vs_step(plt, results, out, seeds, docs):
     colors = [c for i, c in enumerate(plt.get_cmap("tab10").colors) if i != 3]  # red is UPFT's
     for ax, (title, names) in zip(axes, groups):
         for k, name in enumerate(n for n in names if n != "UPFT (N=1)"):
-            x, y = curves(out, results, name)
+            x, y = curves(results, name)
             ax.plot(x, y, marker="o", ms=3.5, lw=1.4, color=colors[k % len(colors)], label=name + rt.seeds_named(results[name], len(seeds)))
         if "UPFT (N=1)" in names:
-            x, y = curves(out, results, "UPFT (N=1)")
+            x, y = curves(results, "UPFT (N=1)")
             ax.plot(x, y, marker="o", ms=4, lw=2.4, color="tab:red", label="UPFT (N=1)")
         ax.set(title=title, xlabel="optimizer step")
         ax.grid(alpha=0.3)
@@ -133,7 +130,7 @@ def accuracy_vs_step(plt, results, out, seeds, docs):
 
 def accuracy_vs_tokens(plt, results, docs):
     """Paired Δ vs base (greedy, and sampled when evaluated) against tokens sampled, with the table's
-    hierarchical-bootstrap intervals."""
+    seed-aware intervals (a row of one seed: its question-level interval)."""
     from matplotlib.ticker import FuncFormatter, NullFormatter
     first = next(iter(results.values()))
     most = max(results.values(), key=len)  # rows with cut seeds name theirs in the legend
@@ -143,7 +140,8 @@ def accuracy_vs_tokens(plt, results, docs):
     for ax, (label, sampled) in zip(axes[0], kinds):
         seen = []  # x of the points drawn so far: points at (nearly) the same cost are spread sideways
         for k, (name, rs) in enumerate(results.items()):
-            d, lo, hi = (100 * v for v in rt.paired_delta(rs, sampled))
+            iv = rt.seed_interval(rs, sampled)
+            d, lo, hi = 100 * iv.delta, 100 * iv.low, 100 * iv.high
             x = statistics.mean(r["accounting"]["tokens_sampled"] for r in rs)
             near = sum(abs(x / s - 1) < 0.15 for s in seen)
             seen.append(x)
@@ -159,8 +157,8 @@ def accuracy_vs_tokens(plt, results, docs):
         ax.legend(fontsize=6.5, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2,
                   title=f"Δ {label} vs base (points) [95%]", title_fontsize=7)
     axes[0][0].set_ylabel("paired change vs base (points)")
-    fig.suptitle(f"Accuracy change vs sampling cost on the toy ({seeds_text(most)}; 95% intervals: hierarchical "
-                 f"bootstrap over seeds and questions)", fontsize=11)
+    fig.suptitle(f"Accuracy change vs sampling cost on the toy ({seeds_text(most)}; 95% intervals: seed-aware, "
+                 f"a row of one seed over its questions only)", fontsize=11)
     fig.tight_layout()
     fig.savefig(docs / "accuracy_vs_tokens.png", dpi=120, bbox_inches="tight")
     plt.close(fig)
@@ -169,7 +167,8 @@ def accuracy_vs_tokens(plt, results, docs):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--runs", default=str(ROOT / "runs" / "table"), help="the results table's run folders")
+    ap.add_argument("--results", default=str(ROOT / "results" / "toy-v5"), help="the results table's run "
+                    "summaries (results_table.py --results)")
     ap.add_argument("--docs", default=str(ROOT / "docs"))
     ap.add_argument("--reuse-fig2", action="store_true", help="draw Fig. 2 from runs/figures/*.json (written "
                     "by an earlier run of this script) instead of rerunning the two analyses")
@@ -181,12 +180,12 @@ def main():
     if not args.reuse_fig2:
         fig2(work)
     fig2_draw(plt, docs, work)
-    results = rt.load(args.runs, args.seeds, rows=rt.ROWS, partial=True)  # a cut seed leaves its row in
+    results = rt.load(args.results, args.seeds, rows=rt.ROWS, partial=True)  # a cut seed leaves its row in
     if results:
-        accuracy_vs_step(plt, results, args.runs, args.seeds, docs)
+        accuracy_vs_step(plt, results, args.seeds, docs)
         accuracy_vs_tokens(plt, results, docs)
     else:
-        print(f"no finished table runs in {args.runs}: only the Fig. 2 pictures were drawn")
+        print(f"no finished table runs in {args.results}: only the Fig. 2 pictures were drawn")
     print(f"wrote the pictures to {docs} in {time.time() - t0:.0f}s")
 
 

@@ -27,7 +27,9 @@ questions with replacement (the same questions for every seed of a draw), take t
 difference; the 2.5th and 97.5th percentiles of 4,000 draws.
 """
 import argparse
+import hashlib
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -38,6 +40,8 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import paired  # noqa: E402  (the intervals and the decision rule)
 EVAL_EVERY = 32  # optimizer steps between evaluations during training: ~5 points for the 126-step runs
 # What every run of the table adds to train.py's toy defaults (docs/experiments.md): 2,000 held-out
 # questions, greedy and 4 sampled answers each.
@@ -85,46 +89,110 @@ def run_dir(out, name, seed):
     return Path(out) / f"{stem}-s{seed}"
 
 
+def summary_path(results_dir, name, seed):
+    return Path(results_dir) / f"{run_dir('', name, seed).name}.json"
+
+
 def resumed(r):
     """Whether a run was resumed: results.json says so (older runs: the resume flag in args.json)."""
-    if "resumed" in r:
-        return r["resumed"]
-    return json.loads((Path(r["_dir"]) / "args.json").read_text()).get("resume", False)
+    return r["resumed"] if "resumed" in r else r["_args"].get("resume", False)
 
 
-def load(out, seeds, rows=None, partial=False):
-    """{row name: [results.json of each seed]} for the rows whose every seed has finished; with `partial`,
-    also the rows of which only some seeds finished (a design's cut seeds: the table names their seeds)."""
+def _records(run, tag, sampled):
+    path = Path(run) / f"eval_{tag}{'_sampled' if sampled else ''}.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _digits(recs, sampled):
+    """Per question, one character: 0/1 (greedy correct) or the number of correct samples (sampled)."""
+    return "".join(str(sum(r["sample_correct"]) if sampled else int(r["correct"])) for r in recs)
+
+
+def summarise(run):
+    """A finished run's small summary, the file the tables are made from (results/<study>/<run>.json):
+    its results.json and args.json, the during-training evaluations, and per held-out question the base
+    and tuned correctness, greedy and sampled. The base and tuned records must be the same questions in
+    the same order (checked here: a paired difference of mismatched records would be meaningless)."""
+    run = Path(run)
+    questions = None
+    per_question = {}
+    for sampled in (False, True):
+        if not (run / f"eval_base{'_sampled' if sampled else ''}.jsonl").exists():
+            continue
+        base, tuned = _records(run, "base", sampled), _records(run, "tuned", sampled)
+        keys = [[(r["index"], r.get("question")) for r in recs] for recs in (base, tuned)]
+        if keys[0] != keys[1]:
+            raise ValueError(f"{run}: the base and tuned {'sampled ' if sampled else ''}records are not the "
+                             f"same questions in the same order")
+        if questions is not None and keys[0] != questions:
+            raise ValueError(f"{run}: the greedy and sampled records are not the same questions")
+        questions = keys[0]
+        per_question["sampled" if sampled else "greedy"] = {
+            "base": _digits(base, sampled), "tuned": _digits(tuned, sampled),
+            **({"k": len(base[0]["sample_correct"])} if sampled else {})}
+    text = "\n".join(str(q) for _, q in questions)
+    metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    return {"results": json.loads((run / "results.json").read_text()),
+            "args": json.loads((run / "args.json").read_text()),
+            "curve": [[m["step"], m["eval_accuracy"]] for m in metrics if "eval_accuracy" in m],
+            "questions": {"index": [i for i, _ in questions],
+                          "sha256": hashlib.sha256(text.encode()).hexdigest()},
+            **per_question}
+
+
+def write_summary(run, path):
+    """Write summarise(run) to `path` atomically (a stop mid-write leaves the old file or none)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(summarise(run), separators=(",", ":")) + "\n")
+    os.replace(tmp, path)
+
+
+def load(results_dir, seeds, rows=None, partial=False):
+    """{row name: [one entry per finished seed]} from the committed run summaries in `results_dir`, for
+    the rows whose every seed has finished; with `partial`, also the rows of which only some seeds
+    finished (a design's cut seeds: the table names their seeds). An entry is the run's results.json
+    plus _args, _seed, _summary."""
     results = {}
     for name in rows or {**ROWS, **LR_ROWS}:
-        files = [run_dir(out, name, s) / "results.json" for s in seeds]
+        files = [summary_path(results_dir, name, s) for s in seeds]
         done = [f for f in files if f.exists()]
         if done and (partial or len(done) == len(files)):
-            results[name] = [{**json.loads(f.read_text()), "_dir": str(f.parent), "_seed": s}
-                             for f, s in zip(files, seeds) if f.exists()]
+            results[name] = []
+            for f, s in zip(files, seeds):
+                if f.exists():
+                    summary = json.loads(f.read_text())
+                    results[name].append({**summary["results"], "_args": summary["args"], "_seed": s,
+                                          "_summary": summary})
     return results
 
 
-def correctness(run, tag, sampled):
-    """Per held-out question: 1/0 (greedy) or the share of correct samples (sampled), from a run's records."""
-    path = Path(run) / f"eval_{tag}{'_sampled' if sampled else ''}.jsonl"
-    recs = [json.loads(line) for line in path.read_text().splitlines()]
-    return np.array([sum(r["sample_correct"]) / len(r["sample_correct"]) if sampled else float(r["correct"])
-                     for r in recs])
+def differences(runs, sampled):
+    """d[seed, question] = tuned - base correctness (greedy 1/0; sampled: the share of correct samples),
+    checked to be paired: every seed's records are the same questions in the same order, with the same
+    base answers."""
+    kind = "sampled" if sampled else "greedy"
+    first = runs[0]["_summary"]
+    for r in runs[1:]:
+        s = r["_summary"]
+        if s["questions"] != first["questions"] or s[kind]["base"] != first[kind]["base"]:
+            raise ValueError(f"seed {r['_seed']} is not paired with seed {runs[0]['_seed']}: other questions "
+                             f"or other base answers")
+    k = first[kind]["k"] if sampled else 1
+    base = np.array([int(c) for c in first[kind]["base"]]) / k
+    return np.stack([np.array([int(c) for c in r["_summary"][kind]["tuned"]]) / k - base for r in runs])
 
 
 def paired_delta(runs, sampled, draws=DRAWS, seed=0):
-    """Mean paired Δ (arm - base, per question, averaged over seeds and questions) and its 95% interval by
-    a hierarchical bootstrap: seeds resampled with replacement, then questions (the same for every seed of
-    the draw). Returns (Δ, low, high) in accuracy units."""
-    d = np.stack([correctness(r["_dir"], "tuned", sampled) - correctness(r["_dir"], "base", sampled) for r in runs])
-    rng = np.random.default_rng(seed)
-    S, Q = d.shape
-    boot = np.empty(draws)
-    for b in range(draws):
-        boot[b] = d[rng.integers(0, S, S)][:, rng.integers(0, Q, Q)].mean()
-    lo, hi = np.percentile(boot, [2.5, 97.5])
-    return d.mean(), lo, hi
+    """The pre-registered interval (paired.hierarchical_bootstrap) as (Δ, low, high) in accuracy units."""
+    iv = paired.hierarchical_bootstrap(differences(runs, sampled), draws, seed)
+    return iv.delta, iv.low, iv.high
+
+
+def seed_interval(runs, sampled):
+    """The corrected interval the verdicts use (paired.seed_question_interval)."""
+    return paired.seed_question_interval(differences(runs, sampled))
 
 
 def train_run(out, seed, name, args, base_run=None):
@@ -145,6 +213,26 @@ def train_run(out, seed, name, args, base_run=None):
     with open(Path(out) / f"{d.name}.log", "w") as log:
         subprocess.run(cmd, check=True, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     print(f"  {d.name}: {time.time() - t:.0f}s", flush=True)
+    keep(d, summary_path(args.results, name, seed), args.commit)
+
+
+def keep(run, path, commit):
+    """Write a finished run's summary; with `commit`, commit it at once (a stop later loses nothing)."""
+    write_summary(run, path)
+    print(f"  summary: {path}", flush=True)
+    if not commit:
+        return
+    repo = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=path.parent, capture_output=True,
+                          text=True, check=True).stdout.strip()
+    for attempt in range(30):  # another git command may hold the index for a moment
+        add = subprocess.run(["git", "add", str(path)], cwd=repo, capture_output=True, text=True)
+        done = add.returncode == 0 and subprocess.run(
+            ["git", "commit", "-q", "-m", f"results: {path.parent.name}/{path.name}", "--", str(path)],
+            cwd=repo, capture_output=True, text=True).returncode == 0
+        if done:
+            return
+        time.sleep(10)
+    print(f"  could not commit {path}: commit it by hand", flush=True)
 
 
 def positive(text):
@@ -164,7 +252,11 @@ def main(argv=None):
     ap.add_argument("--world", help="a toy world folder (train.py --world; default: the shipped assets/toy)")
     ap.add_argument("--jobs", type=positive, default=1, help="train.py runs at the same time (each keeps its own "
                     "thread count, so the numbers do not change; on a shared machine set OMP_WAIT_POLICY=PASSIVE)")
-    ap.add_argument("--out", default=str(ROOT / "runs" / "table"), help="the runs and table.md (default: runs/table)")
+    ap.add_argument("--out", default=str(ROOT / "runs" / "table"), help="the run folders and table.md (default: "
+                    "runs/table)")
+    ap.add_argument("--results", default=str(ROOT / "results" / "toy-v5"), help="the finished runs' summaries, "
+                    "which the table is made from (default: results/toy-v5, committed in the repository)")
+    ap.add_argument("--commit", action="store_true", help="git-commit each run's summary as soon as it is written")
     ap.add_argument("--base-from", help="a finished run whose base evaluation every run reuses (default: the "
                     "first run of --out measures it)")
     ap.add_argument("--readme", action="store_true", help="also write the table into README.md (default: only "
@@ -179,7 +271,10 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     jobs = [(seed, name) for seed in seeds for name in rows]  # seed-major
-    done = [j for j in jobs if (run_dir(out, j[1], j[0]) / "results.json").exists()]
+    for seed, name in jobs:  # a run that finished but whose summary was not written (a stop in between)
+        if (run_dir(out, name, seed) / "results.json").exists() and not summary_path(args.results, name, seed).exists():
+            keep(run_dir(out, name, seed), summary_path(args.results, name, seed), args.commit)
+    done = [j for j in jobs if summary_path(args.results, j[1], j[0]).exists()]
     base_run = args.base_from or next((run_dir(out, n, s) for s, n in done
                                        if (run_dir(out, n, s) / "eval_base.json").exists()), None)
     todo = [] if args.table_only else [j for j in jobs if j not in done]  # finished runs are reused
@@ -191,9 +286,9 @@ def main(argv=None):
         for f in [pool.submit(train_run, out, seed, name, args, base_run) for seed, name in todo]:
             f.result()
     print(f"this invocation: {time.time() - t0:.0f}s")
-    results = load(out, seeds, rows, partial=args.table_only)
+    results = load(args.results, seeds, rows, partial=args.table_only)
     if not results:
-        sys.exit(f"error: no finished runs in {out}")
+        sys.exit(f"error: no finished run summaries in {args.results}")
     table = make_table(results, seeds, args.prefix_len)
     print("\n" + table)
     (out / "table.md").write_text(table + "\n")
@@ -219,17 +314,6 @@ def seeds_named(rs, n):
     return f" (seed{'s' if len(rs) > 1 else ''} {', '.join(str(r['_seed']) for r in rs)})"
 
 
-def verdict(lo, hi):
-    """docs/experiments.md's decision rule for a 95% interval of Δ (accuracy units), in that order."""
-    if lo > 0.01:
-        return "helps"
-    if hi < -0.01:
-        return "hurts"
-    if -0.015 <= lo and hi <= 0.015:
-        return "no effect"
-    return "inconclusive"
-
-
 def pct(x, sign=False):
     return f"{100 * x:+.1f}" if sign else f"{100 * x:.1f}"
 
@@ -246,29 +330,33 @@ def make_table(results, seeds, prefix_len):
     s = f"{len(seeds)} seed{'s' if len(seeds) > 1 else ''} ({', '.join(map(str, seeds))})"
     lines = [f"{s}, L = {prefix_len}, {b0['accounting']['questions']} training questions, "
              f"{b0['base']['questions']} held-out questions; accuracy in %, mean over seeds; Δ = the paired "
-             f"change against the base model in points, [95% interval: hierarchical bootstrap over seeds and "
-             f"questions]" + (f"; sampled = {k} answers per question at temperature "
-                              f"{json.loads((Path(b0['_dir']) / 'args.json').read_text())['eval_temperature']}, "
-                              f"the checkpoint's top-p" if sampled_eval else "") + ".", ""]
-    head = "| method | greedy | Δ greedy |" + (f" sampled | Δ sampled | pass@{k} |" if sampled_eval else "")
+             f"change against the base model in points with two 95% intervals: **seed-aware** (the seed and "
+             f"question components, each with its own t quantile; with one seed, that seed's question-level "
+             f"interval) and, in the next column, the **pre-registered** hierarchical bootstrap over seeds and "
+             f"questions, which under-covers when seeds disagree (docs/method.md §6.1)" +
+             (f"; sampled = {k} answers per question at temperature {b0['_args']['eval_temperature']}, "
+              f"the checkpoint's top-p" if sampled_eval else "") + ".", ""]
+    head = "| method | greedy | Δ greedy, seed-aware | pre-registered |" + (
+        f" sampled | Δ sampled, seed-aware | pre-registered | pass@{k} |" if sampled_eval else "")
     head += " tokens sampled | tokens supervised | sampled / RFT | supervised / SFT | sampling + training (s) |"
     lines += [head, "|" + "---|" * (head.count("|") - 1)]
-    base = f"| base | {pct(b0['base']['accuracy'])} | – |"
+    base = f"| base | {pct(b0['base']['accuracy'])} | – | – |"
     if sampled_eval:
-        base += f" {pct(b0['base_sampled']['accuracy'])} | – | {pct(b0['base_sampled']['pass@n'])} |"
+        base += f" {pct(b0['base_sampled']['accuracy'])} | – | – | {pct(b0['base_sampled']['pass@n'])} |"
     lines.append(base + " – | – | – | – | – |")
     total_wall, resumed_runs, verdicts = 0.0, 0, []
     for name, rs in results.items():
         cells = [name + seeds_named(rs, len(seeds)), pct(statistics.mean(r["tuned"]["accuracy"] for r in rs))]
-        d, lo, hi = paired_delta(rs, sampled=False)
-        cells.append(f"{pct(d, True)} [{pct(lo, True)}, {pct(hi, True)}]")
-        verdicts.append(f"| {cells[0]} | {verdict(lo, hi)} |")
-        if sampled_eval:
-            cells.append(pct(statistics.mean(r["tuned_sampled"]["accuracy"] for r in rs)))
-            d, lo, hi = paired_delta(rs, sampled=True)
-            cells.append(f"{pct(d, True)} [{pct(lo, True)}, {pct(hi, True)}]")
-            verdicts[-1] += f" {verdict(lo, hi)} |"
-            cells.append(pct(statistics.mean(r["tuned_sampled"]["pass@n"] for r in rs)))
+        row_verdicts = []
+        for sampled in [False, True] if sampled_eval else [False]:
+            if sampled:
+                cells.append(pct(statistics.mean(r["tuned_sampled"]["accuracy"] for r in rs)))
+            fixed, old = seed_interval(rs, sampled), paired.Interval(*paired_delta(rs, sampled), len(rs))
+            cells += [fixed.cell() + (" (questions only)" if len(rs) == 1 else ""), old.cell()]
+            row_verdicts += [paired.verdict(fixed), paired.verdict(old, across_seeds=False)]
+            if sampled:
+                cells.append(pct(statistics.mean(r["tuned_sampled"]["pass@n"] for r in rs)))
+        verdicts.append(f"| {cells[0]} | " + " | ".join(row_verdicts) + " |")
         sampled = statistics.mean(r["accounting"]["tokens_sampled"] for r in rs)
         sup = statistics.mean(r["accounting"]["tokens_supervised"] for r in rs)
         whole = [r for r in rs if not resumed(r)]  # a resumed run's clocks restart at the resume
@@ -281,10 +369,12 @@ def make_table(results, seeds, prefix_len):
         cells += [f"{sampled:,.0f}", f"{sup:,.0f}", ratio(sampled, rft_sampled), ratio(sup, sft_sup),
                   f"{work:.0f}{mark}"]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "The decision rule of docs/experiments.md applied to each interval: helps (above +1), hurts "
-              "(below -1), no effect (within ±1.5), else inconclusive.", "",
-              "| method | greedy |" + (" sampled |" if sampled_eval else ""),
-              "|---|---|" + ("---|" if sampled_eval else ""), *verdicts]
+    lines += ["", "The decision rule of docs/experiments.md §1 applied to each interval, in this order: helps "
+              "(above +1), hurts (below -1), no effect (within ±1.5), else inconclusive; on the seed-aware "
+              "interval a row of one seed is not assessable (no verdict about a method from one training run).",
+              "", "| method | greedy, seed-aware | greedy, pre-registered |" +
+              (" sampled, seed-aware | sampled, pre-registered |" if sampled_eval else ""),
+              "|---|---|---|" + ("---|---|" if sampled_eval else ""), *verdicts]
     lines += ["", "What the tuned models do under the plain prompt (greedy answers; mean over seeds): mean length "
               "in tokens, the share with no extractable answer, the share that ends after its first line.", "",
               "| method | mean tokens | no answer | one line only |", "|---|---|---|---|",

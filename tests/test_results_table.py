@@ -1,10 +1,13 @@
-"""scripts/results_table.py's table: paired deltas with a hierarchical bootstrap interval, resumed runs
-left out of the time column, README.md rewritten only with --readme."""
+"""scripts/results_table.py's table: made from committed run summaries (checked to be paired per
+question), the seed-aware and the pre-registered intervals side by side, resumed runs left out of the time
+column, README.md rewritten only with --readme."""
 import json
+import subprocess
 import sys
 
 import numpy as np
 import pytest
+from scipy import stats
 
 from conftest import ROOT
 
@@ -15,7 +18,7 @@ BASE = [1, 0, 1, 0, 1, 0, 1, 0, 1, 0]  # greedy correctness of the base model on
 
 
 def _records(path, correct, sampled=None):
-    path.write_text("".join(json.dumps({"index": i, "correct": bool(c), **(
+    path.write_text("".join(json.dumps({"index": i, "question": f"q{i}", "correct": bool(c), **(
         {"sample_correct": s} if sampled else {})}) + "\n" for i, (c, s) in
         enumerate(zip(correct, sampled or [None] * len(correct)))))
 
@@ -40,6 +43,8 @@ def _run(out, name, seed, tuned, wall, resumed, sampled=None):
                                 "samples_per_question": 2}
     (d / "results.json").write_text(json.dumps(res))
     (d / "args.json").write_text(json.dumps({"eval_temperature": 0.6}))
+    (d / "metrics.jsonl").write_text('{"step": 0, "eval_accuracy": 0.5}\n{"step": 1, "loss": 1.0}\n')
+    rt.write_summary(d, rt.summary_path(out, name, seed))  # the summaries sit beside the run folders here
 
 
 def test_paired_delta_and_its_bootstrap_interval(tmp_path):
@@ -70,8 +75,9 @@ def test_sampled_columns_are_paired_too(tmp_path):
     table = rt.make_table(rt.load(tmp_path, [0, 1]), [0, 1], 8)
     sft = next(line for line in table.splitlines() if line.startswith("| SFT |"))
     cells = [c.strip() for c in sft.strip("|").split("|")]
-    assert cells[1] == "50.0" and cells[2].startswith("+0.0 [") and cells[3] == "55.0" and cells[4].startswith("+5.0 [")
-    assert "| base | 50.0 | – | 50.0 | – | 100.0 |" in table
+    assert cells[1] == "50.0" and cells[2].startswith("+0.0 [") and cells[3].startswith("+0.0 [")
+    assert cells[4] == "55.0" and cells[5].startswith("+5.0 [") and cells[6].startswith("+5.0 [")
+    assert "| base | 50.0 | – | – | 50.0 | – | – | 100.0 |" in table
 
 
 def test_resumed_runs_leave_the_time_column(tmp_path):
@@ -95,7 +101,7 @@ def test_readme_is_rewritten_only_with_the_flag(tmp_path, monkeypatch, capsys):
     readme = repo / "README.md"
     readme.write_text("intro\n<!-- results:start -->\nold table\n<!-- results:end -->\nrest\n")
     monkeypatch.setattr(rt, "ROOT", repo)    # every run is finished: nothing is trained
-    argv = ["--out", str(runs), "--seeds", "0", "1", "--rows", "SFT", "RFT (16 samples)"]
+    argv = ["--out", str(runs), "--results", str(runs), "--seeds", "0", "1", "--rows", "SFT", "RFT (16 samples)"]
     rt.main(argv)
     assert "old table" in readme.read_text() and "updated" not in capsys.readouterr().out
     table = (runs / "table.md").read_text()
@@ -122,7 +128,7 @@ def test_table_only_reports_cut_seeds_by_name(tmp_path, capsys):
     assert list(rt.load(tmp_path, [0, 1, 2])) == ["SFT"]
     both = rt.load(tmp_path, [0, 1, 2], partial=True)
     assert [r["_seed"] for r in both["RFT (16 samples)"]] == [0, 2]
-    rt.main(["--out", str(tmp_path), "--table-only"])
+    rt.main(["--out", str(tmp_path), "--results", str(tmp_path), "--table-only"])
     out = capsys.readouterr().out
     assert "$ " not in out  # no train.py command was run
     rft = next(line for line in out.splitlines() if line.startswith("| RFT (16 samples) (seeds 0, 2) |"))
@@ -130,10 +136,83 @@ def test_table_only_reports_cut_seeds_by_name(tmp_path, capsys):
     assert any(line.startswith("| SFT |") for line in out.splitlines())
 
 
+def test_records_must_be_paired(tmp_path):
+    """A summary refuses base and tuned records of other questions or another order; the table refuses seeds
+    whose questions or base answers differ."""
+    _run(tmp_path, "SFT", 0, BASE, 100, False)
+    d = rt.run_dir(tmp_path, "SFT", 0)
+    lines = (d / "eval_tuned.jsonl").read_text().splitlines()
+    (d / "eval_tuned.jsonl").write_text("\n".join(lines[1:] + lines[:1]) + "\n")  # same questions, other order
+    with pytest.raises(ValueError, match="same questions in the same order"):
+        rt.summarise(d)
+    _run(tmp_path, "SFT", 1, BASE, 100, False)
+    other = tmp_path / "other"
+    _run(other, "SFT", 2, BASE, 100, False)
+    s = json.loads(rt.summary_path(other, "SFT", 2).read_text())
+    s["greedy"]["base"] = "0" * 10  # another base evaluation
+    rt.summary_path(tmp_path, "SFT", 2).write_text(json.dumps(s))
+    runs = rt.load(tmp_path, [1, 2])["SFT"]
+    with pytest.raises(ValueError, match="not paired"):
+        rt.differences(runs, sampled=False)
+
+
+def test_summary_keeps_what_the_table_needs(tmp_path):
+    sampled = [[True, True]] + [[True, False]] * 9
+    _run(tmp_path, "SFT", 0, [1] * 10, 100, False, sampled=sampled)
+    s = json.loads(rt.summary_path(tmp_path, "SFT", 0).read_text())
+    assert s["greedy"] == {"base": "1010101010", "tuned": "1" * 10}
+    assert s["sampled"] == {"base": "1" * 10, "tuned": "2" + "1" * 9, "k": 2}
+    assert s["questions"]["index"] == list(range(10)) and s["curve"] == [[0, 0.5]]
+    d = rt.differences(rt.load(tmp_path, [0])["SFT"], sampled=True)
+    assert d.tolist() == [[0.5] + [0.0] * 9]
+
+
+def test_one_seed_rows_have_no_across_seed_verdict(tmp_path):
+    for seed in (0, 1, 2):
+        _run(tmp_path, "SFT", seed, [1, 1, 1, 1, 1, 1, 1, 0, 1, 0], 100, False)
+    _run(tmp_path, "EM-FT", 0, [1, 1, 1, 1, 1, 1, 1, 0, 1, 0], 100, False)
+    table = rt.make_table(rt.load(tmp_path, [0, 1, 2], partial=True), [0, 1, 2], 8)
+    em = [line for line in table.splitlines() if line.startswith("| EM-FT (seed 0) |")]
+    assert "(questions only)" in em[0] and em[1].split("|")[2].strip() == "not assessable"
+    sft = [line for line in table.splitlines() if line.startswith("| SFT |")]
+    cells = [c.strip() for c in sft[0].strip("|").split("|")]
+    d = np.array([0, 1, 0, 1, 0, 1, 0, 0, 0, 0])  # the same change in every seed: only the question component
+    half = 100 * stats.t.ppf(0.975, 9) * d.std(ddof=1) / np.sqrt(10)
+    assert cells[2] == f"+30.0 [{30 - half:+.1f}, {30 + half:+.1f}]"
+    assert sft[1].split("|")[2].strip() == "inconclusive"
+
+
+def test_summaries_are_committed_as_they_land(tmp_path):
+    """keep(..., commit=True) writes the summary and commits it at once, nothing else of the tree."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git = lambda *a: subprocess.run(["git", *a], cwd=repo, check=True, capture_output=True, text=True).stdout  # noqa: E731
+    git("init", "-q")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "start")
+    (repo / "unrelated.txt").write_text("x")
+    git("add", "unrelated.txt")
+    _run(tmp_path / "runs", "SFT", 0, BASE, 100, False)
+    path = repo / "results" / "toy" / "sft-s0.json"
+    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    import os
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        rt.keep(rt.run_dir(tmp_path / "runs", "SFT", 0), path, commit=True)
+    finally:
+        for k, v in old.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    assert git("show", "--name-only", "--format=%s", "HEAD").split() == ["results:", "toy/sft-s0.json",
+                                                                        "results/toy/sft-s0.json"]
+    assert "A  unrelated.txt" in git("status", "--short")  # staged before, still staged, not committed
+    assert json.loads(path.read_text())["greedy"]["base"] == "1010101010"
+
+
 def test_the_decision_rule():
     """docs/experiments.md: helps if the interval lies above +1 point, hurts if below -1, no effect if
     within +-1.5, else inconclusive (checked in that order)."""
-    assert rt.verdict(0.011, 0.03) == "helps" and rt.verdict(0.011, 0.014) == "helps"
-    assert rt.verdict(-0.05, -0.011) == "hurts"
-    assert rt.verdict(-0.015, 0.015) == "no effect" and rt.verdict(-0.01, 0.012) == "no effect"
-    assert rt.verdict(-0.016, 0.01) == "inconclusive" and rt.verdict(0.009, 0.03) == "inconclusive"
+    v = lambda lo, hi: rt.paired.verdict(rt.paired.Interval((lo + hi) / 2, lo, hi, 3))  # noqa: E731
+    assert v(0.011, 0.03) == "helps" and v(0.011, 0.014) == "helps"
+    assert v(-0.05, -0.011) == "hurts"
+    assert v(-0.015, 0.015) == "no effect" and v(-0.01, 0.012) == "no effect"
+    assert v(-0.016, 0.01) == "inconclusive" and v(0.009, 0.03) == "inconclusive"

@@ -246,8 +246,9 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--prefix-len", type=positive, default=8)
-    ap.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(ROWS), metavar="ROW",
-                    help="only these rows, named as in the table (default: all)")
+    ap.add_argument("--rows", nargs="+", choices=[*ROWS, *LR_ROWS], default=list(ROWS), metavar="ROW",
+                    help="only these rows, named as in the table (default: all; the LR check's rows too, e.g. "
+                         "'UPFT (N=1) (LR 3e-5)')")
     ap.add_argument("--lr-check", action="store_true", help="run the LR sensitivity rows (seed 0) instead")
     ap.add_argument("--world", help="a toy world folder (train.py --world; default: the shipped assets/toy)")
     ap.add_argument("--jobs", type=positive, default=1, help="train.py runs at the same time (each keeps its own "
@@ -265,7 +266,7 @@ def main(argv=None):
                     "(a row some of whose seeds did not finish shows which did)")
     ap.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="flags passed to every train.py run")
     args = ap.parse_args(argv)
-    rows = list(LR_ROWS) if args.lr_check else [n for n in ROWS if n in args.rows]
+    rows = list(LR_ROWS) if args.lr_check else [n for n in {**ROWS, **LR_ROWS} if n in args.rows]
     seeds = [args.seeds[0]] if args.lr_check else args.seeds
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Re-run the toy-v5 results table in the order docs/experiments.md §1 ("Re-run") fixes, committing each
 # finished run's summary to results/toy-v5/ as it lands. Restartable: a run whose summary exists is
-# skipped, an interrupted one resumes. OUT (default runs/table) holds the run folders.
+# skipped, an interrupted one resumes. OUT (default runs/table) holds the run folders, RESULTS (default
+# results/toy-v5) the summaries.
 #   bash scripts/toy_v5_rerun.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
-rt() { python3 scripts/results_table.py --out "${OUT:-runs/table}" --commit "$@"; }
+rt() { python3 scripts/results_table.py --out "${OUT:-runs/table}" --results "${RESULTS:-results/toy-v5}" --commit "$@"; }
 PROTECTED=("UPFT (N=1)" "SFT" "UPFT control (T=1, no top-p)" "UPFT, no instruction and no EOS" "RFT (16 samples)")
 OTHERS=("EM-FT" "UPFT + voting (N=8)" "UPFT, no instruction" "UPFT, no EOS" "UPFT, prefix part only (p = 0)"
         "UPFT, full-trace part only" "UPFT, random targets" "UPFT, per-sample loss (official)" "majority vote (16 samples)")

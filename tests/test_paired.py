@@ -20,10 +20,11 @@ import paired
 TRUE_DELTA = -0.02
 
 
-def simulate(rng, studies, seeds, questions, tau, base=0.65, flips=0.06):
-    """d[study, seed, question] (tuned - base correctness) for `studies` simulated tables."""
+def simulate(rng, studies, seeds, questions, tau, base=0.65, flips=0.06, shape=1.0):
+    """d[study, seed, question] (tuned - base correctness) for `studies` simulated tables; a smaller
+    `shape` concentrates the flips on fewer questions (the same ones in every seed)."""
     correct = rng.random((studies, 1, questions)) < base
-    propensity = rng.gamma(1.0, 1.0, (studies, 1, questions))
+    propensity = rng.gamma(shape, 1 / shape, (studies, 1, questions))
     delta_s = TRUE_DELTA + tau * rng.standard_normal((studies, seeds, 1))
     # P(right -> wrong) and P(wrong -> right) so that the expected flips are `flips` and the mean change delta_s
     down = np.clip((flips - delta_s) / 2 / base * propensity, 0, 1)
@@ -61,6 +62,19 @@ def test_the_preregistered_bootstrap_undercovers_when_seeds_disagree():
     c = coverage(lambda x: paired.hierarchical_bootstrap(x, draws=400), d)
     assert c < 0.92, c
     assert coverage(paired.seed_question_interval, d) > c
+
+
+def test_a_t_interval_over_seeds_alone_misses_what_the_seeds_share():
+    """Why the question component is there: when the same questions flip in every seed, the per-seed Δs
+    agree more than the question set allows, and a t-interval over them under-covers."""
+    d = simulate(np.random.default_rng(11), 2000, 3, 2000, 0.0, shape=0.2)
+
+    def t_over_seeds(x):
+        per_seed = x.mean(1)
+        half = paired.t975(2) * per_seed.std(ddof=1) / np.sqrt(3)
+        return paired.Interval(per_seed.mean(), per_seed.mean() - half, per_seed.mean() + half, 3)
+    assert coverage(t_over_seeds, d) < 0.92
+    assert coverage(paired.seed_question_interval, d) >= 0.95
 
 
 def test_two_seeds_and_one_seed():

@@ -36,9 +36,16 @@ instruction may occur, in other sentences (the paper's models know English), and
 none of its tokens is unseen in pretraining.
 
 A world is a `World` recipe (problem counts, the share of each kind of pretraining example, vocabulary
-size, pretraining settings); another world is one more `WORLDS` entry. (A later issue's "decision
-worlds", whose solutions open with one of a few method markers, would add a solution style to the
-problem generator and reuse the instruct mix as it is.)
+size, pretraining settings); another world is one more `WORLDS` entry.
+
+* "decision" and "mirror" (toy-v5-decision, toy-v5-mirror): the positive control of docs/experiments.md
+  §2, a world where the opening DOES decide. Every solution opens with a method marker on its own line:
+  "Slowly:" (the careful form, one operation per line, as in toy-v5) or "Fast:" (the hasty form: the bare
+  equations, several operations per line, which the model gets wrong more often). The marker is drawn
+  independently of the problem, the careful one with probability `careful_share` (decision: the majority;
+  mirror: the minority), so the base model's first token is the decision, made by chance. These worlds
+  continue pretraining the shipped instruct world's model on that mix (same tokenizer, same instruct
+  kinds), a few minutes instead of an hour.
 
 The built world (model + question files) ships in assets/toy; `load_world` reads it, and
 `build_world` rebuilds it with the trainer passed in (scripts/build_toy.py passes train.fit).
@@ -304,15 +311,54 @@ def target_of(row: dict, kind: str) -> str:
     count, belongs to the first step (alone it is not a step towards the answer, and at ~7 tokens it is
     shorter than UPFT's 8-token prefix: see the recipe log in WORLDS)."""
     lines = row["solution"].split("\n")
+    marker = 1 if opener_of(row["solution"]) else 0  # a decision world's marker line opens the first step
     if kind in ("plain", "full"):
         return row["solution"]
     if kind == "first":
-        return "\n".join(lines[:2])
+        return "\n".join(lines[:2 + marker])
     if kind == "two":
-        return "\n".join(lines[:3])
+        return "\n".join(lines[:3 + marker])
     if kind == "answer":
         return f"The answer is \\boxed{{{row['answer']}}}."
     raise ValueError(f"unknown kind {kind!r}")
+
+
+# The decision worlds' method markers (first line of a solution) and the hasty form's operations per line.
+MARKERS = {"careful": "Slowly:", "hasty": "Fast:"}
+HASTY_OPS_PER_LINE = 3
+_EQUATION = re.compile(r"\d+ [-+*/] \d+ = \d+")
+
+
+def decision_solution(row: dict, form: str) -> str:
+    """`row`'s solution in the decision worlds' `form` ("careful" or "hasty"), behind its marker line.
+
+    careful: the marker, then the toy-v5 solution as it is (the opening line, one operation per line
+    with its words, the answer line). hasty: the marker, the opening line, then only the equations, 
+    HASTY_OPS_PER_LINE operations per line (a purchase is two equations: k * m, then the sum), then the
+    answer line. The same numbers, the same answer; the hasty form drops the words that tie each line to
+    its sentence of the question."""
+    lines = row["solution"].split("\n")
+    if form == "careful":
+        return "\n".join([MARKERS["careful"], *lines])
+    if form != "hasty":
+        raise ValueError(f"unknown form {form!r}")
+    ops = [", ".join(_EQUATION.findall(line)) for line in lines[1:-1]]
+    work = [", ".join(ops[i:i + HASTY_OPS_PER_LINE]) + "." for i in range(0, len(ops), HASTY_OPS_PER_LINE)]
+    return "\n".join([MARKERS["hasty"], lines[0], *work, lines[-1]])
+
+
+def opener_of(text: str) -> str | None:
+    """"careful" / "hasty" when `text` (a response) opens with that marker, else None."""
+    first = text.lstrip().split("\n", 1)[0].strip()
+    return next((form for form, marker in MARKERS.items() if first == marker), None)
+
+
+def decision_rows(rows: list[dict], careful_share: float, key: str) -> list[dict]:
+    """`rows` with their solutions in a decision world's forms: careful with probability
+    `careful_share`, independently of the problem (a seeded stream keyed by `key`)."""
+    rng = random.Random(f"upft-toy/{key}/forms")
+    return [{**r, "solution": decision_solution(r, "careful" if rng.random() < careful_share else "hasty")}
+            for r in rows]
 
 
 def instruct(row: dict, kind: str, rng: random.Random) -> dict:
@@ -478,6 +524,8 @@ class World:
     n_test: int             # held-out 4-6-step questions (base/tuned accuracy, the gates)
     vocab_size: int         # BPE vocabulary, special tokens included
     pretrain: dict          # train.TrainConfig of pretraining (train.fit, one epoch)
+    careful_share: float | None = None  # decision worlds: P(careful marker) in every solution (decision_rows)
+    continue_from: str | None = None    # continue pretraining this world's shipped build (its tokenizer too)
 
 
 # Pretraining from scratch with the project's own loop. Accuracy jumps once the model learns to copy
@@ -502,7 +550,19 @@ WORLDS = {
                       tasks={"first": 0.16, "two": 0.06, "answer": 0.06, "full": 0.12},
                       n_upft=2_000, n_test=2_000, vocab_size=896, pretrain=PRETRAIN),
 }
+# The decision worlds (docs/experiments.md §2): the instruct world's model, pretrained further on 16,000
+# fresh 3-5-step questions (1,000 steps of 16) of the instruct mix, every solution in a decision form.
+# The careful share of the corpus is set so that sampling at T = 0.6 / top-p 0.95 (which sharpens a
+# 60:40 choice to about 67:33) lands in the gate's 60-75% (decision) and 25-40% (mirror).
+CONTINUE = dict(lr=1e-3, epochs=1, batch_size=16, micro_batch_size=16, warmup_ratio=0.02, schedule="cosine", seed=0)
+_DECISION = dict(n_pretrain=16_000, tasks={"first": 0.16, "two": 0.06, "answer": 0.06, "full": 0.12},
+                 n_upft=2_000, n_test=2_000, vocab_size=896, pretrain=CONTINUE, continue_from="instruct")
+WORLDS["decision"] = World("decision", "toy-v5-decision", careful_share=0.6, **_DECISION)
+WORLDS["mirror"] = World("mirror", "toy-v5-mirror", careful_share=0.4, **_DECISION)
 DEFAULT_WORLD = "instruct"
+WORLD_DIRS = {"instruct": Path(__file__).resolve().parent / "assets" / "toy",
+              "decision": Path(__file__).resolve().parent / "assets" / "toy-decision",
+              "mirror": Path(__file__).resolve().parent / "assets" / "toy-mirror"}
 
 # Recipe log of the instruct world: pilot builds on 2 shared CPU cores, gates of scripts/gates.py on the
 # first 500 held-out questions (toy-v4 on its first 200: opening 2.71 nats/token under the instruction,
@@ -547,12 +607,17 @@ def load_world(path=WORLD_DIR) -> dict:
 
 
 def world_data(w: World) -> tuple[list[dict], list[dict], list[dict]]:
-    """(pretraining corpus, UPFT questions, test questions) of recipe `w`, all deterministic."""
-    pre = make_split(w.n_pretrain, seed=0, split="train")  # 3-5 steps: what the model learns from
+    """(pretraining corpus, UPFT questions, test questions) of recipe `w`, all deterministic. A decision
+    world's continued pretraining draws fresh questions (seed 2), none of them a UPFT question, and its
+    solutions (the UPFT and test rows' too) are in the world's decision forms."""
+    pre = make_split(w.n_pretrain, seed=2 if w.continue_from else 0, split="train")  # 3-5 steps
     seen = {r["question"] for r in pre}
     upft_rows = [r for r in make_split(w.n_upft + 100, seed=1, split="train", **HARDER)
                  if r["question"] not in seen][:w.n_upft]
     test = make_split(w.n_test, seed=0, split="test", **HARDER)
+    if w.careful_share is not None:
+        pre, upft_rows, test = (decision_rows(rows, w.careful_share, f"{w.version}/{part}")
+                                for rows, part in ((pre, "pretrain"), (upft_rows, "upft"), (test, "test")))
     corpus = pretraining_corpus(pre, w.tasks, w.version)
     bad = [e["prompt"] for e in corpus if instruction_ngrams(e["prompt"] + "\n" + e["target"])]
     if bad:  # the vocabulary rule (module docstring): never build a world that breaks it
@@ -594,10 +659,18 @@ def build_world(out_dir, fit, train_config, world=DEFAULT_WORLD, max_steps=None,
     w = dataclasses.replace(WORLDS[world], **sizes)
     corpus, upft_rows, test = world_data(w)
     with atomic_dir(out_dir) as tmp:
-        train_tokenizer(tokenizer_corpus(corpus), tmp / "tokenizer", w.vocab_size)
-        tok = Tokenizer.from_pretrained(tmp / "tokenizer")
-        torch.manual_seed(w.pretrain["seed"])
-        model = Transformer(Config.from_dict(model_config(len(tok)))).init_weights(0.02)
+        if w.continue_from:  # the source world's model and tokenizer, pretrained further
+            source = load_world(WORLD_DIRS[w.continue_from])
+            (tmp / "tokenizer").mkdir()
+            for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+                shutil.copy(source["model_dir"] / name, tmp / "tokenizer" / name)
+            tok = Tokenizer.from_pretrained(tmp / "tokenizer")
+            model = Transformer.from_pretrained(source["model_dir"])
+        else:
+            train_tokenizer(tokenizer_corpus(corpus), tmp / "tokenizer", w.vocab_size)
+            tok = Tokenizer.from_pretrained(tmp / "tokenizer")
+            torch.manual_seed(w.pretrain["seed"])
+            model = Transformer(Config.from_dict(model_config(len(tok)))).init_weights(0.02)
         # every example is the chat prompt over its user turn + the whole target + end of turn
         examples = [make_example(tok, e["prompt"], tok.encode(e["target"]), "full", prefix_len=0) for e in corpus]
         tc = train_config(**w.pretrain, max_steps=max_steps, eval_every=eval_every)
@@ -621,6 +694,9 @@ def build_world(out_dir, fit, train_config, world=DEFAULT_WORLD, max_steps=None,
                   "steps": len(hist), "final_loss": hist[-1]["loss"],
                   "model_sha256": weights, "seconds": round(time.time() - t0, 1), "torch": torch.__version__,
                   "losses": [h["loss"] for h in hist]}
+        if w.continue_from:
+            record.update(continue_from=source["build"]["version"], source_sha256=source["build"]["model_sha256"],
+                          careful_share=w.careful_share, markers=MARKERS, hasty_ops_per_line=HASTY_OPS_PER_LINE)
         if curve:
             record["accuracy_during_pretraining"] = {"every": eval_every, "questions": 100, "accuracy": curve}
         write_json(tmp / "build.json", record)

@@ -1,4 +1,5 @@
-"""Does a toy world's base model read UPFT's prefix instruction? The gates of the instruct world, in one command.
+"""Does a toy world's base model read UPFT's prefix instruction (and, in a decision world, does its opening
+decide)? The gates of the toy worlds, in one command.
 
     python scripts/gates.py                          # the shipped world (assets/toy), first 500 test questions
     python scripts/gates.py --world runs/pilot --limit 500 --out runs/pilot/gates.json
@@ -14,6 +15,13 @@ stay likely under it. On the first --limit held-out questions (the world's test.
                    the same tokens' cost under the plain prompt is printed beside it;
   gate "accuracy"  plain-prompt greedy accuracy in [0.45, 0.75] (room to gain and to lose).
 
+The decision worlds (toy.py: "decision", "mirror"; docs/experiments.md §2) add three gates:
+
+  gate "gap"       greedy accuracy with the careful marker prefilled minus with the hasty one >= 10 points;
+  gate "share"     the base model's sampled share of the careful opener (first 8 tokens at the generation
+                   config's temperature / top-p, seed 0) in [0.60, 0.75] (decision) or [0.25, 0.40]
+                   (mirror), under the plain prompt and under the UPFT instruction (two gates).
+
 Reported, not gated: what the base model does under the instruction (greedy): mean response length
 in tokens, the share of responses that stop after their first line and after their first step (the
 toy's first step is the opening line and one operation: toy.target_of), the share whose first line is
@@ -21,7 +29,6 @@ the plain greedy response's first line, and the accuracy. Prints a table, writes
 (default: gates.json in the world folder), exits 0 when every gate holds, 1 otherwise.
 """
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -39,6 +46,8 @@ from upft import PREFIX_INSTRUCTION, make_example  # noqa: E402
 OPENING_TOKENS = 8      # L = 8, the toy's default prefix length
 MAX_OPENING_NLL = 0.5   # nats per token
 ACCURACY_RANGE = (0.45, 0.75)
+MIN_GAP = 0.10          # decision worlds: careful minus hasty, forced-opener greedy accuracy
+SHARE_RANGE = {"decision": (0.60, 0.75), "mirror": (0.25, 0.40)}  # sampled share of the careful opener
 
 
 def greedy(model, tok, rows, instruction, max_new_tokens, batch_size):
@@ -111,11 +120,55 @@ def gate_figures(model, tok, rows, seed=0, max_new_tokens=256, batch_size=128):
     }
 
 
+def opener_share(model, tok, rows, instruction, seed=0, batch_size=128):
+    """Share of the careful opener among the base model's sampled openings (OPENING_TOKENS tokens at the
+    generation config's temperature / top-p), and the share with neither marker."""
+    gen = tok.generation_config
+    outs = generate(model, [chat_prompt(tok, r["question"], instruction) for r in rows], OPENING_TOKENS,
+                    temperature=gen.get("temperature", 1.0), top_p=gen.get("top_p", 1.0), top_k=gen.get("top_k", 0),
+                    stop_ids=tok.eos_ids, seed=seed, batch_size=batch_size)
+    forms = [toy.opener_of(tok.decode(o, skip_special_tokens=True)) for o in outs]
+    n = max(len(rows), 1)
+    return {"careful": forms.count("careful") / n, "hasty": forms.count("hasty") / n, "neither": forms.count(None) / n}
+
+
+def forced_accuracy(model, tok, rows, form, max_new_tokens=256, batch_size=128):
+    """Plain-prompt greedy accuracy with the answer's first line prefilled with `form`'s marker."""
+    head = tok.encode(toy.MARKERS[form] + "\n")
+    outs = generate(model, [chat_prompt(tok, r["question"]) + head for r in rows], max_new_tokens,
+                    stop_ids=tok.eos_ids, batch_size=batch_size)
+    return sum(is_equiv(extract_answer(tok.decode(o, skip_special_tokens=True)), r["answer"])
+               for o, r in zip(outs, rows)) / max(len(rows), 1)
+
+
+def decision_figures(model, tok, rows, world, seed=0, max_new_tokens=256, batch_size=128):
+    """The decision worlds' figures and gates (careful/hasty accuracy gap, the careful opener's share)."""
+    acc = {form: forced_accuracy(model, tok, rows, form, max_new_tokens, batch_size) for form in toy.MARKERS}
+    share = {"plain": opener_share(model, tok, rows, "", seed, batch_size),
+             "instructed": opener_share(model, tok, rows, PREFIX_INSTRUCTION, seed, batch_size)}
+    lo, hi = SHARE_RANGE[world]
+    gates = {"gap": {"value": acc["careful"] - acc["hasty"], "min": MIN_GAP, "ok": acc["careful"] - acc["hasty"] >= MIN_GAP}}
+    for where, sh in share.items():
+        gates[f"share_{where}"] = {"value": sh["careful"], "range": [lo, hi], "ok": lo <= sh["careful"] <= hi}
+    return {"forced_accuracy": acc, "careful_share": share, "gates": gates}
+
+
 def report(f):
     o, i, g = f["opening"], f["instructed"], f["gates"]
     mark = {True: "holds", False: "FAILS"}
+    lines = []
+    if "decision" in f:
+        d, dg = f["decision"], f["decision"]["gates"]
+        lines = [f"gate gap       forced careful {d['forced_accuracy']['careful']:.1%} vs hasty "
+                 f"{d['forced_accuracy']['hasty']:.1%} greedy: {dg['gap']['value'] * 100:+.1f} points "
+                 f"(>= {MIN_GAP * 100:.0f}): {mark[dg['gap']['ok']]}"]
+        for where in ("plain", "instructed"):
+            g, sh = dg[f"share_{where}"], d["careful_share"][where]
+            lines.append(f"gate share     careful opener {sh['careful']:.1%} of sampled openings, {where} prompt "
+                         f"({g['range'][0]:.0%}-{g['range'][1]:.0%}; hasty {sh['hasty']:.1%}, neither "
+                         f"{sh['neither']:.1%}): {mark[g['ok']]}")
     return "\n".join([
-        f"{f['questions']} held-out questions",
+        f"{f['questions']} held-out questions", *lines,
         f"gate opening   {o['nll_instructed']:.3f} nats/token under the UPFT instruction (<= {MAX_OPENING_NLL}; "
         f"plain prompt {o['nll_plain']:.3f}): {mark[g['opening']['ok']]}",
         f"gate accuracy  {f['plain']['accuracy']:.1%} plain greedy ({ACCURACY_RANGE[0]:.0%}-{ACCURACY_RANGE[1]:.0%}): "
@@ -140,11 +193,16 @@ def main(argv=None):
     world = toy.load_world(args.world)
     model = Transformer.from_pretrained(world["model_dir"])
     tok = Tokenizer.from_pretrained(world["model_dir"])
-    f = gate_figures(model, tok, world["test"][:args.limit], seed=args.seed, max_new_tokens=args.max_new_tokens)
+    rows = world["test"][:args.limit]
+    f = gate_figures(model, tok, rows, seed=args.seed, max_new_tokens=args.max_new_tokens)
+    name = world["build"].get("world")
+    if name in SHARE_RANGE:
+        f["decision"] = decision_figures(model, tok, rows, name, seed=args.seed, max_new_tokens=args.max_new_tokens)
     f.update(world=str(args.world), version=world["build"]["version"], seconds=round(time.time() - t0, 1))
     print(report(f))
     write_json(Path(args.out) if args.out else Path(args.world) / "gates.json", f)
-    return 0 if all(g["ok"] for g in f["gates"].values()) else 1
+    gates = [*f["gates"].values(), *f.get("decision", {}).get("gates", {}).values()]
+    return 0 if all(g["ok"] for g in gates) else 1
 
 
 if __name__ == "__main__":

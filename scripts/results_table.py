@@ -45,7 +45,8 @@ import paired  # noqa: E402  (the intervals and the decision rule)
 EVAL_EVERY = 32  # optimizer steps between evaluations during training: ~5 points for the 126-step runs
 # What every run of the table adds to train.py's toy defaults (docs/experiments.md): 2,000 held-out
 # questions, greedy and 4 sampled answers each.
-SETTINGS = ["--eval-limit", "2000", "--eval-samples", "4"]
+SETTINGS = ["--eval-samples", "4"]
+EVAL_LIMIT = 2000  # held-out questions (--eval-limit; the decision worlds' study uses 1,000)
 # The rows in the table's order: name -> (run folder stem, train.py flags, kind).
 ROWS = {
     "SFT": ("sft", ["--method", "sft"], "baseline"),
@@ -108,6 +109,19 @@ def _digits(recs, sampled):
     return "".join(str(sum(r["sample_correct"]) if sampled else int(r["correct"])) for r in recs)
 
 
+def _forms(recs, sampled):
+    """Per answer, its opener and whether it is right: c/h careful/hasty marker (toy.opener_of), n
+    neither; upper case when right. Greedy: one letter a question; sampled: k letters a question."""
+    from toy import opener_of  # here: a table made from summaries needs no torch
+
+    def letter(text, right):
+        c = {"careful": "c", "hasty": "h", None: "n"}[opener_of(text)]
+        return c.upper() if right else c
+    if sampled:
+        return ["".join(map(letter, r["responses"], r["sample_correct"])) for r in recs]
+    return "".join(letter(r["response"], r["correct"]) for r in recs)
+
+
 def summarise(run):
     """A finished run's small summary, the file the tables are made from (results/<study>/<run>.json):
     its results.json and args.json, the during-training evaluations, and per held-out question the base
@@ -129,7 +143,8 @@ def summarise(run):
         questions = keys[0]
         per_question["sampled" if sampled else "greedy"] = {
             "base": _digits(base, sampled), "tuned": _digits(tuned, sampled),
-            **({"k": len(base[0]["sample_correct"])} if sampled else {})}
+            **({"k": len(base[0]["sample_correct"])} if sampled else {}),
+            "forms": {"base": _forms(base, sampled), "tuned": _forms(tuned, sampled)}}
     text = "\n".join(str(q) for _, q in questions)
     metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     return {"results": json.loads((run / "results.json").read_text()),
@@ -198,10 +213,12 @@ def seed_interval(runs, sampled):
 def train_run(out, seed, name, args, base_run=None):
     d = run_dir(out, name, seed)
     flags = list({**ROWS, **LR_ROWS}[name][1])
-    if "--eval-every" not in flags:
-        flags += ["--eval-every", str(EVAL_EVERY)]
+    if args.eval_every == 0:  # no evaluation during training (a row's own --eval-every goes too)
+        flags = [f for i, f in enumerate(flags) if f != "--eval-every" and (i == 0 or flags[i - 1] != "--eval-every")]
+    elif "--eval-every" not in flags:
+        flags += ["--eval-every", str(args.eval_every)]
     cmd = [sys.executable, str(ROOT / "train.py"), "--prefix-len", str(args.prefix_len), "--seed", str(seed),
-           "--out", str(d), *SETTINGS, *flags, *args.extra]
+           "--out", str(d), "--eval-limit", str(args.eval_limit), *SETTINGS, *flags, *args.extra]
     if args.world:
         cmd += ["--world", args.world]
     if base_run:
@@ -258,6 +275,10 @@ def main(argv=None):
     ap.add_argument("--results", default=str(ROOT / "results" / "toy-v5"), help="the finished runs' summaries, "
                     "which the table is made from (default: results/toy-v5, committed in the repository)")
     ap.add_argument("--commit", action="store_true", help="git-commit each run's summary as soon as it is written")
+    ap.add_argument("--eval-limit", type=positive, default=EVAL_LIMIT, help=f"held-out questions evaluated "
+                    f"(default: {EVAL_LIMIT})")
+    ap.add_argument("--eval-every", type=int, default=EVAL_EVERY, help=f"optimizer steps between evaluations on "
+                    f"100 held-out questions during training (default: {EVAL_EVERY}; 0: none)")
     ap.add_argument("--base-from", help="a finished run whose base evaluation every run reuses (default: the "
                     "first run of --out measures it)")
     ap.add_argument("--readme", action="store_true", help="also write the table into README.md (default: only "

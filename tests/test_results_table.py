@@ -18,8 +18,8 @@ BASE = [1, 0, 1, 0, 1, 0, 1, 0, 1, 0]  # greedy correctness of the base model on
 
 
 def _records(path, correct, sampled=None):
-    path.write_text("".join(json.dumps({"index": i, "question": f"q{i}", "correct": bool(c), **(
-        {"sample_correct": s} if sampled else {})}) + "\n" for i, (c, s) in
+    path.write_text("".join(json.dumps({"index": i, "question": f"q{i}", "correct": bool(c), "response": "x", **(
+        {"sample_correct": s, "responses": ["x"] * len(s)} if sampled else {})}) + "\n" for i, (c, s) in
         enumerate(zip(correct, sampled or [None] * len(correct)))))
 
 
@@ -159,9 +159,16 @@ def test_records_must_be_paired(tmp_path):
 def test_summary_keeps_what_the_table_needs(tmp_path):
     sampled = [[True, True]] + [[True, False]] * 9
     _run(tmp_path, "SFT", 0, [1] * 10, 100, False, sampled=sampled)
-    s = json.loads(rt.summary_path(tmp_path, "SFT", 0).read_text())
-    assert s["greedy"] == {"base": "1010101010", "tuned": "1" * 10}
-    assert s["sampled"] == {"base": "1" * 10, "tuned": "2" + "1" * 9, "k": 2}
+    d = rt.run_dir(tmp_path, "SFT", 0)
+    recs = [json.loads(x) for x in (d / "eval_tuned_sampled.jsonl").read_text().splitlines()]
+    recs[0]["responses"] = ["Slowly:\nA.\nB.", "Fast:\nA, B."]  # a decision world's two openers
+    recs[1]["responses"] = ["Slowly:\nA.", "  Fast: and more\nB."]  # not the marker line: neither
+    (d / "eval_tuned_sampled.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    s = rt.summarise(d)
+    assert {k: v for k, v in s["greedy"].items() if k != "forms"} == {"base": "1010101010", "tuned": "1" * 10}
+    assert s["greedy"]["forms"] == {"base": "NnNnNnNnNn", "tuned": "N" * 10}
+    assert {k: v for k, v in s["sampled"].items() if k != "forms"} == {"base": "1" * 10, "tuned": "2" + "1" * 9, "k": 2}
+    assert s["sampled"]["forms"]["tuned"][:2] == ["CH", "Cn"] and s["sampled"]["forms"]["base"][0] == "Nn"
     assert s["questions"]["index"] == list(range(10)) and s["curve"] == [[0, 0.5]]
     d = rt.differences(rt.load(tmp_path, [0])["SFT"], sampled=True)
     assert d.tolist() == [[0.5] + [0.0] * 9]

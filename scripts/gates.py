@@ -163,10 +163,10 @@ def report(f):
                  f"{d['forced_accuracy']['hasty']:.1%} greedy: {dg['gap']['value'] * 100:+.1f} points "
                  f"(>= {MIN_GAP * 100:.0f}): {mark[dg['gap']['ok']]}"]
         for where in ("plain", "instructed"):
-            g, sh = dg[f"share_{where}"], d["careful_share"][where]
+            gate, sh = dg[f"share_{where}"], d["careful_share"][where]
             lines.append(f"gate share     careful opener {sh['careful']:.1%} of sampled openings, {where} prompt "
-                         f"({g['range'][0]:.0%}-{g['range'][1]:.0%}; hasty {sh['hasty']:.1%}, neither "
-                         f"{sh['neither']:.1%}): {mark[g['ok']]}")
+                         f"({gate['range'][0]:.0%}-{gate['range'][1]:.0%}; hasty {sh['hasty']:.1%}, neither "
+                         f"{sh['neither']:.1%}): {mark[gate['ok']]}")
     return "\n".join([
         f"{f['questions']} held-out questions", *lines,
         f"gate opening   {o['nll_instructed']:.3f} nats/token under the UPFT instruction (<= {MAX_OPENING_NLL}; "

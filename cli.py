@@ -53,10 +53,9 @@ DEFAULTS = {               # toy,   real
     "eval_subset":         (100, 100),
     "eval_samples":        (2, 0),
 }
-# The last line of a toy run (a lower tuned accuracy on one run says little: see the README's table).
+# The last line of a toy run (a lower tuned accuracy on one run says little: see docs/results.md's table).
 TOY_NOTE = ("toy world: one run, one seed (the intervals above cover the questions, not the seed); what each "
-            "method does here over 3 seeds and 2,000 held-out questions: README, \"Results on the instruct toy "
-            "world\"")
+            "method does here over 3 seeds and 2,000 held-out questions: docs/results.md")
 METHODS = ("upft", "sft", "rft", "em", "vote")
 # The switches of the controls that take UPFT apart (docs/method.md §7.1; --method upft only). Each builds
 # its examples from the same split and samples as plain UPFT with the same seed.

@@ -271,6 +271,11 @@ def make_digest(results, seeds):
               f"{DIGEST_INTERVAL}]. The paper's column: its reported MATH500 accuracy (base) and change "
               f"(tuned rows) in points, one run each with no interval (NeurIPS Tables 1 and 2; arXiv v1 "
               f"Tables 2 and 3). The full table: [docs/results.md](docs/results.md)."]
+    if "UPFT (N=1)" in results:  # the seeds' spread, which an interval over few seeds summarises poorly
+        per_seed = [(correctness(r["_dir"], "tuned", False) - correctness(r["_dir"], "base", False)).mean()
+                    for r in results["UPFT (N=1)"]]
+        lines[-1] += (" UPFT (N=1), Δ greedy of each seed, lowest first: "
+                      + ", ".join(pct(d, True) for d in sorted(per_seed)) + ".")
     return "\n".join(lines)
 
 

@@ -134,6 +134,7 @@ def test_the_digest(tmp_path):
     assert rows[0].split("|")[1:-1] == [" base ", " 50.0 ", " – ", " 50.0 ", " – ", f" {rt.PAPER['base']} "]
     assert "not in the paper" in rows[3] and "3 seeds (0, 1, 2)" in digest and "NeurIPS Tables 1 and 2" in digest
     assert len(rows) <= 6 and "majority vote" not in digest
+    assert digest.endswith(" UPFT (N=1), Δ greedy of each seed, lowest first: -10.0, -10.0, -10.0.")
 
 
 def test_flags_are_range_checked(capsys):

@@ -264,8 +264,8 @@ def make_digest(results, seeds):
         lines.append("| " + " | ".join(cells + [PAPER[name]]) + " |")
     s = f"{len(seeds)} seed{'s' if len(seeds) > 1 else ''} ({', '.join(map(str, seeds))})"
     k = b0["base_sampled"]["samples_per_question"] if sampled_eval else 0
-    lines += ["", f"Toy world: accuracy in % on {b0['base']['questions']} held-out questions after training on "
-              f"{b0['accounting']['questions']}, mean over {s} unless a row names its seeds"
+    lines += ["", f"Toy world: accuracy in % on {b0['base']['questions']:,} held-out questions after training on "
+              f"{b0['accounting']['questions']:,}, mean over {s} unless a row names its seeds"
               + (f"; sampled = {k} answers per question" if sampled_eval else "")
               + f"; Δ = the change against the base model paired per question, in points, [95% interval: "
               f"{DIGEST_INTERVAL}]. The paper's column: its reported MATH500 accuracy (base) and change "

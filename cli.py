@@ -144,8 +144,8 @@ def add_run_flags(add):
     add("--device", "cpu or cuda", default=default_device())
     add("--dtype", "weights dtype (fp32 master weights with bf16 autocast on CUDA is the default)",
         choices=["float32", "bfloat16"], default="float32")
-    add("--autocast-bf16", "CPU: train under bf16 autocast (fp32 master weights; ~1.6x faster steps on CPUs with "
-        "AVX512-BF16 or AMX, refused on others; CUDA always trains in bf16)", action="store_true")
+    add("--autocast-bf16", "CPU: train under bf16 autocast (fp32 master weights; faster steps on CPUs with "
+        "AVX512-BF16 or AMX, docs/performance.md; refused on others; CUDA always trains in bf16)", action="store_true")
     add("--decode-bf16", "sample and evaluate with a bf16 copy of the weights (CPU: needs fast bf16 as above)",
         action="store_true")
     add("--no-eval", "skip base/tuned accuracy", action="store_true")

@@ -53,10 +53,9 @@ DEFAULTS = {               # toy,   real
     "eval_subset":         (100, 100),
     "eval_samples":        (2, 0),
 }
-# The last line of a toy run (a lower tuned accuracy on one run says little: see the README's table).
+# The last line of a toy run (a lower tuned accuracy on one run says little: see docs/results.md's table).
 TOY_NOTE = ("toy world: one run, one seed (the intervals above cover the questions, not the seed); what each "
-            "method does here over 3 seeds and 2,000 held-out questions: README, \"Results on the instruct toy "
-            "world\"")
+            "method does here over 3 seeds and 2,000 held-out questions: docs/results.md")
 METHODS = ("upft", "sft", "rft", "em", "vote")
 # The switches of the controls that take UPFT apart (docs/method.md §7.1; --method upft only). Each builds
 # its examples from the same split and samples as plain UPFT with the same seed.
@@ -145,8 +144,8 @@ def add_run_flags(add):
     add("--device", "cpu or cuda", default=default_device())
     add("--dtype", "weights dtype (fp32 master weights with bf16 autocast on CUDA is the default)",
         choices=["float32", "bfloat16"], default="float32")
-    add("--autocast-bf16", "CPU: train under bf16 autocast (fp32 master weights; ~1.6x faster steps on CPUs with "
-        "AVX512-BF16 or AMX, refused on others; CUDA always trains in bf16)", action="store_true")
+    add("--autocast-bf16", "CPU: train under bf16 autocast (fp32 master weights; faster steps on CPUs with "
+        "AVX512-BF16 or AMX, docs/performance.md; refused on others; CUDA always trains in bf16)", action="store_true")
     add("--decode-bf16", "sample and evaluate with a bf16 copy of the weights (CPU: needs fast bf16 as above)",
         action="store_true")
     add("--no-eval", "skip base/tuned accuracy", action="store_true")

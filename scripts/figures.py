@@ -1,4 +1,5 @@
-"""Regenerate the README's pictures (PNG files under docs/) from the toy world and the results table's runs.
+"""Regenerate the pictures of docs/results.md and docs/toy-world.md (PNG files under docs/) from the toy
+world and the results table's runs.
 
     python scripts/figures.py                      # after python scripts/results_table.py
     python scripts/figures.py --reuse-fig2         # Fig. 2 drawn from the numbers of the last full run
@@ -10,9 +11,9 @@
   docs/accuracy_vs_tokens.png  paired accuracy change vs tokens sampled (log scale), greedy and sampled, one
                                point per method with the table's 95% interval: the paper's cost claim (§3.2)
 
-The two Fig. 2 analyses are eval.py's functions with the README's settings (100 questions x 16 samples;
+The two Fig. 2 analyses are eval.py's functions with docs/toy-world.md's settings (100 questions x 16 samples;
 60 questions x 8 samples x 8 rollouts; temperature 0.6, 256 new tokens; eval.py's other defaults), so
-they give the README's numbers; these are also written to runs/figures/*.json. matplotlib is needed
+they give that document's numbers; these are also written to runs/figures/*.json. matplotlib is needed
 here only (requirements-plots.txt).
 """
 import argparse
@@ -25,7 +26,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch starts OpenMP: README, "A busy machine"
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch starts OpenMP: docs/performance.md, "A busy machine"
 
 import results_table as rt  # noqa: E402  (the rows, their run folders and the interval)
 

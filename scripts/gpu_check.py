@@ -52,7 +52,7 @@ import time
 import traceback
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP (README, "A busy machine")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP (docs/performance.md, "A busy machine")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # every model is a local folder: never wait on a network (children too)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -426,7 +426,7 @@ def part_toy(part):
         part.check(f"{k} greedy accuracy near CPU's", abs(d) <= tol + 1e-9, pct(got[f"{k}_accuracy"]),
                    pct(want[f"{k}_accuracy"]), f"+-{tol * 100:.1f} pts (max({share * 100:.0f} pts, {q} question(s)))")
     # Samples draw from per-sample random streams (docs/method.md 3.2): the same uniform numbers on every device,
-    # so the tokens agree but where float noise moves a draw across a boundary (rare: README, 1 in 44,336).
+    # so the tokens agree but where float noise moves a draw across a boundary (rare: docs/usage.md, 1 in 44,336).
     rel = abs(got["tokens_sampled"] - want["tokens_sampled"]) / want["tokens_sampled"]
     part.check("tokens sampled near CPU's", rel <= TOKENS_RTOL, got["tokens_sampled"], want["tokens_sampled"],
                f"rtol {TOKENS_RTOL}")

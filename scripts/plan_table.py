@@ -1,8 +1,8 @@
-"""The README's "Reproducing the paper on GPUs" figures: each model's memory plan on 8 x 80 GB (the plan
+"""docs/scale.md's figures: each model's memory plan on 8 x 80 GB (the plan
 train.py prints, plan.plan_run, from the checkpoints' config.json shapes written out below, so no download
 is needed), and a wall-time ESTIMATE from FLOPs at a stated utilisation.
 
-    python scripts/plan_table.py          # prints the markdown the README holds
+    python scripts/plan_table.py          # prints the markdown docs/scale.md holds
 
 `python train.py --plan 8 --device cuda --model <hub id> ...` prints the same plan from the real config.json.
 """

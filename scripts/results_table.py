@@ -1,16 +1,19 @@
-"""Make the README's toy-world results table: base; the baselines SFT, RFT, majority vote and EM-FT;
-UPFT (N=1), UPFT with prefix voting (N=8), the temperature-1 control (docs/method.md §2.1) and the
-controls that take UPFT apart (§7.1); over several seeds, with greedy and sampled accuracy, each method's
-change against the base model paired per question, the token accounting and the time of each run.
+"""Make the toy-world results table (docs/results.md) and its digest (README.md): base; the baselines SFT,
+RFT, majority vote and EM-FT; UPFT (N=1), UPFT with prefix voting (N=8), the temperature-1 control
+(docs/method.md §2.1) and the controls that take UPFT apart (§7.1); over several seeds, with greedy and
+sampled accuracy, each method's change against the base model paired per question, the token accounting
+and the time of each run.
 
     python scripts/results_table.py                 # 3 seeds: the runs and table.md in runs/table/
-    python scripts/results_table.py --readme        # ... and the table written into README.md
+    python scripts/results_table.py --readme        # ... and the table into docs/results.md, its digest into README.md
     python scripts/results_table.py --seeds 0 --rows SFT "UPFT (N=1)"
     python scripts/results_table.py --lr-check      # the LR sensitivity check (UPFT and SFT, one seed)
 
 The design (rows, seeds, settings, decision rules) is docs/experiments.md; the table is printed and
-written to <out>/table.md; README.md is rewritten (between its `<!-- results:start -->` and
-`<!-- results:end -->` lines) only with --readme.
+written to <out>/table.md. Only with --readme: docs/results.md gets the table (between its
+`<!-- results:start -->` and `<!-- results:end -->` lines) and README.md its digest (`make_digest`: base,
+UPFT, SFT, RFT, EM-FT next to what the paper reports; between `<!-- digest:start -->` and
+`<!-- digest:end -->`), both from the same loaded runs.
 
 Every run is a plain `train.py` invocation with the toy defaults plus SETTINGS (shown in the output), so
 any cell can be reproduced alone; every method gets the same LR, epochs, batch and evaluation. Two flags
@@ -281,8 +284,8 @@ def main(argv=None):
                     f"100 held-out questions during training (default: {EVAL_EVERY}; 0: none)")
     ap.add_argument("--base-from", help="a finished run whose base evaluation every run reuses (default: the "
                     "first run of --out measures it)")
-    ap.add_argument("--readme", action="store_true", help="also write the table into README.md (default: only "
-                    "print it and write <out>/table.md)")
+    ap.add_argument("--readme", action="store_true", help="also write the table into docs/results.md and its "
+                    "digest into README.md (default: only print it and write <out>/table.md)")
     ap.add_argument("--table-only", action="store_true", help="run nothing: the table of the runs that finished "
                     "(a row some of whose seeds did not finish shows which did)")
     ap.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="flags passed to every train.py run")
@@ -316,13 +319,15 @@ def main(argv=None):
     (out / "table.md").write_text(table + "\n")
     print(f"wrote {out / 'table.md'}")
     if args.readme:
-        write_readme(ROOT / "README.md", table)
+        write_readme(ROOT / RESULTS_DOC, table)
+        if not args.lr_check:
+            write_readme(ROOT / "README.md", make_digest(results, seeds), *DIGEST_MARKERS)
 
 
-def write_readme(readme: Path, table: str):
-    """Put `table` between README.md's results markers."""
+def write_readme(readme: Path, table: str, start="<!-- results:start -->", end="<!-- results:end -->"):
+    """Put `table` between a document's `start` and `end` lines (the results document's markers unless
+    told otherwise)."""
     text = readme.read_text()
-    start, end = "<!-- results:start -->", "<!-- results:end -->"
     if start not in text or end not in text:
         sys.exit(f"error: {readme} has no '{start}' ... '{end}' lines to put the table between")
     readme.write_text(text[:text.index(start) + len(start)] + "\n" + table + "\n" + text[text.index(end):])
@@ -334,6 +339,62 @@ def seeds_named(rs, n):
     if len(rs) == n:
         return ""
     return f" (seed{'s' if len(rs) > 1 else ''} {', '.join(str(r['_seed']) for r in rs)})"
+
+
+RESULTS_DOC = Path("docs") / "results.md"  # the full table's document, relative to the repository root
+DIGEST_MARKERS = ("<!-- digest:start -->", "<!-- digest:end -->")
+# The README's digest: its rows in order ("base" first), and what the paper reports for its own models
+# next to each (NeurIPS Table 1, unsupervised setting on PRM-12K, for SFT and UPFT; Table 2, 16 samples
+# filtered by the label, for RFT; arXiv v1 numbers them Tables 2 and 3): MATH500 greedy accuracy of
+# Llama-3.1-8B-Instruct / Qwen2.5-Math-7B-Instruct, the tuned rows as the change against that base.
+DIGEST_ROWS = ("UPFT (N=1)", "SFT", "RFT (16 samples)", "EM-FT")
+PAPER = {"base": "51.0 / 84.0", "UPFT (N=1)": "+1.0 / +1.6", "SFT": "-2.6 / -0.6",
+         "RFT (16 samples)": "+1.0 / +1.2", "EM-FT": "not in the paper"}
+DIGEST_INTERVAL = ("seed-aware: the seed and question components, each with its own t quantile "
+                   "(docs/method.md §6.1)")  # what row_delta's interval is
+
+
+def row_delta(rs, sampled):
+    """A row's Δ against the base model and its 95% interval, (Δ, low, high) in accuracy units: the one
+    place the digest takes them from (the seed-aware interval the verdicts use)."""
+    iv = seed_interval(rs, sampled)
+    return iv.delta, iv.low, iv.high
+
+
+def make_digest(results, seeds):
+    """The README's digest of the table: base, UPFT (N=1), SFT, RFT, EM-FT (those that finished), greedy
+    and sampled accuracy with Δ and its interval, and what the paper reports for its models."""
+    b0 = next(iter(results.values()))[0]
+    sampled_eval = b0.get("base_sampled") is not None
+    head = "| method | greedy | Δ greedy |" + (" sampled | Δ sampled |" if sampled_eval else "")
+    head += " the paper: MATH500, Llama-3.1-8B / Qwen2.5-Math-7B |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    base = f"| base | {pct(b0['base']['accuracy'])} | – |"
+    base += f" {pct(b0['base_sampled']['accuracy'])} | – |" if sampled_eval else ""
+    lines.append(base + f" {PAPER['base']} |")
+    for name in (n for n in DIGEST_ROWS if n in results):
+        rs = results[name]
+        cells = [name + seeds_named(rs, len(seeds)), pct(statistics.mean(r["tuned"]["accuracy"] for r in rs))]
+        for sampled in (False, True)[:1 + sampled_eval]:
+            if sampled:
+                cells.append(pct(statistics.mean(r["tuned_sampled"]["accuracy"] for r in rs)))
+            d, lo, hi = row_delta(rs, sampled)
+            cells.append(f"{pct(d, True)} [{pct(lo, True)}, {pct(hi, True)}]")
+        lines.append("| " + " | ".join(cells + [PAPER[name]]) + " |")
+    s = f"{len(seeds)} seed{'s' if len(seeds) > 1 else ''} ({', '.join(map(str, seeds))})"
+    k = b0["base_sampled"]["samples_per_question"] if sampled_eval else 0
+    lines += ["", f"Toy world: accuracy in % on {b0['base']['questions']:,} held-out questions after training on "
+              f"{b0['accounting']['questions']:,}, mean over {s} unless a row names its seeds"
+              + (f"; sampled = {k} answers per question" if sampled_eval else "")
+              + f"; Δ = the change against the base model paired per question, in points, [95% interval: "
+              f"{DIGEST_INTERVAL}]. The paper's column: its reported MATH500 accuracy (base) and change "
+              f"(tuned rows) in points, one run each with no interval (NeurIPS Tables 1 and 2; arXiv v1 "
+              f"Tables 2 and 3). The full table: [docs/results.md](docs/results.md)."]
+    if "UPFT (N=1)" in results:  # the seeds' spread, which an interval over few seeds summarises poorly
+        per_seed = differences(results["UPFT (N=1)"], sampled=False).mean(1)
+        lines[-1] += (" UPFT (N=1), Δ greedy of each seed, lowest first: "
+                      + ", ".join(pct(d, True) for d in sorted(per_seed)) + ".")
+    return "\n".join(lines)
 
 
 def pct(x, sign=False):

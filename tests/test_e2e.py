@@ -32,7 +32,7 @@ def test_train_cli_reports_accuracy_and_accounting(toy_run):
     d, out, env, stdout = toy_run
     assert "base  accuracy:" in stdout and "tuned accuracy:" in stdout
     assert "tokens sampled:" in stdout and "tokens supervised:" in stdout
-    assert stdout.rstrip().splitlines()[-1] == TOY_NOTE  # a toy run ends by pointing at the README's table
+    assert stdout.rstrip().splitlines()[-1] == TOY_NOTE  # a toy run ends by pointing at docs/results.md's table
     res = json.loads((out / "results.json").read_text())
     a = res["accounting"]
     assert a["questions"] == 64 and a["full_examples"] == round(0.1 * 64)

@@ -1,6 +1,6 @@
 """scripts/results_table.py's table: made from committed run summaries (checked to be paired per
 question), the seed-aware and the pre-registered intervals side by side, resumed runs left out of the time
-column, README.md rewritten only with --readme."""
+column, docs/results.md and the README's digest rewritten only with --readme."""
 import json
 import subprocess
 import sys
@@ -93,22 +93,56 @@ def test_resumed_runs_leave_the_time_column(tmp_path):
 
 
 def test_readme_is_rewritten_only_with_the_flag(tmp_path, monkeypatch, capsys):
+    """--readme writes the full table into docs/results.md and its digest into README.md, each between its
+    own markers, from the same runs; a second call rewrites both in place; without the flag neither moves."""
     runs, repo = tmp_path / "runs", tmp_path / "repo"
     for seed in (0, 1):
-        _run(runs, "SFT", seed, BASE, 100, False)
-        _run(runs, "RFT (16 samples)", seed, BASE, 400, False)
-    repo.mkdir()
-    readme = repo / "README.md"
-    readme.write_text("intro\n<!-- results:start -->\nold table\n<!-- results:end -->\nrest\n")
+        for name, gain in (("SFT", 1), ("RFT (16 samples)", 3), ("EM-FT", 2), ("UPFT (N=1)", 0)):
+            tuned = [1 if i < gain else c for i, c in enumerate(BASE)] if gain else [0] + BASE[1:]
+            _run(runs, name, seed, tuned, 100, False, sampled=[[True, False]] * 10)
+    (repo / "docs").mkdir(parents=True)
+    readme, results_doc = repo / "README.md", repo / "docs" / "results.md"
+    readme.write_text("intro\n<!-- digest:start -->\nold digest\n<!-- digest:end -->\nrest\n")
+    results_doc.write_text("intro\n<!-- results:start -->\nold table\n<!-- results:end -->\nrest\n")
     monkeypatch.setattr(rt, "ROOT", repo)    # every run is finished: nothing is trained
-    argv = ["--out", str(runs), "--results", str(runs), "--seeds", "0", "1", "--rows", "SFT", "RFT (16 samples)"]
+    argv = ["--out", str(runs), "--results", str(runs), "--seeds", "0", "1", "--rows", "SFT", "RFT (16 samples)",
+            "EM-FT", "UPFT (N=1)"]
     rt.main(argv)
-    assert "old table" in readme.read_text() and "updated" not in capsys.readouterr().out
+    assert "old digest" in readme.read_text() and "old table" in results_doc.read_text()
+    assert "updated" not in capsys.readouterr().out
     table = (runs / "table.md").read_text()
     assert "| SFT |" in table and "| RFT (16 samples) |" in table
-    rt.main(argv + ["--readme"])
-    assert readme.read_text() == f"intro\n<!-- results:start -->\n{table}<!-- results:end -->\nrest\n"
-    assert f"updated {readme}" in capsys.readouterr().out
+    for _ in range(2):  # the second call finds the first one's output between the markers and replaces it
+        rt.main(argv + ["--readme"])
+        assert results_doc.read_text() == f"intro\n<!-- results:start -->\n{table}<!-- results:end -->\nrest\n"
+        digest = rt.make_digest(rt.load(runs, [0, 1]), [0, 1])
+        assert readme.read_text() == f"intro\n<!-- digest:start -->\n{digest}\n<!-- digest:end -->\nrest\n"
+    out = capsys.readouterr().out
+    assert f"updated {readme}" in out and f"updated {results_doc}" in out
+
+
+def test_the_digest(tmp_path):
+    """The README's digest: base, UPFT, SFT, RFT, EM-FT in that order, whatever the table's order; greedy and
+    sampled accuracy with the Δ and interval of row_delta (the table's paired Δ, seed-aware); the paper's column."""
+    for seed in (0, 1, 2):
+        _run(tmp_path, "SFT", seed, [1, 1] + BASE[2:], 100, False, sampled=[[True, True]] + [[True, False]] * 9)
+        _run(tmp_path, "UPFT (N=1)", seed, [0] + BASE[1:], 100, False, sampled=[[True, False]] * 10)
+        _run(tmp_path, "majority vote (16 samples)", seed, BASE, 100, False, sampled=[[True, False]] * 10)
+    _run(tmp_path, "EM-FT", 0, BASE, 100, False, sampled=[[True, False]] * 10)
+    results = rt.load(tmp_path, [0, 1, 2], partial=True)
+    digest = rt.make_digest(results, [0, 1, 2])
+    rows = [line for line in digest.splitlines() if line.startswith("| ") and not line.startswith("| method")]
+    assert [r.split("|")[1].strip() for r in rows] == ["base", "UPFT (N=1)", "SFT", "EM-FT (seed 0)"]
+    cells = [c.strip() for c in rows[2].strip("|").split("|")]
+    d, lo, hi = rt.row_delta(results["SFT"], sampled=False)
+    iv = rt.seed_interval(results["SFT"], sampled=False)  # the seed-aware interval the verdicts use
+    assert (d, lo, hi) == (iv.delta, iv.low, iv.high) and d == pytest.approx(0.1)
+    assert cells == ["SFT", "60.0", f"+10.0 [{rt.pct(lo, True)}, {rt.pct(hi, True)}]", "55.0", cells[4],
+                     rt.PAPER["SFT"]] and cells[4].startswith("+5.0 [")
+    assert rows[0].split("|")[1:-1] == [" base ", " 50.0 ", " – ", " 50.0 ", " – ", f" {rt.PAPER['base']} "]
+    assert "not in the paper" in rows[3] and "3 seeds (0, 1, 2)" in digest and "NeurIPS Tables 1 and 2" in digest
+    assert len(rows) <= 6 and "majority vote" not in digest
+    assert digest.endswith(" UPFT (N=1), Δ greedy of each seed, lowest first: -10.0, -10.0, -10.0.")
 
 
 def test_flags_are_range_checked(capsys):

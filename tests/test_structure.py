@@ -115,8 +115,8 @@ ENTRY_POINTS = ["train.py", "eval.py", "scripts/show_example.py", "scripts/build
 
 def test_entry_points_default_to_a_passive_openmp_wait_before_torch_loads():
     """OpenMP reads OMP_WAIT_POLICY once, when torch loads it: every entry point sets the passive default
-    (README, "A busy machine") with setdefault, so a user's own setting still wins, and before its first
-    import of torch or of a project module that imports torch."""
+    (docs/performance.md, "A busy machine") with setdefault, so a user's own setting still wins, and before
+    its first import of torch or of a project module that imports torch."""
     for name in ENTRY_POINTS:
         tree = ast.parse((ROOT / name).read_text())
         setting = next((n.lineno for n in ast.walk(tree) if isinstance(n, ast.Call)

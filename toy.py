@@ -554,7 +554,7 @@ WORLDS = {
 # fresh 3-5-step questions (1,000 steps of 16) of the instruct mix, every solution in a decision form.
 # The careful share of the corpus is set so that sampling at T = 0.6 / top-p 0.95 (which sharpens a
 # 60:40 choice to about 67:33) lands in the gate's 60-75% (decision) and 25-40% (mirror).
-CONTINUE = dict(lr=1e-3, epochs=1, batch_size=16, micro_batch_size=16, warmup_ratio=0.02, schedule="cosine", seed=0)
+CONTINUE = dict(lr=3e-4, epochs=1, batch_size=16, micro_batch_size=16, warmup_ratio=0.02, schedule="cosine", seed=0)
 _DECISION = dict(n_pretrain=16_000, tasks={"first": 0.16, "two": 0.06, "answer": 0.06, "full": 0.12},
                  n_upft=2_000, n_test=2_000, vocab_size=896, pretrain=CONTINUE, continue_from="instruct")
 WORLDS["decision"] = World("decision", "toy-v5-decision", careful_share=0.6, **_DECISION)

@@ -97,7 +97,9 @@ def gate_figures(model, tok, rows, seed=0, max_new_tokens=256, batch_size=128):
     outs, texts, instr_ok = greedy(model, tok, rows, PREFIX_INSTRUCTION, max_new_tokens, batch_size)
     n = max(len(rows), 1)
     first_line = [t.strip().split("\n")[0] for t in texts]
-    lines = [len(t.strip().split("\n")) if len(o) < max_new_tokens else None for o, t in zip(outs, texts)]
+    # a decision world's marker line (toy.opener_of) comes before the first step: not counted as a line here
+    lines = [len(t.strip().split("\n")) - (toy.opener_of(t) is not None) if len(o) < max_new_tokens else None
+             for o, t in zip(outs, texts)]
     acc = sum(plain_ok) / n
     return {
         "questions": len(rows),

@@ -290,7 +290,7 @@ def main(argv=None):
                     "(a row some of whose seeds did not finish shows which did)")
     ap.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="flags passed to every train.py run")
     args = ap.parse_args(argv)
-    rows = list(LR_ROWS) if args.lr_check else [n for n in {**ROWS, **LR_ROWS} if n in args.rows]
+    rows = list(LR_ROWS) if args.lr_check else list(dict.fromkeys(args.rows))  # run in the order given
     seeds = [args.seeds[0]] if args.lr_check else args.seeds
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -300,8 +300,8 @@ def main(argv=None):
         if (run_dir(out, name, seed) / "results.json").exists() and not summary_path(args.results, name, seed).exists():
             keep(run_dir(out, name, seed), summary_path(args.results, name, seed), args.commit)
     done = [j for j in jobs if summary_path(args.results, j[1], j[0]).exists()]
-    base_run = args.base_from or next((run_dir(out, n, s) for s, n in done
-                                       if (run_dir(out, n, s) / "eval_base.json").exists()), None)
+    base_run = args.base_from or next((d for d in sorted(out.iterdir())  # any finished run of --out
+                                       if (d / "results.json").exists() and (d / "eval_base.json").exists()), None)
     todo = [] if args.table_only else [j for j in jobs if j not in done]  # finished runs are reused
     if base_run is None and todo:  # the first run measures the base model; the others reuse it
         seed, name = todo.pop(0)

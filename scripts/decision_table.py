@@ -1,0 +1,147 @@
+"""The decision worlds' tables (docs/experiments.md §2), made from the committed run summaries alone.
+
+    python scripts/decision_table.py             # print both worlds' tables and the predictions' scores
+    python scripts/decision_table.py --write     # ... and write them into docs/results.md (between markers)
+
+Per world: greedy and sampled accuracy with the paired change against the base model, the careful-opener
+share of the sampled answers (4 per question) before -> after with its paired change, and accuracy
+conditional on each opener; then P1-P7 of §2 scored by their rules. Every interval is the seed-aware 95%
+interval (paired.py, docs/method.md §6.1). Rows whose seeds have not all finished show which they have.
+"""
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
+import paired  # noqa: E402
+import results_table as rt  # noqa: E402
+
+WORLDS = {"decision": ROOT / "results" / "toy-v5-decision", "mirror": ROOT / "results" / "toy-v5-mirror"}
+ARMS = ["UPFT (N=1)", "UPFT control (T=1, no top-p)", "UPFT + voting (N=8)", "UPFT, no instruction and no EOS", "SFT"]
+MARKERS = ("<!-- decision:start -->", "<!-- decision:end -->")
+
+
+def careful_share(forms):
+    """Per question, the share of its answers that open with the careful marker (forms: rt._forms)."""
+    return np.array([sum(c in "cC" for c in f) / len(f) for f in forms])
+
+
+def share_differences(runs):
+    """d[seed, question] = careful share of the tuned model's sampled answers minus the base model's."""
+    base = careful_share(runs[0]["_summary"]["sampled"]["forms"]["base"])
+    return np.stack([careful_share(r["_summary"]["sampled"]["forms"]["tuned"]) - base for r in runs])
+
+
+def conditional(forms_lists):
+    """{opener: (accuracy of the answers with that opener, their count)} over all answers given."""
+    letters = "".join("".join(f) for f in forms_lists)
+    out = {}
+    for form, c in (("careful", "c"), ("hasty", "h")):
+        n = letters.count(c) + letters.count(c.upper())
+        out[form] = (letters.count(c.upper()) / n if n else float("nan"), n)
+    return out
+
+
+def score(iv, predicted):
+    """A prediction's verdict: the interval's category (paired.verdict, across seeds) against the predicted
+    one ("helps" = up, "hurts" = down, "no effect")."""
+    got = paired.verdict(iv)
+    if got in ("inconclusive", "not assessable"):
+        return got if got == "inconclusive" else "not assessable"
+    return "confirmed" if got == predicted else "refuted"
+
+
+def pp(x):
+    return f"{100 * x:.1f}"
+
+
+def world_table(name, results):
+    rows = [a for a in ARMS if a in results]
+    b0 = results[rows[0]][0]
+    base_forms = b0["_summary"]["sampled"]["forms"]["base"]
+    cb = conditional(base_forms)
+    head = ("| arm | greedy | Δ greedy | sampled | Δ sampled | careful share | Δ careful share | "
+            "accuracy, careful answers | accuracy, hasty answers |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1),
+             f"| base | {pp(b0['base']['accuracy'])} | – | {pp(b0['base_sampled']['accuracy'])} | – | "
+             f"{pp(careful_share(base_forms).mean())} | – | {pp(cb['careful'][0])} ({cb['careful'][1]:,}) | "
+             f"{pp(cb['hasty'][0])} ({cb['hasty'][1]:,}) |"]
+    for arm in rows:
+        rs = results[arm]
+        tuned_forms = [f for r in rs for f in r["_summary"]["sampled"]["forms"]["tuned"]]
+        ct = conditional(tuned_forms)
+        share_after = statistics.mean(careful_share(r["_summary"]["sampled"]["forms"]["tuned"]).mean() for r in rs)
+        lines.append(
+            f"| {arm}{rt.seeds_named(rs, 3)} | {pp(statistics.mean(r['tuned']['accuracy'] for r in rs))} | "
+            f"{rt.seed_interval(rs, False).cell()} | {pp(statistics.mean(r['tuned_sampled']['accuracy'] for r in rs))} | "
+            f"{rt.seed_interval(rs, True).cell()} | {pp(share_after)} | "
+            f"{paired.seed_question_interval(share_differences(rs)).cell()} | "
+            f"{pp(ct['careful'][0])} ({ct['careful'][1]:,}) | {pp(ct['hasty'][0])} ({ct['hasty'][1]:,}) |")
+    return "\n".join(lines), cb
+
+
+def predictions(name, results, cb):
+    """P1-P7 of docs/experiments.md §2 for one world: (prediction, measured interval, verdict) rows."""
+    up = "helps" if name == "decision" else "hurts"  # the majority opener's direction for the careful share
+    out = []
+
+    def add(label, iv, predicted, note=""):
+        out.append(f"| {label} | {iv.cell()}{note} | {predicted.replace('helps', 'up').replace('hurts', 'down')} "
+                   f"| {score(iv, predicted)} |")
+    if "UPFT (N=1)" in results:
+        rs = results["UPFT (N=1)"]
+        share = paired.seed_question_interval(share_differences(rs))
+        add("P1 UPFT (N=1): careful share", share, up)
+        size = share.delta * (cb["careful"][0] - cb["hasty"][0])
+        add("P2 UPFT (N=1): sampled accuracy", rt.seed_interval(rs, True), up,
+            f" (Δshare × base gap = {100 * size:+.1f})")
+        add("P5 UPFT (N=1): greedy accuracy", rt.seed_interval(rs, False), "no effect")
+    if "UPFT (N=1)" in results and "UPFT + voting (N=8)" in results:
+        one = {r["_seed"]: r for r in results["UPFT (N=1)"]}
+        vote = [r for r in results["UPFT + voting (N=8)"] if r["_seed"] in one]
+        d = np.stack([careful_share(r["_summary"]["sampled"]["forms"]["tuned"]) -
+                      careful_share(one[r["_seed"]]["_summary"]["sampled"]["forms"]["tuned"]) for r in vote])
+        add("P3 voting minus N=1: careful share", paired.seed_question_interval(d), up)
+    for label, arm, predicted in (("P4 T = 1 control: careful share", "UPFT control (T=1, no top-p)", "no effect"),
+                                  ("P6 no instruction, no EOS: careful share", "UPFT, no instruction and no EOS", up),
+                                  ("P7 SFT: careful share", "SFT", up)):
+        if arm in results:
+            add(label, paired.seed_question_interval(share_differences(results[arm])), predicted)
+    return out
+
+
+def report():
+    parts = []
+    for name, folder in WORLDS.items():
+        results = rt.load(folder, [0, 1, 2], rows=ARMS, partial=True)
+        if not results:
+            parts.append(f"### The {name} world\n\nNo finished runs yet (results/{folder.name}).")
+            continue
+        table, cb = world_table(name, results)
+        b0 = next(iter(results.values()))[0]
+        parts.append(f"### The {name} world\n\n{b0['base']['questions']:,} held-out questions; accuracy and "
+                     f"shares in %, mean over seeds (a row names its seeds when not all 3 finished); Δ = the "
+                     f"paired change against the base model in points [seed-aware 95% interval]; careful share = "
+                     f"the share of the 4 sampled answers per question that open with the careful marker; the "
+                     f"conditional accuracies count sampled answers (their number in parentheses).\n\n{table}\n\n"
+                     "| prediction (§2) | measured Δ, points [95%] | predicted | verdict |\n|---|---|---|---|\n"
+                     + "\n".join(predictions(name, results, cb)))
+    return "\n\n".join(parts)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--write", action="store_true", help="also write the tables into docs/results.md")
+    args = ap.parse_args(argv)
+    text = report()
+    print(text)
+    if args.write:
+        rt.write_readme(ROOT / "docs" / "results.md", text, *MARKERS)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""scripts/decision_table.py: the careful-opener share and its paired change, accuracy per opener, and
+the predictions of docs/experiments.md §2 scored by their rules, from run summaries."""
+import json
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "scripts"))
+import decision_table as dt  # noqa: E402
+import results_table as rt  # noqa: E402
+
+Q = 40
+C, H = "Slowly:\nA.", "Fast:\nA."
+
+
+def _run(results, name, seed, base, tuned):
+    """A run folder and its summary; base/tuned: per question a list of (opener text, right) for 4 samples."""
+    d = rt.run_dir(results / "runs", name, seed)
+    d.mkdir(parents=True)
+    for tag, samples in (("base", base), ("tuned", tuned)):
+        greedy = [{"index": i, "question": f"q{i}", "correct": s[0][1], "response": s[0][0]} for i, s in enumerate(samples)]
+        (d / f"eval_{tag}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in greedy))
+        recs = [{"index": i, "question": f"q{i}", "responses": [t for t, _ in s], "sample_correct": [ok for _, ok in s]}
+                for i, s in enumerate(samples)]
+        (d / f"eval_{tag}_sampled.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    acc = lambda s: float(np.mean([ok for q in s for _, ok in q]))  # noqa: E731
+    summary = {"accuracy": 0.5, "questions": Q, "mean_tokens": 1.0, "no_answer_rate": 0.0}
+    (d / "results.json").write_text(json.dumps({
+        "base": {**summary, "accuracy": float(np.mean([s[0][1] for s in base]))},
+        "tuned": {**summary, "accuracy": float(np.mean([s[0][1] for s in tuned]))},
+        "base_sampled": {"accuracy": acc(base), "pass@n": 1.0, "samples_per_question": 4},
+        "tuned_sampled": {"accuracy": acc(tuned), "pass@n": 1.0, "samples_per_question": 4},
+        "accounting": {"questions": 10}, "wall_seconds": 1.0, "resumed": False}))
+    (d / "args.json").write_text(json.dumps({"eval_temperature": 0.6}))
+    (d / "metrics.jsonl").write_text("")
+    rt.write_summary(d, rt.summary_path(results, name, seed))
+
+
+def _answers(careful, rng):
+    """4 answers per question: `careful` of them careful (right 80% of the time), the rest hasty (right 30%)."""
+    return [[(C, bool(rng.random() < 0.8)) if j < careful else (H, bool(rng.random() < 0.3)) for j in range(4)]
+            for _ in range(Q)]
+
+
+def test_shares_conditional_accuracy_and_the_predictions(tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    base = _answers(2, rng)  # half careful at base
+    for seed in range(3):
+        _run(tmp_path, "UPFT (N=1)", seed, base, _answers(3, rng))   # the share goes up, 25 points
+        _run(tmp_path, "UPFT + voting (N=8)", seed, base, _answers(4, rng))       # further up
+        _run(tmp_path, "UPFT control (T=1, no top-p)", seed, base, base)          # no move at all
+    results = rt.load(tmp_path, [0, 1, 2], rows=dt.ARMS, partial=True)
+    d = dt.share_differences(results["UPFT (N=1)"])
+    assert d.shape == (3, Q) and d.mean() == pytest.approx(0.25)
+    table, cb = dt.world_table("decision", results)
+    assert cb["careful"][1] == cb["hasty"][1] == 2 * Q  # 80 careful and 80 hasty answers at base
+    assert cb["careful"][0] > cb["hasty"][0]
+    base_row = next(line for line in table.splitlines() if line.startswith("| base |"))
+    assert base_row.split("|")[6].strip() == "50.0"  # the careful share before
+    rows = {line.split("|")[1].strip(): line.split("|")[4].strip() for line in dt.predictions("decision", results, cb)}
+    assert rows["P1 UPFT (N=1): careful share"] == "confirmed"
+    assert rows["P3 voting minus N=1: careful share"] == "confirmed"
+    assert rows["P4 T = 1 control: careful share"] == "confirmed"  # exactly zero: "no effect"
+    # the mirror predicts the opposite direction: the same data refute P1 there
+    mirror = {line.split("|")[1].strip(): line.split("|")[4].strip() for line in dt.predictions("mirror", results, cb)}
+    assert mirror["P1 UPFT (N=1): careful share"] == "refuted"
+    monkeypatch.setattr(dt, "WORLDS", {"decision": tmp_path, "mirror": tmp_path / "none"})
+    text = dt.report()
+    assert "### The decision world" in text and "No finished runs yet" in text
+
+
+def test_one_seed_is_not_assessable(tmp_path):
+    rng = np.random.default_rng(1)
+    base = _answers(2, rng)
+    _run(tmp_path, "UPFT (N=1)", 0, base, _answers(4, rng))
+    results = rt.load(tmp_path, [0, 1, 2], rows=dt.ARMS, partial=True)
+    _, cb = dt.world_table("decision", results)
+    rows = {line.split("|")[1].strip(): line.split("|")[4].strip() for line in dt.predictions("decision", results, cb)}
+    assert rows["P1 UPFT (N=1): careful share"] == "not assessable"

@@ -10,6 +10,8 @@ world and the results table's runs.
                                (mean over seeds; the rise-then-fall reported for self-training, §7)
   docs/accuracy_vs_tokens.png  paired accuracy change vs tokens sampled (log scale), greedy and sampled, one
                                point per method with the table's 95% interval: the paper's cost claim (§3.2)
+  docs/decision_worlds.png     the decision worlds (docs/experiments.md §2): careful-opener share vs sampled
+                               accuracy, base -> each arm (--decision-only draws just this one)
 
 The two Fig. 2 analyses are eval.py's functions with docs/toy-world.md's settings (100 questions x 16 samples;
 60 questions x 8 samples x 8 rollouts; temperature 0.6, 256 new tokens; eval.py's other defaults), so
@@ -165,6 +167,39 @@ def accuracy_vs_tokens(plt, results, docs):
     plt.close(fig)
 
 
+def decision_picture(plt, docs):
+    """docs/decision_worlds.png: careful-opener share (x) vs sampled accuracy (y), base -> each arm (mean over
+    its seeds) as arrows, the decision world and its mirror side by side (docs/experiments.md §2)."""
+    import decision_table as dt
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5.2), sharey=True)
+    colors = dict(zip(dt.ARMS, ["tab:red", "tab:gray", "tab:purple", "tab:orange", "tab:blue"]))
+    drawn = False
+    for ax, (name, folder) in zip(axes, dt.WORLDS.items()):
+        results = rt.load(folder, [0, 1, 2], rows=dt.ARMS, partial=True)
+        ax.set(title=f"the {name} world", xlabel="careful-opener share of sampled answers (%)")
+        ax.grid(alpha=0.3)
+        if not results:
+            ax.text(0.5, 0.5, "no finished runs", transform=ax.transAxes, ha="center")
+            continue
+        drawn = True
+        b0 = next(iter(results.values()))[0]
+        x0 = 100 * dt.careful_share(b0["_summary"]["sampled"]["forms"]["base"]).mean()
+        y0 = 100 * b0["base_sampled"]["accuracy"]
+        ax.plot([x0], [y0], "ko", ms=7, label="base")
+        for arm, rs in results.items():
+            x = 100 * statistics.mean(dt.careful_share(r["_summary"]["sampled"]["forms"]["tuned"]).mean() for r in rs)
+            y = 100 * statistics.mean(r["tuned_sampled"]["accuracy"] for r in rs)
+            ax.annotate("", (x, y), (x0, y0), arrowprops=dict(arrowstyle="->", color=colors[arm], lw=1.8))
+            ax.plot([x], [y], "o", color=colors[arm], ms=6, label=f"{arm}{rt.seeds_named(rs, 3)}")
+        ax.legend(fontsize=7.5, loc="best")
+    axes[0].set_ylabel("sampled accuracy (%, 4 answers per question)")
+    fig.suptitle("Where UPFT moves the opening: base -> tuned, mean over seeds (1,000 held-out questions)", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(docs / "decision_worlds.png", dpi=120)
+    plt.close(fig)
+    return drawn
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -173,8 +208,13 @@ def main():
     ap.add_argument("--docs", default=str(ROOT / "docs"))
     ap.add_argument("--reuse-fig2", action="store_true", help="draw Fig. 2 from runs/figures/*.json (written "
                     "by an earlier run of this script) instead of rerunning the two analyses")
+    ap.add_argument("--decision-only", action="store_true", help="draw only the decision worlds' picture")
     args = ap.parse_args()
     plt = pyplot()
+    if args.decision_only:
+        decision_picture(plt, Path(args.docs))
+        print(f"wrote {Path(args.docs) / 'decision_worlds.png'}")
+        return
     t0 = time.time()
     docs, work = Path(args.docs), ROOT / "runs" / "figures"
     work.mkdir(parents=True, exist_ok=True)

@@ -40,8 +40,8 @@ size, pretraining settings); another world is one more `WORLDS` entry.
 
 * "decision" and "mirror" (toy-v5-decision, toy-v5-mirror): the positive control of docs/experiments.md
   §2, a world where the opening DOES decide. Every solution opens with a method marker on its own line:
-  "Slowly:" (the careful form, one operation per line, as in toy-v5) or "Fast:" (the hasty form: the bare
-  equations, several operations per line, which the model gets wrong more often). The marker is drawn
+  "Slowly:" (the careful form, one operation per line, as in toy-v5) or "Fast:" (the hasty form: the same
+  sentences run together, three operations per line, which the model gets wrong more often). The marker is drawn
   independently of the problem, the careful one with probability `careful_share` (decision: the majority;
   mirror: the minority), so the base model's first token is the decision, made by chance. These worlds
   continue pretraining the shipped instruct world's model on that mix (same tokenizer, same instruct
@@ -332,18 +332,17 @@ _EQUATION = re.compile(r"\d+ [-+*/] \d+ = \d+")
 def decision_solution(row: dict, form: str) -> str:
     """`row`'s solution in the decision worlds' `form` ("careful" or "hasty"), behind its marker line.
 
-    careful: the marker, then the toy-v5 solution as it is (the opening line, one operation per line
-    with its words, the answer line). hasty: the marker, the opening line, then only the equations, 
-    HASTY_OPS_PER_LINE operations per line (a purchase is two equations: k * m, then the sum), then the
-    answer line. The same numbers, the same answer; the hasty form drops the words that tie each line to
-    its sentence of the question."""
+    careful: the marker, then the toy-v5 solution as it is (the opening line, one operation per line, the
+    answer line). hasty: the marker, the opening line, then the same sentences run together,
+    HASTY_OPS_PER_LINE operations per line, then the answer line. The same words, numbers and answer; only
+    the layout differs, and the model errs more often in the run-on form (the gap gate measures how much)."""
     lines = row["solution"].split("\n")
     if form == "careful":
         return "\n".join([MARKERS["careful"], *lines])
     if form != "hasty":
         raise ValueError(f"unknown form {form!r}")
-    ops = [", ".join(_EQUATION.findall(line)) for line in lines[1:-1]]
-    work = [", ".join(ops[i:i + HASTY_OPS_PER_LINE]) + "." for i in range(0, len(ops), HASTY_OPS_PER_LINE)]
+    ops = lines[1:-1]
+    work = [" ".join(ops[i:i + HASTY_OPS_PER_LINE]) for i in range(0, len(ops), HASTY_OPS_PER_LINE)]
     return "\n".join([MARKERS["hasty"], lines[0], *work, lines[-1]])
 
 

@@ -389,3 +389,39 @@ def test_the_shipped_world_passes_its_gates():
     assert f["opening"]["nll_instructed"] <= gates.MAX_OPENING_NLL
     shipped = json.loads((toy.WORLD_DIR / "gates.json").read_text())
     assert shipped["questions"] == 500 and all(g["ok"] for g in shipped["gates"].values())
+
+
+@pytest.mark.parametrize("name", ["decision", "mirror"])
+def test_the_decision_worlds_pass_their_gates(name):
+    """The decision worlds (docs/experiments.md §2) as shipped: the gates recomputed on the first 200 held-out
+    questions (forced-opener gap, the careful opener's share under both prompts, the instruct gates), and
+    the shipped record (gates.json, the first 500) says every gate held there too."""
+    folder = toy.WORLD_DIRS[name]
+    world = toy.load_world(folder)
+    assert world["build"]["world"] == name and world["build"]["continue_from"] == toy.TOY_VERSION
+    tok, model = Tokenizer.from_pretrained(world["model_dir"]), Transformer.from_pretrained(world["model_dir"])
+    rows = world["test"][:200]
+    d = gates.decision_figures(model, tok, rows, name)
+    assert all(g["ok"] for g in d["gates"].values()), d["gates"]
+    f = gates.gate_figures(model, tok, rows)
+    assert all(g["ok"] for g in f["gates"].values()), gates.report(f)
+    shipped = json.loads((folder / "gates.json").read_text())
+    assert shipped["questions"] == 500 and shipped["version"] == world["build"]["version"]
+    assert all(g["ok"] for g in [*shipped["gates"].values(), *shipped["decision"]["gates"].values()])
+
+
+def test_decision_forms_say_the_same_problem():
+    """Both forms of a solution hold the same equations in the same order and the same answer line; the
+    marker is the first line and opener_of reads it back; the first step of each form (target_of) is the
+    marker, the opening line and the first line of working."""
+    for row in toy.make_split(50, seed=0, split="test", **toy.HARDER):
+        careful, hasty = (toy.decision_solution(row, f) for f in ("careful", "hasty"))
+        eq = lambda s: toy._EQUATION.findall(s)  # noqa: E731
+        assert eq(careful) == eq(hasty) == eq(row["solution"]) and careful.split("\n")[-1] == hasty.split("\n")[-1]
+        assert toy.opener_of(careful) == "careful" and toy.opener_of(hasty) == "hasty" and toy.opener_of(row["solution"]) is None
+        for form, text in (("careful", careful), ("hasty", hasty)):
+            lines = text.split("\n")
+            assert toy.target_of({**row, "solution": text}, "first") == "\n".join(lines[:3])
+    rows = toy.decision_rows(toy.make_split(400, seed=0, split="train"), 0.6, "k")
+    share = sum(toy.opener_of(r["solution"]) == "careful" for r in rows) / len(rows)
+    assert 0.55 < share < 0.65 and rows == toy.decision_rows(toy.make_split(400, seed=0, split="train"), 0.6, "k")

@@ -45,17 +45,20 @@ def wilson(k, n, z=1.96):
 
 
 def evaluate(model, tok, rows, max_new_tokens, batch_size=64, n=1, temperature=0.0, top_p=1.0, top_k=0, seed=0,
-             progress=True, share=None):
+             progress=True, share=None, sampled=None):
     """Generate n responses per row ({question, gold[, dataset]}), grade them -> (records, summary).
 
     summary["accuracy"] is the share of correct responses for n == 1 and the mean pass@1 for n > 1
     (then "pass@n" counts the questions with a correct sample and "maj@n" grades the majority answer).
+    sampled=True gives the records and summary of n > 1 (pass@1, pass@n, maj@n) for n == 1 too: train.py's
+    sampled evaluation with --eval-samples 1, where all three equal the accuracy (default: n > 1).
     Sampled answers draw from per-question random streams (model.generate), so two models evaluated with
     the same seed use the same uniform numbers on every question: their difference is paired.
     batch_size counts sequences: batch_size // n prompts. share=(rank, world) (torchrun, train.py): this
     rank decodes rows rank, rank + world, ... and every rank gets all the records back, in order, with
     the summary of them all."""
     rank, world = share or (0, 1)
+    sampled = n > 1 if sampled is None else sampled
     mine = list(range(rank, len(rows), world))
     groups = generate_answers(model, tok, [rows[i]["question"] for i in mine], max_new_tokens, n=n,
                               batch_size=batch_size, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
@@ -67,7 +70,7 @@ def evaluate(model, tok, rows, max_new_tokens, batch_size=64, n=1, temperature=0
         answers = [extract_answer(t, row.get("dataset")) for t in texts]
         correct = [is_equiv(a, row["gold"]) for a in answers]
         rec = {"index": i, "question": row["question"], "gold": row["gold"]}
-        if n == 1:
+        if not sampled:
             rec.update(response=texts[0], answer=answers[0], correct=correct[0], tokens=len(ids[0]))
         else:
             vote = majority_vote(answers)
@@ -76,7 +79,7 @@ def evaluate(model, tok, rows, max_new_tokens, batch_size=64, n=1, temperature=0
         records.append(rec)
     if share:
         records = sorted((r for part in all_gather_json(records) for r in part), key=lambda r: r["index"])
-    return records, summarize(records, n, max_new_tokens)
+    return records, summarize(records, n, max_new_tokens, sampled)
 
 
 def accuracy_line(greedy, sampled=None):
@@ -90,30 +93,35 @@ def accuracy_line(greedy, sampled=None):
             f"{sampled['pass@1_ci95'][1]:.1%}], pass@{sampled['samples_per_question']} {sampled['pass@n']:.1%}")
 
 
-def summarize(records, n, max_new_tokens):
-    """Metrics of evaluate()'s records. 95% intervals: Wilson for a share of questions; for pass@1
-    (n > 1) a normal approximation over the per-question means."""
+def summarize(records, n, max_new_tokens, sampled=None):
+    """Metrics of evaluate()'s records (sampled: as evaluate's). 95% intervals: Wilson for a share of
+    questions; for pass@1 (sampled) a normal approximation over the per-question means."""
+    sampled = n > 1 if sampled is None else sampled
     N, k = max(len(records), 1), sum(r["correct"] for r in records)
-    answers = [a for r in records for a in (r["answers"] if n > 1 else [r["answer"]])]
-    lengths = [t for r in records for t in (r["tokens"] if n > 1 else [r["tokens"]])]
-    texts = [t for r in records for t in (r["responses"] if n > 1 else [r["response"]])]
+    answers = [a for r in records for a in (r["answers"] if sampled else [r["answer"]])]
+    lengths = [t for r in records for t in (r["tokens"] if sampled else [r["tokens"]])]
+    texts = [t for r in records for t in (r["responses"] if sampled else [r["response"]])]
     s = {"questions": len(records), "samples_per_question": n,
          "no_answer_rate": sum(a is None for a in answers) / max(len(answers), 1),
          # answers that end after their first line: what a prefix task can teach (stop after the opening)
          "one_line_rate": sum(len(t.strip().splitlines()) <= 1 for t in texts) / max(len(texts), 1),
          "truncated_rate": sum(t >= max_new_tokens for t in lengths) / max(len(lengths), 1),
          "mean_tokens": sum(lengths) / max(len(lengths), 1)}
-    if n == 1:
+    if not sampled:
         return {"accuracy": k / N, "accuracy_ci95": wilson(k, len(records)), "correct": k,
                 "ci_method": "Wilson score", **s}
     per_q = [sum(r["sample_correct"]) / n for r in records]
     mean = sum(per_q) / N
     half = 1.96 * math.sqrt(sum((x - mean) ** 2 for x in per_q) / max(N - 1, 1) / N)
     any_ok = sum(any(r["sample_correct"]) for r in records)
-    return {"accuracy": mean, "pass@1": mean, "pass@1_ci95": [max(0.0, mean - half), min(1.0, mean + half)],
+    # one sample per question: pass@1 is a share of questions, as pass@n and maj@n (then all three equal)
+    one = n == 1
+    return {"accuracy": mean, "pass@1": mean, "pass@1_ci95": wilson(any_ok, len(records)) if one else
+            [max(0.0, mean - half), min(1.0, mean + half)],
             "pass@n": any_ok / N, "pass@n_ci95": wilson(any_ok, len(records)),
             "maj@n": k / N, "maj@n_ci95": wilson(k, len(records)), "majority_correct": k,
-            "ci_method": "pass@1: normal approximation over per-question means; pass@n, maj@n: Wilson score", **s}
+            "ci_method": ("pass@1, " if one else "pass@1: normal approximation over per-question means; ") +
+            "pass@n, maj@n: Wilson score", **s}
 
 
 # --- the paper's analyses (Fig. 2a and 2b; docs/method.md §1) ----------------------------------------

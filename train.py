@@ -490,7 +490,7 @@ def accuracy(run, tag, model, eval_rows, reuse=None):
         elif reuse and path.exists():
             results.append(json.loads(path.read_text()))
         else:
-            records, summary = evaluate_model(run, model, eval_rows, n=n)
+            records, summary = evaluate_model(run, model, eval_rows, n=n, sampled=bool(suffix))
             if run.rank == 0:
                 write_jsonl(run.out / f"eval_{tag}{suffix}.jsonl", records)
                 write_json(path, summary)
@@ -502,13 +502,14 @@ def accuracy(run, tag, model, eval_rows, reuse=None):
     return greedy, sampled
 
 
-def evaluate_model(run, model, rows, n=1, progress=True):
-    """eval.evaluate with the run's settings: n = 1 greedy; n > 1, n samples per question at the evaluation's
-    temperature and the checkpoint's top-p/top-k, from the evaluation seed's streams; torchrun: spread."""
+def evaluate_model(run, model, rows, n=1, progress=True, sampled=False):
+    """eval.evaluate with the run's settings: greedy (n = 1); sampled, n >= 1 samples per question at the
+    evaluation's temperature and the checkpoint's top-p/top-k, from the evaluation seed's streams; torchrun:
+    spread."""
     args = run.args
     top_p, top_k = sampling_filters(run.tok)  # the checkpoint's, whatever --top-p/--top-k say
-    sampling = {} if n == 1 else dict(n=n, temperature=args.eval_temperature, seed=args.eval_seed, top_p=top_p,
-                                      top_k=top_k)
+    sampling = dict(n=n, temperature=args.eval_temperature, seed=args.eval_seed, top_p=top_p, top_k=top_k,
+                    sampled=True) if sampled else {}
     return evaluate(model, run.tok, rows, args.eval_max_new_tokens, batch_size=args.eval_batch_size,
                     progress=progress and run.rank == 0, share=(run.rank, run.nproc) if run.sharded else None,
                     **sampling)

@@ -75,6 +75,26 @@ def test_evaluate_bookkeeping(tiny, data_file, monkeypatch):
     assert summary["accuracy_ci95"] == pytest.approx(E.wilson(1, 3)) and summary["no_answer_rate"] == 0
 
 
+def test_one_sampled_answer_per_question(tiny, data_file, monkeypatch):
+    """train.py's --eval-samples 1: one SAMPLED answer per question, with the summary of a sampled
+    evaluation, in which pass@1, pass@n and maj@n all equal the accuracy."""
+    _, model, tok = tiny
+    rows = load_rows(data_file)
+    one, summary = E.evaluate(model, tok, rows, max_new_tokens=8, n=1, temperature=1.0, seed=3, sampled=True,
+                              progress=False)
+    two, _ = E.evaluate(model, tok, rows, max_new_tokens=8, n=2, temperature=1.0, seed=3, progress=False)
+    greedy, _ = E.evaluate(model, tok, rows, max_new_tokens=8, progress=False)
+    assert [r["responses"] for r in one] == [r["responses"][:1] for r in two]  # sample 0 of the same streams
+    assert [r["responses"][0] for r in one] != [r["response"] for r in greedy]  # sampled, not greedy
+    assert summary["samples_per_question"] == 1 and summary["questions"] == 3
+    monkeypatch.setattr(M, "generate", scripted(tok, ["so \\boxed{5}"]))
+    records, summary = E.evaluate(model, tok, rows, max_new_tokens=50, n=1, temperature=1.0, sampled=True,
+                                  progress=False)
+    assert [r["sample_correct"] for r in records] == [[True], [False], [False]]
+    assert summary["accuracy"] == summary["pass@1"] == summary["pass@n"] == summary["maj@n"] == pytest.approx(1 / 3)
+    assert summary["pass@1_ci95"] == summary["pass@n_ci95"] == pytest.approx(E.wilson(1, 3))
+
+
 def test_wilson_and_vote():
     lo, hi = E.wilson(0, 10)
     assert lo == 0 and 0.25 < hi < 0.35                     # not the degenerate [0, 0] of p +- z*se

@@ -12,7 +12,9 @@ chat template around the bare question: zero-shot, greedy by default, as in the 
 Output (--out): by default runs/eval/<model>-<data stem>.preds.jsonl, with the summary beside it
 (.preds.summary.json), or runs/eval/<model>-<data stem>.<analysis>.json (and .png) for an analysis;
 <model> is the checkpoint folder's name (the run's name for a run's model/ folder). The folder is
-created; a location that cannot be written is refused before the model is loaded.
+created; a location that cannot be written is refused before the model is loaded, and so is a decoding
+whose KV cache cannot fit (train.py's memory plan, plan.py: the sequences decoded at once, each of 512
+prompt slots + --max-new-tokens; one line naming the largest --batch-size, or --max-new-tokens, that fits).
 """
 import argparse
 import json
@@ -26,10 +28,12 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch starts OpenM
 
 import torch
 
+from cli import plan_config
 from data import Tokenizer, UpftError, load_rows, write_json, write_jsonl
 from fsdp import all_gather_json
 from grader import extract_answer, is_equiv
 from model import Transformer, default_device, generate_answers
+from plan import decoding_fix, usable_bytes
 from upft import majority_vote
 
 
@@ -232,6 +236,31 @@ def check_out(out: Path):
         raise UpftError(f"--out {out}: cannot write into {folder} ({e.strerror})") from None
 
 
+def in_flight(args, questions):
+    """(the most sequences decoded at once, the fewest a smaller --batch-size can decode): generate_answers
+    decodes --batch-size // n questions (at least one, at most all) with their n samples each; error-position
+    then continues up to 2 trajectories per question with --rollouts each."""
+    phases = ([(args.num_samples, questions)] + ([(args.rollouts, 2 * questions)]
+                                                  if args.analysis == "error-position" else [])
+              if args.analysis else [(args.n, questions)])
+    return max(min(max(1, args.batch_size // n), q) * n for n, q in phases), max(n for n, _ in phases)
+
+
+def check_memory(args, rows):
+    """train.py's memory plan (plan.py) for this decoding: the weights and the KV caches of the sequences in
+    flight, each of the plan's prompt slots + --max-new-tokens. One line naming the smallest change that
+    fits when it cannot (UpftError), before the model is loaded; nothing when the memory is unknown."""
+    cuda = torch.device(args.device).type == "cuda"
+    capacity = usable_bytes(cuda, args.device)
+    if capacity is None:
+        return
+    batch, least = in_flight(args, len(rows))
+    fix = decoding_fix(plan_config(args), capacity, batch, args.max_new_tokens, cuda,
+                       master_bytes=4 if args.dtype == "float32" else 2, least=least)
+    if fix:
+        raise UpftError(fix)
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="Evaluate a checkpoint on a JSONL math dataset, or run the "
                                             "paper's prefix analyses.")
@@ -269,6 +298,7 @@ def run(args):
     check_out(out)
     args.out = str(out)     # recorded with the results
     rows = load_rows(args.data, args.limit)     # bad input fails here, before the slow model load
+    check_memory(args, rows)                    # and a decoding that cannot fit, before any allocation
     if args.n > 1 and args.temperature == 0:
         print("warning: --n > 1 with --temperature 0 gives n identical greedy samples", file=sys.stderr)
     tok = Tokenizer.from_pretrained(args.model)
@@ -302,9 +332,9 @@ def run(args):
 def main(argv=None):
     try:
         run(parse_args(argv))
-    except UpftError as e:
+    except UpftError as e:  # exit 2: bad input; 1: the machine (UpftFault)
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(e.exit_code)
 
 
 if __name__ == "__main__":

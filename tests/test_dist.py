@@ -273,6 +273,73 @@ def _rank_pid(parent, rank):
     raise AssertionError(f"no worker with RANK={rank}")
 
 
+# ----------------------------------------------------------------------------- two machines (multi-node)
+
+def _free_port():
+    """A port nothing listens on now: the kernel's choice for port 0, released at once (the caller retries
+    if another program takes it before torchrun binds it)."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _two_nodes(args, timeout=300, tries=3):
+    """Two torchrun launchers on this machine standing in for two nodes (static rendezvous, --nnodes 2,
+    one process each, the master on the loopback address). Each launcher gets its own process group, and
+    both groups are killed if either fails or runs past `timeout`. Returns (stdout, stderr) of node 0."""
+    for attempt in range(tries):
+        port = _free_port()
+        launch = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+                  "--master-addr", "127.0.0.1", "--master-port", str(port)]
+        nodes = [subprocess.Popen([*launch, "--node-rank", str(r), str(ROOT / "train.py"), *map(str, args)],
+                                  cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                  start_new_session=True) for r in (0, 1)]
+        try:
+            deadline = time.time() + timeout
+            outs = [p.communicate(timeout=max(1.0, deadline - time.time())) for p in nodes]
+        finally:
+            for p in nodes:
+                if p.poll() is None:
+                    os.killpg(p.pid, signal.SIGKILL)
+                    p.wait()
+        err = outs[0][1] + outs[1][1]
+        if all(p.returncode == 0 for p in nodes):
+            return outs[0]
+        if "EADDRINUSE" not in err and "address already in use" not in err.lower() or attempt == tries - 1:
+            raise AssertionError(f"node 0 exit {nodes[0].returncode}, node 1 exit {nodes[1].returncode}:\n"
+                                 f"{err[-3000:]}")
+
+
+@pytest.mark.slow
+def test_two_nodes_equal_one_process(runs):
+    """`torchrun --nnodes 2 --node-rank 0|1 --nproc-per-node 1 --master-addr ... --master-port ...` on one
+    shared --out: the same rollouts, examples, evaluations and losses as one plain process, and final
+    weights within 1e-5 (docs/scale.md, "Several machines")."""
+    one, nodes = runs.one, runs.dir / "nodes"
+    t = time.time()
+    _two_nodes([*runs.common, "--out", nodes])
+    seconds = time.time() - t
+    for f in ("rollouts.jsonl", "train_examples.jsonl", "eval_base.jsonl", "eval_tuned.jsonl", "accounting.json"):
+        a, b = (one / f).read_text(), (nodes / f).read_text()
+        assert (a == b) if f.endswith(".jsonl") else {k: v for k, v in json.loads(a).items() if "seconds" not in k} \
+            == {k: v for k, v in json.loads(b).items() if "seconds" not in k}, f
+    assert json.loads((nodes / "args.json").read_text())["out"] == str(nodes)
+    assert not Path(f"{nodes}.partial").exists() and not (nodes / "checkpoint").exists()
+    ranks = json.loads((nodes / "memory_measured.json").read_text())["ranks"]
+    assert len(ranks) == 2  # two processes, one on each "node"
+    m1, m2 = _metrics(one), _metrics(nodes)
+    assert [m["step"] for m in m1] == [m["step"] for m in m2] and len(m1) > 1
+    for x, y in zip(m1, m2):
+        assert y["loss"] == pytest.approx(x["loss"], rel=1e-6)
+    w1, w2 = _weights(one), _weights(nodes)
+    diff, _ = _assert_weights_close(w1, w2)
+    assert diff < 1e-5
+    same = max((w2[k] - _weights(runs.two)[k]).abs().max().item() for k in w2)  # one node, 2 processes
+    print(f"\n2 nodes x 1 process: {seconds:.1f}s, max |weight difference| {diff:.2e} from one process, "
+          f"{same:.2e} from one node with 2 processes")
+
+
 # ----------------------------------------------------------------------------- the toy world, per-sample loss
 
 @pytest.mark.slow

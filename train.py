@@ -53,9 +53,9 @@ from cli import (ABLATIONS, TOY_NOTE, check_resume, clean_up, load_inputs, parse
 from data import (IGNORE, Progress, Tokenizer, UpftError, atomic_dir, read_jsonl, sampling_filters, supervised_count,
                   write_json, write_jsonl)
 from eval import accuracy_line, evaluate
-from fsdp import (all_gather_json, all_reduce, init_distributed, is_sharded, load_sharded_checkpoint,
-                  load_sharded_model, rank_and_world, record_state_bytes, save_gathered, save_sharded_checkpoint,
-                  sharded_step)
+from fsdp import (all_gather_json, all_reduce, check_shared_folder, init_distributed, is_sharded,
+                  load_sharded_checkpoint, load_sharded_model, rank_and_world, record_state_bytes, save_gathered,
+                  save_sharded_checkpoint, sharded_step)
 from model import Config, Transformer, gather_full, save_safetensors
 from plan import format_plan, memory_plan
 
@@ -400,7 +400,8 @@ def run(args, log=print):
                 write_json(out / "args.json", {**vars(args), "model_dir": str(model_dir), "top_p_used": run.top_p,
                                                "top_k_used": run.top_k})
         if sharded:
-            dist.barrier()  # the folder exists for every rank
+            check_shared_folder(out, f"--out {args.out}",  # every rank sees it (several machines: shared)
+                                required=bool(args.save_every or args.resume or args.base_from))
         results = _run(run, model_dir, rows, eval_rows, t0)
     except BaseException as e:
         fault = clean_up(out, rank, e, log)  # the folder goes, unless it holds something to resume from

@@ -28,7 +28,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch starts OpenM
 
 import torch
 
-from cli import plan_config
+from cli import MIN_TEMPERATURE, plan_config
 from data import Tokenizer, UpftError, load_rows, write_json, write_jsonl
 from fsdp import all_gather_json
 from grader import extract_answer, is_equiv
@@ -262,6 +262,10 @@ def check_memory(args, rows):
 
 
 def parse_args(argv=None):
+    return build_parser().parse_args(argv)
+
+
+def build_parser():
     p = argparse.ArgumentParser(description="Evaluate a checkpoint on a JSONL math dataset, or run the "
                                             "paper's prefix analyses.")
     p.add_argument("--model", required=True, help="checkpoint directory or Hugging Face id")
@@ -283,7 +287,7 @@ def parse_args(argv=None):
     p.add_argument("--device", default=default_device(), help="cpu or cuda (default: %(default)s; cuda when there "
                                                               "is a GPU, as in train.py)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    return p.parse_args(argv)
+    return p
 
 
 def run(args):
@@ -292,8 +296,9 @@ def run(args):
             raise UpftError(f"--{name.replace('_', '-')} must be at least 1")
     if args.temperature is None:
         args.temperature = 0.6 if args.analysis else 0.0
-    if args.temperature < 0 or not 0 < args.top_p <= 1:
-        raise UpftError("--temperature must be >= 0 and --top-p in (0, 1]")
+    if not (args.temperature == 0 or args.temperature >= MIN_TEMPERATURE) or not 0 < args.top_p <= 1:
+        raise UpftError(f"--temperature must be 0 (greedy) or at least {MIN_TEMPERATURE:g}, and --top-p in (0, 1]; "
+                        f"got {args.temperature} and {args.top_p}")
     out = Path(args.out) if args.out else default_out(args.model, args.data, args.analysis)
     check_out(out)
     args.out = str(out)     # recorded with the results

@@ -413,6 +413,8 @@ def plan_config(args):
     path = Path(args.model).expanduser()
     if path.is_dir():
         return Config.from_json(path / "config.json")
+    if path.exists() or str(args.model).startswith(("/", ".", "~")):  # a path, not a hub id (as data.resolve)
+        raise UpftError(f"{args.model}: not a checkpoint directory")
     try:  # optional, and only for hub ids, as data.resolve
         from huggingface_hub import hf_hub_download
         return Config.from_json(hf_hub_download(args.model, "config.json"))

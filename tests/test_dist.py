@@ -8,7 +8,9 @@ the same responses and train on the same examples. What they check, in the order
     rank holds no example included), with gradient checkpointing on the sharded side;
   - a SIGKILLed rank, then --resume: the same final weights as the uninterrupted 2-process run;
   - the plan's static figures equal the bytes of the real tensors after an optimizer step (1 and 2 ranks);
-  - rollouts, predictions, accounting: complete, in question order, written once (by rank 0).
+  - rollouts, predictions, accounting: complete, in question order, written once (by rank 0);
+  - two torchrun launchers with --nnodes 2 (two machines, on the loopback address): the same as one
+    process; a run folder that a rank on another machine cannot see is refused in one line.
 Tolerances (fp32; the ranks' partial sums are added in another order): loss per step rtol 1e-6; grad
 norm rtol 1e-5 (on the toy model 1e-4 after the first step, see below); weights: every element within
 1e-4 (10% of the learning rate, 1e-3) and fewer than 1 in 1,000 elements beyond 1e-6. The weights

@@ -208,6 +208,15 @@ def test_memory_check_comes_before_the_model_is_loaded(tiny, data_file, tmp_path
     assert not (tmp_path / "p.jsonl").exists()
 
 
+def test_a_model_path_that_is_no_checkpoint_is_one_line(data_file, tmp_path, capsys):
+    """The memory plan reads config.json first: a local path that is not a checkpoint folder is named as
+    such (not looked up on the Hugging Face Hub), in one line."""
+    for model in (tmp_path / "nowhere", data_file):
+        with pytest.raises(SystemExit) as e:
+            E.main(["--model", str(model), "--data", str(data_file), "--out", str(tmp_path / "p.jsonl")])
+        assert e.value.code == 2 and capsys.readouterr().err == f"error: {model}: not a checkpoint directory\n"
+
+
 def test_decoding_fix_names_the_largest_batch_that_fits(tiny):
     from plan import decoding_fix
     d = tiny[0]

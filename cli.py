@@ -65,7 +65,7 @@ ABLATIONS = ("no_instruction", "no_eos", "full_only", "random_targets")
 
 # The smallest sampling temperature the flags take (train.py's and eval.py's; 0 = greedy): sampling divides
 # the logits by it in fp32, and below ~1e-37 the quotient overflows to inf (a NaN softmax, an out-of-range
-# token id). 1e-6 keeps logits of any size a model produces finite; for anything colder, use 0.
+# token id). At 1e-6 only logits beyond 3e32 would; for anything colder, use 0.
 MIN_TEMPERATURE = 1e-6
 
 

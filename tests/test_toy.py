@@ -364,21 +364,24 @@ def test_missing_world_is_one_line_error(tmp_path):
         toy.load_world(tmp_path)
 
 
-def test_build_toy_bad_out_is_one_line_before_any_work(tmp_path):
+def test_build_toy_bad_out_is_one_line_before_any_work(tmp_path, capsys):
     """An --out that cannot be made (under /proc, under a file) or must not be replaced (a folder that is
-    not a toy world): one line, exit 2, in the seconds of a start-up, and nothing touched."""
+    not a toy world): one line, exit 2, before any world is generated, and nothing touched."""
     import subprocess
     import time
+    t = time.time()  # the command as a user types it
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "build_toy.py"), "--out", "/proc/nope/toy"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr == "error: --out /proc/nope/toy: cannot write in /proc (No such file or " \
+                                             "directory)\n", r.stderr
+    assert time.time() - t < 60  # seconds of start-up, not the minutes of a build
     (tmp_path / "a_file").write_text("x")
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep")
-    for out, msg in (("/proc/nope/toy", "cannot write in /proc"), (tmp_path / "a_file" / "toy", "is not a folder"),
-                     (tmp_path / "mine", "is not a toy world")):
-        t = time.time()
-        r = subprocess.run([sys.executable, str(ROOT / "scripts" / "build_toy.py"), "--out", str(out)],
-                           capture_output=True, text=True, timeout=120)
-        assert r.returncode == 2 and r.stderr.startswith(f"error: --out {out}: ") and msg in r.stderr, r.stderr
-        assert len(r.stderr.strip().splitlines()) == 1 and time.time() - t < 60  # no world was generated
+    for out, msg in ((tmp_path / "a_file" / "toy", "is not a folder"), (tmp_path / "mine", "is not a toy world")):
+        assert build_toy.main(["--out", str(out), "--max-steps", "1"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: --out {out}: ") and msg in err and len(err.strip().splitlines()) == 1, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "mine"]
     assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
 

@@ -286,31 +286,35 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _two_nodes(args, timeout=300, tries=3):
+def _two_nodes(args, logs, timeout=300, tries=3):
     """Two torchrun launchers on this machine standing in for two nodes (static rendezvous, --nnodes 2,
-    one process each, the master on the loopback address). Each launcher gets its own process group, and
-    both groups are killed if either fails or runs past `timeout`. Returns (stdout, stderr) of node 0."""
+    one process each, the master on the loopback address), their output in logs/node<r>.log. Each launcher
+    gets its own process group; as soon as one fails, or at `timeout`, both groups are killed."""
     for attempt in range(tries):
         port = _free_port()
         launch = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
                   "--master-addr", "127.0.0.1", "--master-port", str(port)]
+        files = [open(logs / f"node{r}.log", "w") for r in (0, 1)]
         nodes = [subprocess.Popen([*launch, "--node-rank", str(r), str(ROOT / "train.py"), *map(str, args)],
-                                  cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                  start_new_session=True) for r in (0, 1)]
+                                  cwd=ROOT, env=ENV, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+                 for r, f in zip((0, 1), files)]
         try:
             deadline = time.time() + timeout
-            outs = [p.communicate(timeout=max(1.0, deadline - time.time())) for p in nodes]
+            while time.time() < deadline and any(p.poll() is None for p in nodes) and \
+                    not any(p.poll() for p in nodes):  # both running, or one done well and the other still on
+                time.sleep(0.2)
         finally:
-            for p in nodes:
+            for p, f in zip(nodes, files):
                 if p.poll() is None:
                     os.killpg(p.pid, signal.SIGKILL)
                     p.wait()
-        err = outs[0][1] + outs[1][1]
+                f.close()
         if all(p.returncode == 0 for p in nodes):
-            return outs[0]
-        if "EADDRINUSE" not in err and "address already in use" not in err.lower() or attempt == tries - 1:
+            return
+        out = "".join((logs / f"node{r}.log").read_text() for r in (0, 1))
+        if "EADDRINUSE" not in out and "address already in use" not in out.lower() or attempt == tries - 1:
             raise AssertionError(f"node 0 exit {nodes[0].returncode}, node 1 exit {nodes[1].returncode}:\n"
-                                 f"{err[-3000:]}")
+                                 f"{out[-3000:]}")
 
 
 @pytest.mark.slow
@@ -320,7 +324,7 @@ def test_two_nodes_equal_one_process(runs):
     weights within 1e-5 (docs/scale.md, "Several machines")."""
     one, nodes = runs.one, runs.dir / "nodes"
     t = time.time()
-    _two_nodes([*runs.common, "--out", nodes])
+    _two_nodes([*runs.common, "--out", nodes], runs.dir)
     seconds = time.time() - t
     for f in ("rollouts.jsonl", "train_examples.jsonl", "eval_base.jsonl", "eval_tuned.jsonl", "accounting.json"):
         a, b = (one / f).read_text(), (nodes / f).read_text()

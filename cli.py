@@ -62,6 +62,12 @@ METHODS = ("upft", "sft", "rft", "em", "vote")
 ABLATIONS = ("no_instruction", "no_eos", "full_only", "random_targets")
 
 
+# The smallest sampling temperature the flags take (train.py's and eval.py's; 0 = greedy): sampling divides
+# the logits by it in fp32, and below ~1e-37 the quotient overflows to inf (a NaN softmax, an out-of-range
+# token id). At 1e-6 only logits beyond 3e32 would; for anything colder, use 0.
+MIN_TEMPERATURE = 1e-6
+
+
 def add_flag(parser, flag, help, **options):
     """parser.add_argument, with the default in the help text, wherever it comes from (DEFAULTS or here)."""
     name = flag[2:].replace("-", "_")
@@ -189,7 +195,8 @@ def check_numbers(args):
     require(args.prefix_len >= 1, f"--prefix-len must be a positive number of tokens, got {args.prefix_len}")
     require(0.0 <= args.structure_ratio <= 1.0, f"--structure-ratio must be in [0, 1], got {args.structure_ratio}")
     require(args.num_samples >= 1, f"--num-samples must be >= 1, got {args.num_samples}")
-    require(args.temperature >= 0, f"--temperature must be >= 0, got {args.temperature}")
+    require(args.temperature == 0 or args.temperature >= MIN_TEMPERATURE,
+            f"--temperature must be 0 (greedy) or at least {MIN_TEMPERATURE:g}, got {args.temperature}")
     require(args.top_p is None or 0 < args.top_p <= 1, f"--top-p must be in (0, 1], got {args.top_p}")
     require(args.top_k is None or args.top_k >= 0, f"--top-k must be >= 0 (0 = off), got {args.top_k}")
     for k in ("lr", "epochs", "batch_size", "micro_batch_size", "max_len", "max_new_tokens", "eval_batch_size",
@@ -223,8 +230,8 @@ def check_combinations(args):
             "--random-targets with --structure-ratio 1 leaves no prefix example to pair")
     require(args.eval_every >= 0, f"--eval-every must be >= 0, got {args.eval_every}")
     require(args.eval_samples >= 0, f"--eval-samples must be >= 0, got {args.eval_samples}")
-    require(args.eval_temperature > 0, f"--eval-temperature must be > 0 (greedy is always evaluated), got "
-                                       f"{args.eval_temperature}")
+    require(args.eval_temperature >= MIN_TEMPERATURE, f"--eval-temperature must be at least {MIN_TEMPERATURE:g} "
+            f"(greedy is always evaluated), got {args.eval_temperature}")
     require(args.eval_subset > 0, f"--eval-subset must be positive, got {args.eval_subset}")
     require(not (args.eval_every and args.no_eval), "--eval-every needs held-out evaluation (drop --no-eval)")
     require(not (args.eval_every and args.model and not args.eval_data),
@@ -405,6 +412,8 @@ def plan_config(args):
     path = Path(args.model).expanduser()
     if path.is_dir():
         return Config.from_json(path / "config.json")
+    if path.exists() or str(args.model).startswith(("/", ".", "~")):  # a path, not a hub id (as data.resolve)
+        raise UpftError(f"{args.model}: not a checkpoint directory")
     try:  # optional, and only for hub ids, as data.resolve
         from huggingface_hub import hf_hub_download
         return Config.from_json(hf_hub_download(args.model, "config.json"))

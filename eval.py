@@ -12,7 +12,9 @@ chat template around the bare question: zero-shot, greedy by default, as in the 
 Output (--out): by default runs/eval/<model>-<data stem>.preds.jsonl, with the summary beside it
 (.preds.summary.json), or runs/eval/<model>-<data stem>.<analysis>.json (and .png) for an analysis;
 <model> is the checkpoint folder's name (the run's name for a run's model/ folder). The folder is
-created; a location that cannot be written is refused before the model is loaded.
+created; a location that cannot be written is refused before the model is loaded, and so is a decoding
+whose KV cache cannot fit (train.py's memory plan, plan.py: the sequences decoded at once, each of 512
+prompt slots + --max-new-tokens; one line naming the largest --batch-size, or --max-new-tokens, that fits).
 """
 import argparse
 import json
@@ -26,10 +28,12 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch starts OpenM
 
 import torch
 
+from cli import MIN_TEMPERATURE, plan_config
 from data import Tokenizer, UpftError, load_rows, write_json, write_jsonl
 from fsdp import all_gather_json
 from grader import extract_answer, is_equiv
 from model import Transformer, default_device, generate_answers
+from plan import decoding_fix, usable_bytes
 from upft import majority_vote
 
 
@@ -45,17 +49,20 @@ def wilson(k, n, z=1.96):
 
 
 def evaluate(model, tok, rows, max_new_tokens, batch_size=64, n=1, temperature=0.0, top_p=1.0, top_k=0, seed=0,
-             progress=True, share=None):
+             progress=True, share=None, sampled=None):
     """Generate n responses per row ({question, gold[, dataset]}), grade them -> (records, summary).
 
     summary["accuracy"] is the share of correct responses for n == 1 and the mean pass@1 for n > 1
     (then "pass@n" counts the questions with a correct sample and "maj@n" grades the majority answer).
+    sampled=True gives the records and summary of n > 1 (pass@1, pass@n, maj@n) for n == 1 too: train.py's
+    sampled evaluation with --eval-samples 1, where all three equal the accuracy (default: n > 1).
     Sampled answers draw from per-question random streams (model.generate), so two models evaluated with
     the same seed use the same uniform numbers on every question: their difference is paired.
     batch_size counts sequences: batch_size // n prompts. share=(rank, world) (torchrun, train.py): this
     rank decodes rows rank, rank + world, ... and every rank gets all the records back, in order, with
     the summary of them all."""
     rank, world = share or (0, 1)
+    sampled = n > 1 if sampled is None else sampled
     mine = list(range(rank, len(rows), world))
     groups = generate_answers(model, tok, [rows[i]["question"] for i in mine], max_new_tokens, n=n,
                               batch_size=batch_size, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
@@ -67,7 +74,7 @@ def evaluate(model, tok, rows, max_new_tokens, batch_size=64, n=1, temperature=0
         answers = [extract_answer(t, row.get("dataset")) for t in texts]
         correct = [is_equiv(a, row["gold"]) for a in answers]
         rec = {"index": i, "question": row["question"], "gold": row["gold"]}
-        if n == 1:
+        if not sampled:
             rec.update(response=texts[0], answer=answers[0], correct=correct[0], tokens=len(ids[0]))
         else:
             vote = majority_vote(answers)
@@ -76,7 +83,7 @@ def evaluate(model, tok, rows, max_new_tokens, batch_size=64, n=1, temperature=0
         records.append(rec)
     if share:
         records = sorted((r for part in all_gather_json(records) for r in part), key=lambda r: r["index"])
-    return records, summarize(records, n, max_new_tokens)
+    return records, summarize(records, n, max_new_tokens, sampled)
 
 
 def accuracy_line(greedy, sampled=None):
@@ -90,30 +97,35 @@ def accuracy_line(greedy, sampled=None):
             f"{sampled['pass@1_ci95'][1]:.1%}], pass@{sampled['samples_per_question']} {sampled['pass@n']:.1%}")
 
 
-def summarize(records, n, max_new_tokens):
-    """Metrics of evaluate()'s records. 95% intervals: Wilson for a share of questions; for pass@1
-    (n > 1) a normal approximation over the per-question means."""
+def summarize(records, n, max_new_tokens, sampled=None):
+    """Metrics of evaluate()'s records (sampled: as evaluate's). 95% intervals: Wilson for a share of
+    questions; for pass@1 (sampled) a normal approximation over the per-question means."""
+    sampled = n > 1 if sampled is None else sampled
     N, k = max(len(records), 1), sum(r["correct"] for r in records)
-    answers = [a for r in records for a in (r["answers"] if n > 1 else [r["answer"]])]
-    lengths = [t for r in records for t in (r["tokens"] if n > 1 else [r["tokens"]])]
-    texts = [t for r in records for t in (r["responses"] if n > 1 else [r["response"]])]
+    answers = [a for r in records for a in (r["answers"] if sampled else [r["answer"]])]
+    lengths = [t for r in records for t in (r["tokens"] if sampled else [r["tokens"]])]
+    texts = [t for r in records for t in (r["responses"] if sampled else [r["response"]])]
     s = {"questions": len(records), "samples_per_question": n,
          "no_answer_rate": sum(a is None for a in answers) / max(len(answers), 1),
          # answers that end after their first line: what a prefix task can teach (stop after the opening)
          "one_line_rate": sum(len(t.strip().splitlines()) <= 1 for t in texts) / max(len(texts), 1),
          "truncated_rate": sum(t >= max_new_tokens for t in lengths) / max(len(lengths), 1),
          "mean_tokens": sum(lengths) / max(len(lengths), 1)}
-    if n == 1:
+    if not sampled:
         return {"accuracy": k / N, "accuracy_ci95": wilson(k, len(records)), "correct": k,
                 "ci_method": "Wilson score", **s}
     per_q = [sum(r["sample_correct"]) / n for r in records]
     mean = sum(per_q) / N
     half = 1.96 * math.sqrt(sum((x - mean) ** 2 for x in per_q) / max(N - 1, 1) / N)
     any_ok = sum(any(r["sample_correct"]) for r in records)
-    return {"accuracy": mean, "pass@1": mean, "pass@1_ci95": [max(0.0, mean - half), min(1.0, mean + half)],
+    # one sample per question: pass@1 is a share of questions, as pass@n and maj@n (then all three equal)
+    one = n == 1
+    return {"accuracy": mean, "pass@1": mean, "pass@1_ci95": wilson(any_ok, len(records)) if one else
+            [max(0.0, mean - half), min(1.0, mean + half)],
             "pass@n": any_ok / N, "pass@n_ci95": wilson(any_ok, len(records)),
             "maj@n": k / N, "maj@n_ci95": wilson(k, len(records)), "majority_correct": k,
-            "ci_method": "pass@1: normal approximation over per-question means; pass@n, maj@n: Wilson score", **s}
+            "ci_method": ("pass@1, " if one else "pass@1: normal approximation over per-question means; ") +
+            "pass@n, maj@n: Wilson score", **s}
 
 
 # --- the paper's analyses (Fig. 2a and 2b; docs/method.md §1) ----------------------------------------
@@ -224,7 +236,36 @@ def check_out(out: Path):
         raise UpftError(f"--out {out}: cannot write into {folder} ({e.strerror})") from None
 
 
+def in_flight(args, questions):
+    """(the most sequences decoded at once, the fewest a smaller --batch-size can decode): generate_answers
+    decodes --batch-size // n questions (at least one, at most all) with their n samples each; error-position
+    then continues up to 2 trajectories per question with --rollouts each."""
+    phases = ([(args.num_samples, questions)] + ([(args.rollouts, 2 * questions)]
+                                                  if args.analysis == "error-position" else [])
+              if args.analysis else [(args.n, questions)])
+    return max(min(max(1, args.batch_size // n), q) * n for n, q in phases), max(n for n, _ in phases)
+
+
+def check_memory(args, rows):
+    """train.py's memory plan (plan.py) for this decoding: the weights and the KV caches of the sequences in
+    flight, each of the plan's prompt slots + --max-new-tokens. One line naming the smallest change that
+    fits when it cannot (UpftError), before the model is loaded; nothing when the memory is unknown."""
+    cuda = torch.device(args.device).type == "cuda"
+    capacity = usable_bytes(cuda, args.device)
+    if capacity is None:
+        return
+    batch, least = in_flight(args, len(rows))
+    fix = decoding_fix(plan_config(args), capacity, batch, args.max_new_tokens, cuda,
+                       master_bytes=4 if args.dtype == "float32" else 2, least=least)
+    if fix:
+        raise UpftError(fix)
+
+
 def parse_args(argv=None):
+    return build_parser().parse_args(argv)
+
+
+def build_parser():
     p = argparse.ArgumentParser(description="Evaluate a checkpoint on a JSONL math dataset, or run the "
                                             "paper's prefix analyses.")
     p.add_argument("--model", required=True, help="checkpoint directory or Hugging Face id")
@@ -246,7 +287,7 @@ def parse_args(argv=None):
     p.add_argument("--device", default=default_device(), help="cpu or cuda (default: %(default)s; cuda when there "
                                                               "is a GPU, as in train.py)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    return p.parse_args(argv)
+    return p
 
 
 def run(args):
@@ -255,12 +296,14 @@ def run(args):
             raise UpftError(f"--{name.replace('_', '-')} must be at least 1")
     if args.temperature is None:
         args.temperature = 0.6 if args.analysis else 0.0
-    if args.temperature < 0 or not 0 < args.top_p <= 1:
-        raise UpftError("--temperature must be >= 0 and --top-p in (0, 1]")
+    if not (args.temperature == 0 or args.temperature >= MIN_TEMPERATURE) or not 0 < args.top_p <= 1:
+        raise UpftError(f"--temperature must be 0 (greedy) or at least {MIN_TEMPERATURE:g}, and --top-p in (0, 1]; "
+                        f"got {args.temperature} and {args.top_p}")
     out = Path(args.out) if args.out else default_out(args.model, args.data, args.analysis)
     check_out(out)
     args.out = str(out)     # recorded with the results
     rows = load_rows(args.data, args.limit)     # bad input fails here, before the slow model load
+    check_memory(args, rows)                    # and a decoding that cannot fit, before any allocation
     if args.n > 1 and args.temperature == 0:
         print("warning: --n > 1 with --temperature 0 gives n identical greedy samples", file=sys.stderr)
     tok = Tokenizer.from_pretrained(args.model)
@@ -294,9 +337,9 @@ def run(args):
 def main(argv=None):
     try:
         run(parse_args(argv))
-    except UpftError as e:
+    except UpftError as e:  # exit 2: bad input; 1: the machine (UpftFault)
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(e.exit_code)
 
 
 if __name__ == "__main__":

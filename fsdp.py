@@ -12,6 +12,7 @@ used and `python train.py` is unchanged.
   sharded_step                         a step's normaliser over all ranks, and micro-batches that pair up
   all_reduce, all_gather_json          numbers summed or maxed over ranks; JSON gathered (no pickle)
   record_state_bytes                   every rank's measured state bytes (memory_measured.json)
+  check_shared_folder                  several machines: every rank sees the run folder (one filesystem)
   save_sharded_checkpoint / load_...   each rank its own shards, as safetensors; meta.json names the launch
 """
 from __future__ import annotations
@@ -138,6 +139,34 @@ def record_state_bytes(path, model, opt, rank):
     ranks = all_gather_json(mine) if is_sharded(model) else [mine]
     if rank == 0:
         write_json(path, {"ranks": ranks})
+
+
+def check_shared_folder(path, what=None, required=True):
+    """torchrun, after rank 0 made the run folder `path` (every rank calls; a barrier in any case). Every
+    rank must see it when it writes its checkpoint shards there (required: --save-every > 0) or reads what
+    rank 0 put there (--resume, --base-from): on several machines, a filesystem they share. Rank 0 puts a
+    file of a random name in it, every rank looks for that name in its own `path`, the file is removed. A
+    rank that does not see it: every rank raises the same UpftError, naming those ranks and their hosts (so
+    no rank is left waiting in a collective); `what` names the folder in it (default: the path)."""
+    import socket
+    import tempfile
+    if not required:
+        return dist.barrier()  # the folder exists; only rank 0 uses it
+    rank = dist.get_rank()
+    mark = None
+    if rank == 0:
+        fd, mark = tempfile.mkstemp(dir=path, prefix=".shared-check-")
+        os.close(fd)
+    name = os.path.basename(all_gather_json(mark)[0])
+    seen = all_gather_json([os.path.exists(os.path.join(path, name)), socket.gethostname()])
+    if rank == 0:
+        os.unlink(mark)
+    missing = [f"{r} ({host})" for r, (ok, host) in enumerate(seen) if not ok]
+    if missing:
+        raise UpftError(f"{what or path}: rank(s) {', '.join(missing)} do not see the run folder rank 0 "
+                        f"({seen[0][1]}) made in {path}: on several machines it must be on a filesystem all of "
+                        "them share, since every rank writes its checkpoint shards there and --resume and "
+                        "--base-from read there (without those, --save-every 0 writes no checkpoint)")
 
 
 # ----------------------------------------------------------------------------- sharded checkpoints

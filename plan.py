@@ -4,6 +4,7 @@ and by `python train.py --plan`, and the refusal of a run that cannot fit, befor
     memory_plan(cfg, **settings)    bytes by kind (weights, grads, AdamW, activations, logits, decoding)
     plan_run(cfg, capacity, ...)    a run's plan: the decoding batches not given are the largest that fit,
                                     and the smallest change that fits when the plan does not (a Plan)
+    decoding_fix(cfg, capacity, ...)  eval.py's: decoding only, refused in one line when it cannot fit
     usable_bytes(...)               what a process may fill: 90% of its GPU, or of this machine's free memory
     format_plan(plan)               the lines a run prints
     parameter_count(cfg)            the model's parameters (a tied head once), from config.json alone
@@ -159,6 +160,32 @@ def smallest_fix(cfg, settings, capacity):
                 return f"{problem}; not even one sequence fits next to the weights"
             return f"{problem}; smallest change that fits: {flag} {batch}"
     return None
+
+
+def decoding_fix(cfg, capacity, batch, budget, cuda=False, master_bytes=4, least=1):
+    """eval.py's plan (one process, no training): None if the weights and `batch` decoded sequences of
+    `budget` new tokens fit `capacity` bytes, else one line naming the smallest change that fits: the
+    largest --batch-size, or, when not even `least` sequences fit (one question's samples: a smaller
+    batch decodes no fewer), that many sequences and the largest --max-new-tokens."""
+    plan = memory_plan(cfg, cuda=cuda, master_bytes=master_bytes, sample_batch=batch, sample_tokens=budget,
+                       eval_batch=0)
+    if plan["sample_total"] <= capacity:
+        return None
+    problem = (f"memory plan: decoding {batch} sequence(s) of {PROMPT_TOKENS} + {budget:,} tokens needs "
+               f"{plan['sample_total'] / GiB:.1f} GiB {'per GPU' if cuda else 'of memory'}, "
+               f"{capacity / GiB:.1f} GiB usable")
+    fits = decode_batch(cfg, plan, capacity, budget, master_bytes)
+    if fits >= least:
+        return f"{problem}; smallest change that fits: --batch-size {fits}"
+    kv0, prefill = decode_row_bytes(cfg, PROMPT_TOKENS, 0, master_bytes)
+    per_token = decode_row_bytes(cfg, PROMPT_TOKENS, 1, master_bytes)[0] - kv0
+    tokens = int(((capacity - plan["weights"]) / least - kv0 - prefill) // per_token)
+    if plan["weights"] > capacity:
+        return f"{problem}; the weights alone need {plan['weights'] / GiB:.1f} GiB"
+    if tokens < 1:
+        return f"{problem}; not even {least} sequence(s) of one new token fit next to the weights"
+    smaller = f"--batch-size {least} " if batch > least else ""
+    return f"{problem}; smallest change that fits: {smaller}--max-new-tokens {tokens}"
 
 
 def training_changes(settings):

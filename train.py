@@ -53,9 +53,9 @@ from cli import (ABLATIONS, TOY_NOTE, check_resume, clean_up, load_inputs, parse
 from data import (IGNORE, Progress, Tokenizer, UpftError, atomic_dir, read_jsonl, sampling_filters, supervised_count,
                   write_json, write_jsonl)
 from eval import accuracy_line, evaluate
-from fsdp import (all_gather_json, all_reduce, init_distributed, is_sharded, load_sharded_checkpoint,
-                  load_sharded_model, rank_and_world, record_state_bytes, save_gathered, save_sharded_checkpoint,
-                  sharded_step)
+from fsdp import (all_gather_json, all_reduce, check_shared_folder, init_distributed, is_sharded,
+                  load_sharded_checkpoint, load_sharded_model, rank_and_world, record_state_bytes, save_gathered,
+                  save_sharded_checkpoint, sharded_step)
 from model import Config, Transformer, gather_full, save_safetensors
 from plan import format_plan, memory_plan
 
@@ -400,7 +400,8 @@ def run(args, log=print):
                 write_json(out / "args.json", {**vars(args), "model_dir": str(model_dir), "top_p_used": run.top_p,
                                                "top_k_used": run.top_k})
         if sharded:
-            dist.barrier()  # the folder exists for every rank
+            check_shared_folder(out, f"--out {args.out}",  # every rank sees it (several machines: shared)
+                                required=bool(args.save_every or args.resume or args.base_from))
         results = _run(run, model_dir, rows, eval_rows, t0)
     except BaseException as e:
         fault = clean_up(out, rank, e, log)  # the folder goes, unless it holds something to resume from
@@ -490,7 +491,7 @@ def accuracy(run, tag, model, eval_rows, reuse=None):
         elif reuse and path.exists():
             results.append(json.loads(path.read_text()))
         else:
-            records, summary = evaluate_model(run, model, eval_rows, n=n)
+            records, summary = evaluate_model(run, model, eval_rows, n=n, sampled=bool(suffix))
             if run.rank == 0:
                 write_jsonl(run.out / f"eval_{tag}{suffix}.jsonl", records)
                 write_json(path, summary)
@@ -502,13 +503,14 @@ def accuracy(run, tag, model, eval_rows, reuse=None):
     return greedy, sampled
 
 
-def evaluate_model(run, model, rows, n=1, progress=True):
-    """eval.evaluate with the run's settings: n = 1 greedy; n > 1, n samples per question at the evaluation's
-    temperature and the checkpoint's top-p/top-k, from the evaluation seed's streams; torchrun: spread."""
+def evaluate_model(run, model, rows, n=1, progress=True, sampled=False):
+    """eval.evaluate with the run's settings: greedy (n = 1); sampled, n >= 1 samples per question at the
+    evaluation's temperature and the checkpoint's top-p/top-k, from the evaluation seed's streams; torchrun:
+    spread."""
     args = run.args
     top_p, top_k = sampling_filters(run.tok)  # the checkpoint's, whatever --top-p/--top-k say
-    sampling = {} if n == 1 else dict(n=n, temperature=args.eval_temperature, seed=args.eval_seed, top_p=top_p,
-                                      top_k=top_k)
+    sampling = dict(n=n, temperature=args.eval_temperature, seed=args.eval_seed, top_p=top_p, top_k=top_k,
+                    sampled=True) if sampled else {}
     return evaluate(model, run.tok, rows, args.eval_max_new_tokens, batch_size=args.eval_batch_size,
                     progress=progress and run.rank == 0, share=(run.rank, run.nproc) if run.sharded else None,
                     **sampling)

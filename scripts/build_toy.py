@@ -15,6 +15,10 @@ data order). When
 the shipped world is the same world and version, the comparison prints which parts are byte-identical
 and, for the weights, the largest difference; exit 0 when everything that was rebuilt matches, 1
 otherwise. A build of another world than the shipped one is not compared (exit 0).
+
+--out is checked before the build (as train.py's: a folder can be made there; an existing one is replaced
+only if it is empty or a toy world); the world is built aside and moved into place only when complete, so
+a failed build (a bad --out: one line, exit 2; a full disk: one line, exit 1) leaves nothing behind.
 """
 import argparse
 import os
@@ -29,6 +33,8 @@ from safetensors.torch import load_file
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import toy  # noqa: E402
+from cli import check_writable, require  # noqa: E402
+from data import UpftError  # noqa: E402
 from train import TrainConfig, fit  # noqa: E402
 
 
@@ -53,7 +59,18 @@ def compare(new: Path, ref: Path, record: dict) -> bool:
     return ok
 
 
-def main():
+def check_args(args):
+    """The flags, and a place to build in: refused in one line (UpftError) before any work."""
+    require(args.max_steps is None or args.max_steps >= 1, f"--max-steps must be >= 1, got {args.max_steps}")
+    require(args.eval_every >= 0, f"--eval-every must be >= 0 (0 = never), got {args.eval_every}")
+    out = Path(args.out)
+    if out.exists():  # replaced by the new build: only a toy world (or nothing) is ever replaced
+        require(out.is_dir() and ((out / "build.json").is_file() or not any(out.iterdir())),
+                f"--out {out}: exists and is not a toy world (no build.json); choose another --out")
+    check_writable(out, "--out")
+
+
+def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--world", default=toy.DEFAULT_WORLD, choices=sorted(toy.WORLDS),
                     help=f"which world's recipe (default: {toy.DEFAULT_WORLD})")
@@ -62,11 +79,20 @@ def main():
     ap.add_argument("--ref", default=str(toy.WORLD_DIR), help="the world to compare with")
     ap.add_argument("--eval-every", type=int, default=0,
                     help="greedy accuracy on 100 held-out questions every K pretraining steps (same weights)")
-    args = ap.parse_args()
-    torch.set_num_threads(min(2, torch.get_num_threads()))  # the shipped world was built with 2 threads
+    args = ap.parse_args(argv)
     out, ref = Path(args.out), Path(args.ref)
-    record = toy.build_world(out, fit, TrainConfig, world=args.world, max_steps=args.max_steps,
-                             eval_every=args.eval_every)
+    try:
+        check_args(args)
+        torch.set_num_threads(min(2, torch.get_num_threads()))  # the shipped world was built with 2 threads
+        record = toy.build_world(out, fit, TrainConfig, world=args.world, max_steps=args.max_steps,
+                                 eval_every=args.eval_every)
+    except UpftError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except OSError as e:  # the machine (a full disk, a permission): the build aside was removed
+        what = f"{e.filename}: {e.strerror}" if e.filename else str(e)
+        print(f"error: {what}; nothing was written to {out}", file=sys.stderr)
+        return 1
     if out.resolve() == ref.resolve() or not (ref / "build.json").is_file():
         return 0
     shipped = toy.load_world(ref)["build"]

@@ -8,7 +8,9 @@ the same responses and train on the same examples. What they check, in the order
     rank holds no example included), with gradient checkpointing on the sharded side;
   - a SIGKILLed rank, then --resume: the same final weights as the uninterrupted 2-process run;
   - the plan's static figures equal the bytes of the real tensors after an optimizer step (1 and 2 ranks);
-  - rollouts, predictions, accounting: complete, in question order, written once (by rank 0).
+  - rollouts, predictions, accounting: complete, in question order, written once (by rank 0);
+  - two torchrun launchers with --nnodes 2 (two machines, on the loopback address): the same as one
+    process; a run folder that a rank on another machine cannot see is refused in one line.
 Tolerances (fp32; the ranks' partial sums are added in another order): loss per step rtol 1e-6; grad
 norm rtol 1e-5 (on the toy model 1e-4 after the first step, see below); weights: every element within
 1e-4 (10% of the learning rate, 1e-3) and fewer than 1 in 1,000 elements beyond 1e-6. The weights
@@ -271,6 +273,124 @@ def _rank_pid(parent, rank):
                 return int(child)
         time.sleep(0.05)
     raise AssertionError(f"no worker with RANK={rank}")
+
+
+# ----------------------------------------------------------------------------- two machines (multi-node)
+
+def _free_port():
+    """A port nothing listens on now: the kernel's choice for port 0, released at once (the caller retries
+    if another program takes it before torchrun binds it)."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _two_nodes(args, logs, timeout=300, tries=3):
+    """Two torchrun launchers on this machine standing in for two nodes (static rendezvous, --nnodes 2,
+    one process each, the master on the loopback address), their output in logs/node<r>.log. Each launcher
+    gets its own process group; as soon as one fails, or at `timeout`, both groups are killed."""
+    for attempt in range(tries):
+        port = _free_port()
+        launch = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+                  "--master-addr", "127.0.0.1", "--master-port", str(port)]
+        files = [open(logs / f"node{r}.log", "w") for r in (0, 1)]
+        nodes = [subprocess.Popen([*launch, "--node-rank", str(r), str(ROOT / "train.py"), *map(str, args)],
+                                  cwd=ROOT, env=ENV, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+                 for r, f in zip((0, 1), files)]
+        try:
+            deadline = time.time() + timeout
+            while time.time() < deadline and any(p.poll() is None for p in nodes) and \
+                    not any(p.poll() for p in nodes):  # both running, or one done well and the other still on
+                time.sleep(0.2)
+        finally:
+            for p, f in zip(nodes, files):
+                if p.poll() is None:
+                    os.killpg(p.pid, signal.SIGKILL)
+                    p.wait()
+                f.close()
+        if all(p.returncode == 0 for p in nodes):
+            return
+        out = "".join((logs / f"node{r}.log").read_text() for r in (0, 1))
+        if "EADDRINUSE" not in out and "address already in use" not in out.lower() or attempt == tries - 1:
+            raise AssertionError(f"node 0 exit {nodes[0].returncode}, node 1 exit {nodes[1].returncode}:\n"
+                                 f"{out[-3000:]}")
+
+
+@pytest.mark.slow
+def test_two_nodes_equal_one_process(runs):
+    """`torchrun --nnodes 2 --node-rank 0|1 --nproc-per-node 1 --master-addr ... --master-port ...` on one
+    shared --out: the same rollouts, examples, evaluations and losses as one plain process, and final
+    weights within 1e-5 (docs/scale.md, "Several machines")."""
+    one, nodes = runs.one, runs.dir / "nodes"
+    t = time.time()
+    _two_nodes([*runs.common, "--out", nodes], runs.dir)
+    seconds = time.time() - t
+    for f in ("rollouts.jsonl", "train_examples.jsonl", "eval_base.jsonl", "eval_tuned.jsonl", "accounting.json"):
+        a, b = (one / f).read_text(), (nodes / f).read_text()
+        assert (a == b) if f.endswith(".jsonl") else {k: v for k, v in json.loads(a).items() if "seconds" not in k} \
+            == {k: v for k, v in json.loads(b).items() if "seconds" not in k}, f
+    assert json.loads((nodes / "args.json").read_text())["out"] == str(nodes)
+    assert not Path(f"{nodes}.partial").exists() and not (nodes / "checkpoint").exists()
+    ranks = json.loads((nodes / "memory_measured.json").read_text())["ranks"]
+    assert len(ranks) == 2  # two processes, one on each "node"
+    m1, m2 = _metrics(one), _metrics(nodes)
+    assert [m["step"] for m in m1] == [m["step"] for m in m2] and len(m1) > 1
+    for x, y in zip(m1, m2):
+        assert y["loss"] == pytest.approx(x["loss"], rel=1e-6)
+    w1, w2 = _weights(one), _weights(nodes)
+    diff, _ = _assert_weights_close(w1, w2)
+    assert diff < 1e-5
+    same = max((w2[k] - _weights(runs.two)[k]).abs().max().item() for k in w2)  # one node, 2 processes
+    print(f"\n2 nodes x 1 process: {seconds:.1f}s, max |weight difference| {diff:.2e} from one process, "
+          f"{same:.2e} from one node with 2 processes")
+
+
+CHECK_SHARED = """
+import json, os, sys
+import torch.distributed as dist
+sys.path.insert(0, sys.argv[1])
+from data import UpftError
+from fsdp import check_shared_folder
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+path = sys.argv[2 + rank]  # a folder per rank: a filesystem per machine
+results = []
+for required in (False, True):
+    try:
+        check_shared_folder(path, "--out run", required=required)
+        results.append("ok")
+    except UpftError as e:
+        results.append(str(e))
+dist.barrier()  # rank 0 has removed its file
+with open(f"rank{rank}.json", "w") as f:  # in the working folder
+    json.dump({"results": results, "left": os.listdir(path)}, f)
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.slow
+def test_a_run_folder_that_a_rank_cannot_see_is_refused(tmp_path):
+    """Several machines without one filesystem for --out: rank 1 does not find, in its own folder of the same
+    name, the file rank 0 put in its folder. When the run needs the folder on every rank (checkpoints,
+    --resume, --base-from), both ranks raise the same one line, naming rank 1; otherwise both go on. No
+    file is left. (A shared folder passes in every torchrun run of this module.) Measured with a
+    machine-local --out: without this check the run failed at its first checkpoint with a traceback from
+    the collective that waited for rank 1."""
+    script = tmp_path / "check.py"
+    script.write_text(CHECK_SHARED)
+    for name in ("node0", "node1"):
+        (tmp_path / name).mkdir()
+    p = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                          str(script), str(ROOT), str(tmp_path / "node0"), str(tmp_path / "node1")], cwd=tmp_path,
+                         env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _ok(p, timeout=120)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["results"][0] for r in ranks] == ["ok", "ok"]  # --save-every 0, no --resume, no --base-from
+    refused = [r["results"][1] for r in ranks]
+    assert refused[0].split(" made in ")[0] == refused[1].split(" made in ")[0]  # each names its own path
+    assert refused[0].startswith("--out run: rank(s) 1 (") and "a filesystem all of them share" in refused[0]
+    assert "\n" not in refused[0] and all(r["left"] == [] for r in ranks)
 
 
 # ----------------------------------------------------------------------------- the toy world, per-sample loss

@@ -75,6 +75,26 @@ def test_evaluate_bookkeeping(tiny, data_file, monkeypatch):
     assert summary["accuracy_ci95"] == pytest.approx(E.wilson(1, 3)) and summary["no_answer_rate"] == 0
 
 
+def test_one_sampled_answer_per_question(tiny, data_file, monkeypatch):
+    """train.py's --eval-samples 1: one SAMPLED answer per question, with the summary of a sampled
+    evaluation, in which pass@1, pass@n and maj@n all equal the accuracy."""
+    _, model, tok = tiny
+    rows = load_rows(data_file)
+    one, summary = E.evaluate(model, tok, rows, max_new_tokens=8, n=1, temperature=1.0, seed=3, sampled=True,
+                              progress=False)
+    two, _ = E.evaluate(model, tok, rows, max_new_tokens=8, n=2, temperature=1.0, seed=3, progress=False)
+    greedy, _ = E.evaluate(model, tok, rows, max_new_tokens=8, progress=False)
+    assert [r["responses"] for r in one] == [r["responses"][:1] for r in two]  # sample 0 of the same streams
+    assert [r["responses"][0] for r in one] != [r["response"] for r in greedy]  # sampled, not greedy
+    assert summary["samples_per_question"] == 1 and summary["questions"] == 3
+    monkeypatch.setattr(M, "generate", scripted(tok, ["so \\boxed{5}"]))
+    records, summary = E.evaluate(model, tok, rows, max_new_tokens=50, n=1, temperature=1.0, sampled=True,
+                                  progress=False)
+    assert [r["sample_correct"] for r in records] == [[True], [False], [False]]
+    assert summary["accuracy"] == summary["pass@1"] == summary["pass@n"] == summary["maj@n"] == pytest.approx(1 / 3)
+    assert summary["pass@1_ci95"] == summary["pass@n_ci95"] == pytest.approx(E.wilson(1, 3))
+
+
 def test_wilson_and_vote():
     lo, hi = E.wilson(0, 10)
     assert lo == 0 and 0.25 < hi < 0.35                     # not the degenerate [0, 0] of p +- z*se
@@ -147,6 +167,69 @@ def test_cli_out_in_a_read_only_folder_is_refused(data_file, tmp_path):
                        timeout=60)
     assert r.returncode == 2 and r.stderr.startswith(f"error: --out {ro / 'sub' / 'p.jsonl'}: cannot write into"), \
         r.stderr
+
+
+def test_cli_decoding_beyond_memory_is_refused_before_loading(tiny, data_file, tmp_path):
+    """A KV cache beyond this machine's memory (10**12 new tokens: 512 TB per sequence on the tiny model):
+    one line naming the plan and the smallest change that fits, exit 2, before any model work, and no output."""
+    d, _, _ = tiny
+    r = subprocess.run([sys.executable, str(ROOT / "eval.py"), "--model", str(d), "--data", str(data_file),
+                        "--max-new-tokens", str(10 ** 12), "--out", str(tmp_path / "o" / "p.jsonl")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert r.stderr.startswith("error: memory plan: decoding 3 sequence(s) of 512 + 1,000,000,000,000 tokens needs")
+    assert "smallest change that fits: --batch-size 1 --max-new-tokens " in r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["q.jsonl"]
+
+
+def _decoding_bytes(d, batch, tokens):
+    from plan import memory_plan
+    return memory_plan(M.Config.from_json(d / "config.json"), sample_batch=batch, sample_tokens=tokens)["sample_total"]
+
+
+def test_memory_check_comes_before_the_model_is_loaded(tiny, data_file, tmp_path, monkeypatch, capsys):
+    d, _, _ = tiny
+
+    def no_load(*a, **kw):
+        raise AssertionError("the model was loaded before the memory plan refused the decoding")
+    monkeypatch.setattr(E.Transformer, "from_pretrained", no_load)
+    capacity = _decoding_bytes(d, 2, 100_000)  # room for 2 sequences of 512 + 100,000 tokens
+    monkeypatch.setattr(E, "usable_bytes", lambda cuda, device: capacity)
+    argv = ["--model", str(d), "--data", str(data_file), "--out", str(tmp_path / "p.jsonl"), "--max-new-tokens"]
+    with pytest.raises(SystemExit) as e:  # 3 questions x 4 samples; a smaller batch decodes one question's 4
+        E.main(argv + ["100000", "--n", "4", "--temperature", "1"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("error: memory plan: decoding 12 sequence(s)"), err
+    tokens = int(err.split("--batch-size 4 --max-new-tokens ")[1])
+    assert _decoding_bytes(d, 4, tokens) <= capacity < _decoding_bytes(d, 4, tokens + 1)
+    with pytest.raises(SystemExit):  # 2 questions, one token too many for both at once
+        E.main(argv + ["100001", "--limit", "2"])
+    assert capsys.readouterr().err.strip().endswith("smallest change that fits: --batch-size 1")
+    assert not (tmp_path / "p.jsonl").exists()
+
+
+def test_a_model_path_that_is_no_checkpoint_is_one_line(data_file, tmp_path, capsys):
+    """The memory plan reads config.json first: a local path that is not a checkpoint folder is named as
+    such (not looked up on the Hugging Face Hub), in one line."""
+    for model in (tmp_path / "nowhere", data_file):
+        with pytest.raises(SystemExit) as e:
+            E.main(["--model", str(model), "--data", str(data_file), "--out", str(tmp_path / "p.jsonl")])
+        assert e.value.code == 2 and capsys.readouterr().err == f"error: {model}: not a checkpoint directory\n"
+
+
+def test_decoding_fix_names_the_largest_batch_that_fits(tiny):
+    from plan import decoding_fix
+    d = tiny[0]
+    cfg, cap = M.Config.from_json(d / "config.json"), _decoding_bytes(d, 7, 100_000)
+    assert decoding_fix(cfg, cap, 7, 100_000) is None
+    assert decoding_fix(cfg, cap, 8, 100_000).endswith("smallest change that fits: --batch-size 7")
+    fix = decoding_fix(cfg, cap, 64, 100_000, least=8)  # 8 at least: the largest budget for 8
+    tokens = int(fix.split("smallest change that fits: --batch-size 8 --max-new-tokens ")[1])
+    assert _decoding_bytes(d, 8, tokens) <= cap < _decoding_bytes(d, 8, tokens + 1)
+    weights = _decoding_bytes(d, 0, 0)
+    assert decoding_fix(cfg, weights - 1, 1, 10).endswith(f"the weights alone need {weights / 2 ** 30:.1f} GiB")
+    assert decoding_fix(cfg, weights + 1, 1, 10).endswith("not even 1 sequence(s) of one new token fit next to "
+                                                          "the weights")
 
 
 def test_prefix_consistency_real_model(tiny, data_file):

@@ -19,6 +19,7 @@ from model import Config, Transformer
 from upft import PREFIX_INSTRUCTION
 
 sys.path.insert(0, str(ROOT / "scripts"))
+import build_toy  # noqa: E402
 import gates  # noqa: E402
 
 EQ = re.compile(r"(\d+) ([-+*/]) (\d+) = (\d+)")
@@ -361,6 +362,45 @@ def test_shipped_world_is_what_the_generator_makes():
 def test_missing_world_is_one_line_error(tmp_path):
     with pytest.raises(UpftError, match="no toy world"):
         toy.load_world(tmp_path)
+
+
+def test_build_toy_bad_out_is_one_line_before_any_work(tmp_path, capsys):
+    """An --out that cannot be made (under /proc, under a file) or must not be replaced (a folder that is
+    not a toy world): one line, exit 2, before any world is generated, and nothing touched."""
+    import subprocess
+    import time
+    t = time.time()  # the command as a user types it
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "build_toy.py"), "--out", "/proc/nope/toy"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr == "error: --out /proc/nope/toy: cannot write in /proc (No such file or " \
+                                             "directory)\n", r.stderr
+    assert time.time() - t < 60  # seconds of start-up, not the minutes of a build
+    (tmp_path / "a_file").write_text("x")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    for out, msg in ((tmp_path / "a_file" / "toy", "is not a folder"), (tmp_path / "mine", "is not a toy world")):
+        assert build_toy.main(["--out", str(out), "--max-steps", "1"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: --out {out}: ") and msg in err and len(err.strip().splitlines()) == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "mine"]
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
+
+
+def test_build_toy_full_disk_leaves_nothing(tmp_path, monkeypatch, capsys):
+    """A write that fails inside the build (a full disk, after the first file): one line naming it,
+    exit 1, and neither --out nor the folder it was built in is left."""
+    real = toy.build_world
+    monkeypatch.setattr(toy, "build_world", lambda *a, **kw: real(*a, **kw, n_pretrain=16, n_upft=4, n_test=4))
+
+    def full_disk(corpus, out, vocab_size):
+        out.mkdir(parents=True)
+        (out / "tokenizer.json").write_text("{")
+        raise OSError(28, "No space left on device", str(out / "tokenizer.json"))
+    monkeypatch.setattr(toy, "train_tokenizer", full_disk)
+    assert build_toy.main(["--out", str(tmp_path / "w"), "--max-steps", "1"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "tokenizer.json: No space left on device; nothing was written" in err
+    assert len(err.strip().splitlines()) == 1 and list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.slow

@@ -159,6 +159,28 @@ def test_train_examples_prefix_and_full(tiny_dir, tmp_path):
     assert a["questions_used"] == 20 and a["prefix_examples"] == 15
 
 
+def test_eval_samples_one(tiny_dir, tmp_path):
+    """--eval-samples 1, the flag's smallest sampling value: one sampled answer per held-out question, and
+    the summary of a sampled evaluation, whose pass@1 (= pass@n = maj@n) is the sampled accuracy."""
+    from data import read_jsonl
+    from train import run
+    lines, q = [], str(_questions(tmp_path / "q.jsonl", 8))
+    res = run(parse_args(["--model", str(tiny_dir), "--data", q, "--eval-data", q, "--eval-limit", "3",
+                          "--prefix-len", "4", "--max-new-tokens", "8", "--eval-max-new-tokens", "6", "--epochs", "1",
+                          "--eval-samples", "1", "--eval-temperature", "1.0", "--out", str(tmp_path / "run")]),
+              log=lines.append)
+    for tag in ("base", "tuned"):
+        s = res[f"{tag}_sampled"]
+        assert s["samples_per_question"] == 1 and s["questions"] == 3
+        assert s["accuracy"] == s["pass@1"] == s["pass@n"] == s["maj@n"]
+        records = read_jsonl(tmp_path / "run" / f"eval_{tag}_sampled.jsonl")
+        assert [len(r["sample_correct"]) for r in records] == [1, 1, 1]
+        assert s["accuracy"] == sum(r["sample_correct"][0] for r in records) / 3
+        greedy = read_jsonl(tmp_path / "run" / f"eval_{tag}.jsonl")
+        assert [r["responses"][0] for r in records] != [r["response"] for r in greedy]  # sampled at T 1.0
+    assert any("(pass@1 " in line for line in lines)
+
+
 def test_tuned_checkpoint_loads_in_transformers(tiny_dir, tmp_path):
     transformers = pytest.importorskip("transformers")
     from model import generate

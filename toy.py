@@ -585,6 +585,22 @@ WORLD_DIRS = {"instruct": Path(__file__).resolve().parent / "assets" / "toy",
 #   machine): the same gradual rise (16% at 1,600, 55% at 2,800, 64% at 3,600); gates hold: opening
 #   0.138 nats/token (plain 0.088), accuracy 69.6%; 99.4% of the instructed answers stop after the first
 #   step. So the recipe does not hinge on one seed's luck, as 2,800 steps did.
+# Recipe log of the decision worlds (gates of scripts/gates.py on the first 200 held-out questions; toy-v5
+# itself: plain greedy 68.5% there). Builds continue from the shipped toy-v5 model, 2 CPU threads, the
+# machine shared with other jobs:
+# - pilot 1 (decision, 400 steps at LR 1e-3; hasty = the bare equations, three operations per line): the
+#   share gates held (careful 72.5% plain, 71.5% instructed), the gap too (careful 38.5%, hasty 14.0%),
+#   but plain greedy accuracy fell to 38.5%: the continued pretraining cost the careful form itself ~30
+#   points. Changed: LR 3e-4, 1,000 steps.
+# - pilot 2 (decision and mirror, that change alone): shares held (decision 71.0/69.5%, mirror 29.5/27.5%),
+#   gaps held (31.5 and 26.5 points), accuracy failed in both: careful 40.5% / 32.0%, hasty 9.0% / 5.5%,
+#   so the mirror, whose greedy answer takes the hasty form, could never reach 45%. The bare equations
+#   drop the words that tie each line to its sentence of the question, and the model lost track.
+# - pilot 3 (decision, two hasty forms side by side, 979-1,063 s each): (v2) the bare equations, one
+#   operation per line: careful 41.5%, hasty 5.0%, accuracy gate fails; (v1) the careful sentences run
+#   together, three operations per line: careful 73.0%, hasty 45.5% (gap 27.5), shares 70.0% / 68.0%,
+#   opening 0.268 nats/token, accuracy 73.0%: every gate holds. v1 is the recipe; the decision world
+#   shipped is that build (a rebuild from this file reproduces its files and first 30 losses exactly).
 TOY_VERSION = WORLDS[DEFAULT_WORLD].version  # the version a fresh build of the default world gets
 
 

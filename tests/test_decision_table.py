@@ -80,3 +80,16 @@ def test_one_seed_is_not_assessable(tmp_path):
     _, cb = dt.world_table("decision", results)
     rows = {line.split("|")[1].strip(): line.split("|")[4].strip() for line in dt.predictions("decision", results, cb)}
     assert rows["P1 UPFT (N=1): careful share"] == "not assessable"
+
+
+def test_openers_of_one_run(tmp_path, capsys):
+    """scripts/openers.py (the course lab's view of one run): shares and per-opener accuracy, base and tuned."""
+    import openers
+    rng = np.random.default_rng(2)
+    _run(tmp_path, "UPFT (N=1)", 0, _answers(2, rng), _answers(3, rng))
+    openers.main([str(rt.run_dir(tmp_path / "runs", "UPFT (N=1)", 0))])
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("base   careful share  50.0%") and out[1].startswith("tuned  careful share  75.0%")
+    assert out[2].startswith("careful share, tuned - base: +25.0 [+25.0, +25.0] points")
+    with pytest.raises(SystemExit, match="no sampled evaluations"):
+        openers.main([str(tmp_path)])

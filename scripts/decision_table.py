@@ -36,6 +36,12 @@ def share_differences(runs):
     return np.stack([careful_share(r["_summary"]["sampled"]["forms"]["tuned"]) - base for r in runs])
 
 
+def greedy_careful(run, tag):
+    """Share of a run's greedy answers (base or tuned) that open with the careful marker."""
+    forms = run["_summary"]["greedy"]["forms"][tag]
+    return sum(c in "cC" for c in forms) / len(forms)
+
+
 def conditional(forms_lists):
     """{opener: (accuracy of the answers with that opener, their count)} over all answers given."""
     letters = "".join("".join(f) for f in forms_lists)
@@ -64,10 +70,11 @@ def world_table(name, results):
     b0 = results[rows[0]][0]
     base_forms = b0["_summary"]["sampled"]["forms"]["base"]
     cb = conditional(base_forms)
-    head = ("| arm | greedy | Δ greedy | sampled | Δ sampled | careful share | Δ careful share | "
+    head = ("| arm | greedy | Δ greedy | greedy careful | sampled | Δ sampled | careful share | Δ careful share | "
             "accuracy, careful answers | accuracy, hasty answers |")
     lines = [head, "|" + "---|" * (head.count("|") - 1),
-             f"| base | {pp(b0['base']['accuracy'])} | – | {pp(b0['base_sampled']['accuracy'])} | – | "
+             f"| base | {pp(b0['base']['accuracy'])} | – | {pp(greedy_careful(b0, 'base'))} | "
+             f"{pp(b0['base_sampled']['accuracy'])} | – | "
              f"{pp(careful_share(base_forms).mean())} | – | {pp(cb['careful'][0])} ({cb['careful'][1]:,}) | "
              f"{pp(cb['hasty'][0])} ({cb['hasty'][1]:,}) |"]
     for arm in rows:
@@ -77,7 +84,8 @@ def world_table(name, results):
         share_after = statistics.mean(careful_share(r["_summary"]["sampled"]["forms"]["tuned"]).mean() for r in rs)
         lines.append(
             f"| {arm}{rt.seeds_named(rs, 3)} | {pp(statistics.mean(r['tuned']['accuracy'] for r in rs))} | "
-            f"{rt.seed_interval(rs, False).cell()} | {pp(statistics.mean(r['tuned_sampled']['accuracy'] for r in rs))} | "
+            f"{rt.seed_interval(rs, False).cell()} | {pp(statistics.mean(greedy_careful(r, 'tuned') for r in rs))} | "
+            f"{pp(statistics.mean(r['tuned_sampled']['accuracy'] for r in rs))} | "
             f"{rt.seed_interval(rs, True).cell()} | {pp(share_after)} | "
             f"{paired.seed_question_interval(share_differences(rs)).cell()} | "
             f"{pp(ct['careful'][0])} ({ct['careful'][1]:,}) | {pp(ct['hasty'][0])} ({ct['hasty'][1]:,}) |")
@@ -126,7 +134,8 @@ def report():
         parts.append(f"### The {name} world\n\n{b0['base']['questions']:,} held-out questions; accuracy and "
                      f"shares in %, mean over seeds (a row names its seeds when not all 3 finished); Δ = the "
                      f"paired change against the base model in points [seed-aware 95% interval]; careful share = "
-                     f"the share of the 4 sampled answers per question that open with the careful marker; the "
+                     f"the share of the 4 sampled answers per question that open with the careful marker (greedy careful: the "
+                     f"share of greedy answers that do); the "
                      f"conditional accuracies count sampled answers (their number in parentheses).\n\n{table}\n\n"
                      "| prediction (§2) | measured Δ, points [95%] | predicted | verdict |\n|---|---|---|---|\n"
                      + "\n".join(predictions(name, results, cb)))

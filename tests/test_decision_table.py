@@ -59,7 +59,8 @@ def test_shares_conditional_accuracy_and_the_predictions(tmp_path, monkeypatch):
     assert cb["careful"][1] == cb["hasty"][1] == 2 * Q  # 80 careful and 80 hasty answers at base
     assert cb["careful"][0] > cb["hasty"][0]
     base_row = next(line for line in table.splitlines() if line.startswith("| base |"))
-    assert base_row.split("|")[6].strip() == "50.0"  # the careful share before
+    assert base_row.split("|")[7].strip() == "50.0"  # the careful share before
+    assert base_row.split("|")[4].strip() == "100.0"  # every greedy answer (the first sample) opens careful here
     rows = {line.split("|")[1].strip(): line.split("|")[4].strip() for line in dt.predictions("decision", results, cb)}
     assert rows["P1 UPFT (N=1): careful share"] == "confirmed"
     assert rows["P3 voting minus N=1: careful share"] == "confirmed"

@@ -433,9 +433,10 @@ def test_the_shipped_world_passes_its_gates():
 
 @pytest.mark.parametrize("name", ["decision", "mirror"])
 def test_the_decision_worlds_pass_their_gates(name):
-    """The decision worlds (docs/experiments.md §2) as shipped: the gates recomputed on the first 200 held-out
-    questions (forced-opener gap, the careful opener's share under both prompts, the instruct gates), and
-    the shipped record (gates.json, the first 500) says every gate held there too."""
+    """The decision worlds (docs/experiments.md §2) as shipped: their own gates recomputed on the first 200
+    held-out questions (forced-opener gap, the careful opener's share under both prompts; the instruct
+    gates use the code test_the_shipped_world_passes_its_gates checks), and the shipped record (gates.json,
+    the first 500) says every gate held there, the instruct gates included."""
     folder = toy.WORLD_DIRS[name]
     world = toy.load_world(folder)
     assert world["build"]["world"] == name and world["build"]["continue_from"] == toy.TOY_VERSION
@@ -443,8 +444,6 @@ def test_the_decision_worlds_pass_their_gates(name):
     rows = world["test"][:200]
     d = gates.decision_figures(model, tok, rows, name)
     assert all(g["ok"] for g in d["gates"].values()), d["gates"]
-    f = gates.gate_figures(model, tok, rows)
-    assert all(g["ok"] for g in f["gates"].values()), gates.report(f)
     shipped = json.loads((folder / "gates.json").read_text())
     assert shipped["questions"] == 500 and shipped["version"] == world["build"]["version"]
     assert all(g["ok"] for g in [*shipped["gates"].values(), *shipped["decision"]["gates"].values()])

@@ -108,9 +108,9 @@ def add_method_flags(add):
     add("--loss-norm", "token: sum CE / supervised tokens of the step; sample: the official per-sample mean",
         default="token", choices=["token", "sample"])
     add("--grad-ckpt", "gradient checkpointing (less memory, slower)", action="store_true")
-    add("--loss-chunk", "K: the loss in windows of K positions, each recomputed in the backward pass (less memory "
-        "for long traces); 0 = all supervised rows at once (default: the memory plan's, {LOSS_CHUNK} when --max-len "
-        "is longer, else 0)".format(LOSS_CHUNK=LOSS_CHUNK), type=int)
+    add("--loss-chunk", "K: the loss at most K rows of logits at a time, in windows recomputed in the backward pass "
+        "(less memory for long traces); 0 = all supervised rows at once (default: the memory plan's, {LOSS_CHUNK} "
+        "when --max-len is longer, else 0)".format(LOSS_CHUNK=LOSS_CHUNK), type=int)
     add("--no-instruction", "control (upft): prefix examples without the prefix instruction", action="store_true")
     add("--no-eos", "control (upft): no EOS after the prefix (L supervised tokens, not L + 1)", action="store_true")
     add("--full-only", "control (upft): train only on the full traces of the fraction p (prefix questions "

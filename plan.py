@@ -31,7 +31,7 @@ PROMPT_TOKENS = 512     # prompt slots assumed per decoded sequence (chat templa
 USABLE = 0.9            # share of a GPU's memory the plan may fill (CUDA context, NCCL, fragmentation)
 PLAN_GPU_GIB = 79.0     # --plan without a GPU: about what an "80 GB" A100 / H100 reports
 MAX_DECODE_BATCH = 1024
-LOSS_CHUNK = 1024       # positions per loss window for longer sequences (1024 x 152k vocabulary x fp32: 0.6 GB)
+LOSS_CHUNK = 1024       # rows of logits at a time in the loss of long sequences (1024 x 152k vocab x fp32: 0.6 GB)
 
 
 @functools.lru_cache(maxsize=8)
@@ -74,7 +74,7 @@ def memory_plan(cfg, world=1, rank=0, sharded=False, cuda=False, master_bytes=4,
                    checkpointing only each layer's input (C*a) plus one layer recomputed;
                    times micro_batch * max_len tokens.
       logits       the loss on supervised rows (train.micro_batch_loss), every position supervised at
-                   worst: all rows at once, or with loss_chunk = K one window of micro_batch * K rows;
+                   worst: all rows at once, or with loss_chunk = K a window of at most K rows;
                    V*(a + 12) + C*(a + 4) bytes per row (the head's output, its fp32 copy, log-softmax
                    and its gradient, the normed rows), + the rows' hidden states and their gradient
                    (2*C*a per token) + the head's gradient and one window's (2*V*C*a).
@@ -96,7 +96,7 @@ def memory_plan(cfg, world=1, rank=0, sharded=False, cuda=False, master_bytes=4,
     plan["activations_full"] = tokens * L * per_layer
     plan["activations_ckpt"] = tokens * (L * C * a + per_layer)
     plan["activations"] = plan["activations_ckpt"] if grad_ckpt else plan["activations_full"]
-    rows = min(tokens, micro_batch * loss_chunk) if loss_chunk else tokens
+    rows = min(tokens, loss_chunk) if loss_chunk else tokens
     plan["logits"] = rows * (V * (a + 12) + C * (a + 4)) + 2 * tokens * C * a + 2 * V * C * a
     plan["train_total"] = sum(plan[k] for k in ("weights", "grads", "optimizer", "gathered", "activations", "logits"))
     decoded = decoded_bytes(sharded, cuda, master_bytes)
@@ -189,15 +189,15 @@ class Plan:
     fix: str | None            # smallest_fix's line when the plan does not fit, else None
     sample_batch_size: int     # the decoding batches the run uses: as given, else the largest that fits
     eval_batch_size: int
-    loss_chunk: int            # positions per loss window (0: all at once): as given, else plan_run's choice
+    loss_chunk: int            # rows of logits at a time in the loss (0: all): as given, else plan_run's choice
 
 
 def plan_run(cfg, capacity, *, world=1, rank=0, sharded=False, cuda=False, master_bytes=4, micro_batch=1,
              max_len=4096, grad_ckpt=False, loss_chunk=None, sample_batch=None, sample_tokens=4096, eval_batch=None,
              eval_tokens=4096, has_eval=True) -> Plan:
     """A run's plan. A decoding batch given as None is the largest that fits `capacity` (at least 1);
-    loss_chunk None: the loss in windows of LOSS_CHUNK positions when a sequence may be longer (max_len), else
-    all at once;
+    loss_chunk None: the loss at most LOSS_CHUNK rows at a time when a sequence may be longer (max_len),
+    else all at once;
     has_eval=False leaves the evaluation out of the plan (its batch size is still chosen)."""
     settings = dict(world=world, rank=rank, sharded=sharded, cuda=cuda, master_bytes=master_bytes,
                     micro_batch=micro_batch, max_len=max_len, grad_ckpt=grad_ckpt, loss_chunk=loss_chunk or 0,
@@ -279,7 +279,7 @@ def format_plan(plan: Plan):
     mode = (f"torchrun, {settings['world']} process(es), FSDP2" if settings["sharded"] else "one process") + \
         (", bf16 compute" if settings["cuda"] else "") + f", {settings['master_bytes'] * 8}-bit master weights"
     ckpt = "with" if settings["grad_ckpt"] else "without"
-    window = f", loss in windows of {settings['loss_chunk']} positions" if settings["loss_chunk"] else ""
+    window = f", loss {settings['loss_chunk']} rows at a time" if settings["loss_chunk"] else ""
     lines = [f"memory plan per rank, GiB ({mode}; rank {settings['rank']}):",
              f"  weights {gib(figures['weights'])}   grads {gib(figures['grads'])}   AdamW "
              f"{gib(figures['optimizer'])}   (exact)",

@@ -48,8 +48,7 @@ def masked_ce_sum(h, labels, head=None, entropy=False):
     """(Sum of next-token cross-entropy over the supervised positions, their count): Eq. 8's log-likelihoods.
     h (B, T, C) with head(rows) -> logits, or h = the logits (B, T, V) themselves (head None); labels (B, T)
     aligned with input_ids, IGNORE where not trained. entropy (EM-FT, §7): the target is the model's own
-    distribution, so each term is its entropy H(p) = CE(p, p). Exercise: tests/exercises/test_masked_ce_sum.py.
-    """
+    distribution, so each term is its entropy H(p) = CE(p, p). Exercise: docs/teaching.md, "The contracts"."""
     # >>> exercise: masked_ce_sum
     rows, targets = h[:, :-1], labels[:, 1:]                   # position t predicts labels[t + 1]: the shift
     keep = targets != IGNORE                                   # (B, T-1): the supervised positions
@@ -61,15 +60,16 @@ def masked_ce_sum(h, labels, head=None, entropy=False):
 
 def micro_batch_loss(model, ids, labels, per_sample=False, entropy=False, chunk=0):
     """(loss sum, count) of one micro-batch: masked_ce_sum of the model's last hidden states with its head,
-    so the head runs on the supervised rows only (a prefix example: ~9 of ~150 positions). chunk = K > 0:
-    windows of K positions, each recomputed in the backward pass (the logits of one window at a time:
-    the R1 plan). per_sample: each sample's token mean, summed; the count is of samples (the official code)."""
+    so the head runs on the supervised rows only (a prefix example: ~9 of ~150 positions). chunk = K > 0: at
+    most K rows of logits at a time, in windows of positions each recomputed in the backward pass (the R1
+    plan). per_sample: each sample's token mean, summed; the count is of samples (the official code)."""
     def score(h, labels):
         if not chunk:
             return masked_ce_sum(h, labels, model.head, entropy)
-        parts = [torch.utils.checkpoint.checkpoint(masked_ce_sum, h[:, s:s + chunk + 1], labels[:, s:s + chunk + 1],
+        width = max(1, chunk // len(h))  # positions per window
+        parts = [torch.utils.checkpoint.checkpoint(masked_ce_sum, h[:, s:s + width + 1], labels[:, s:s + width + 1],
                                                    model.head, entropy, use_reentrant=False)
-                 for s in range(0, max(1, h.shape[1] - 1), chunk)]
+                 for s in range(0, max(1, h.shape[1] - 1), width)]
         return sum(loss for loss, _ in parts), sum(n for _, n in parts)
 
     def loss_fn(h):  # h (B, T, C): the last layer's output
@@ -101,7 +101,7 @@ def accumulate_grads(model, examples, micro_batch_size, pad_id, loss_sum=micro_b
                      autocast=None):
     """Backward over one optimizer step's examples in micro-batches, adding to .grad the gradient of
     (sum of the step's losses) / normaliser (default: its supervised tokens), however the step is split.
-    Returns (that mean loss, normaliser). Exercise: tests/exercises/test_accumulate_grads.py."""
+    Returns (that mean loss, normaliser). Exercise: docs/teaching.md, "The contracts"."""
     # >>> exercise: accumulate_grads
     total = sum(supervised_count(e["labels"]) for e in examples) if normaliser is None else normaliser
     if total == 0:
@@ -137,7 +137,7 @@ class TrainConfig:
     max_steps: int | None = None  # stop after this many steps (the schedule still spans every epoch)
     objective: str = "ce"         # "ce" (every method) or "entropy" (EM-FT: no target, §7)
     eval_every: int = 0           # optimizer steps between held-out evaluations during training (0 = never)
-    loss_chunk: int = 0           # positions per window of the loss (0: all at once; micro_batch_loss)
+    loss_chunk: int = 0           # rows of logits at a time in the loss (0: all at once; micro_batch_loss)
 
 
 def lr_at(step, total_steps, tc: TrainConfig):
@@ -192,7 +192,7 @@ def fit(model, examples, tc: TrainConfig, pad_id=0, out=None, resume=False, desc
         loss = extras.step_loss(loss, n)                                   # ---
         grad_norm = 0.0
         if n > 0:
-            grad_norm = extras.norm(torch.nn.utils.clip_grad_norm_(model.parameters(), tc.max_grad_norm))
+            grad_norm = extras.norm(torch.nn.utils.clip_grad_norm_(model.parameters(), tc.max_grad_norm))  # ---
             opt.step()
             extras.after_update()                                          # --- memory_measured.json
         opt.zero_grad(set_to_none=True)

@@ -81,7 +81,8 @@ def grads(m, fn):
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_plain_and_chunked_equal_transformers(name, tmp_path):
     """transformers' loss (its mean over the full logits, times the count) and its gradients, against ours:
-    the plain form and windows of 1, 4, 13 and 1024 positions (T = 14: 13 predicting positions)."""
+    the plain form and at most 1, 4, 13 and 1024 rows at a time (6 rows of 14 positions: windows of 1, 1,
+    2 and 13 positions)."""
     hf = build_hf(CONFIGS[name], tmp_path, seed=3).train()
     ours = M.Transformer.from_pretrained(tmp_path).train()
     ids, labels = batch(1)
@@ -96,7 +97,7 @@ def test_plain_and_chunked_equal_transformers(name, tmp_path):
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 @pytest.mark.parametrize("objective, per_sample", [("ce", False), ("ce", True), ("entropy", False)])
-@pytest.mark.parametrize("chunk", [0, 1, 3, 7, 13])  # 13 predicting positions: 13 divides them, 3 and 7 do not
+@pytest.mark.parametrize("chunk", [0, 1, 7, 13, 24])  # 6 rows: windows of 1, 1, 2 and 4 of the 13 positions
 def test_loss_and_every_gradient_equal_the_full_logits(name, objective, per_sample, chunk):
     m = tiny(CONFIGS[name]).train()
     ids, labels = batch()
@@ -116,7 +117,7 @@ def test_uneven_micro_batches_through_accumulate_grads():
     full_logits = lambda model, ids, labels: train.masked_ce_sum(model(ids), labels)  # noqa: E731
     out = {}
     for path, fn in (("full logits", full_logits), ("supervised rows", train.micro_batch_loss),
-                     ("windows of 5", functools.partial(train.micro_batch_loss, chunk=5))):
+                     ("5 rows at a time", functools.partial(train.micro_batch_loss, chunk=5))):
         for micro in (6, 4, 1):
             m.zero_grad(set_to_none=True)
             loss, n = train.accumulate_grads(m, examples, micro, 0, loss_sum=fn)
@@ -140,8 +141,8 @@ def test_nothing_supervised_is_zero_not_nan():
 
 
 def test_the_head_sees_supervised_rows_only(monkeypatch):
-    """Plain: one head product over the 21 supervised rows. Windows of 4 positions: every product at most
-    6 rows x 4 positions, each window once forward and once recomputed in the backward pass."""
+    """Plain: one head product over the 21 supervised rows. At most 12 rows at a time (6 rows: windows of 2
+    positions): every product at most 12 rows, each window once forward and once recomputed in backward."""
     m = tiny(CONFIGS["llama-untied"]).train()
     ids, labels = batch()
     rows = []
@@ -151,9 +152,9 @@ def test_the_head_sees_supervised_rows_only(monkeypatch):
     loss.backward()
     assert rows == [21]
     rows.clear()
-    loss, _ = train.micro_batch_loss(m, ids, labels, chunk=4)
+    loss, _ = train.micro_batch_loss(m, ids, labels, chunk=12)
     loss.backward()
-    assert max(rows) <= 24 and sum(rows) == 2 * 21 and len(rows) == 2 * 4  # 13 positions: 4 windows
+    assert max(rows) <= 12 and sum(rows) == 2 * 21 and len(rows) == 2 * 7  # 13 positions: 7 windows
 
 
 def test_bf16_autocast_on_cpu_chunked_equals_plain():
@@ -213,3 +214,31 @@ def test_bf16_run_where_the_cpu_has_it(tiny_dir, tmp_path, monkeypatch):
     assert M.Transformer.from_pretrained(tmp_path / "run" / "model").lm_head.weight.dtype == torch.float32
     import json
     assert json.loads((tmp_path / "run" / "model" / "config.json").read_text())["torch_dtype"] == "float32"
+
+
+def test_the_plan_turns_the_windows_on_for_long_sequences():
+    """--loss-chunk not given: all rows at once when no sequence can be longer than plan.LOSS_CHUNK, else at
+    most LOSS_CHUNK rows of logits at a time (the R1 plan's 16k-token traces); given, as given."""
+    import plan as P
+    cfg = M.Config.from_dict(QWEN2)
+    plan = functools.partial(P.plan_run, cfg, 2**40, sample_batch=1, eval_batch=1)
+    short, long, given = plan(max_len=512), plan(max_len=16384), plan(max_len=16384, loss_chunk=0)
+    assert (short.loss_chunk, long.loss_chunk, given.loss_chunk) == (0, P.LOSS_CHUNK, 0)
+    assert long.bytes["logits"] < given.bytes["logits"]
+
+
+def test_the_flag_reaches_the_loss(tiny_dir, tmp_path, monkeypatch):
+    from test_train import _questions
+    seen = set()
+    real = train.micro_batch_loss
+
+    def spy(model, ids, labels, **kw):
+        seen.add(kw["chunk"])
+        return real(model, ids, labels, **kw)
+    monkeypatch.setattr(train, "micro_batch_loss", spy)
+    args = train.parse_args(["--model", str(tiny_dir), "--data", str(_questions(tmp_path / "q.jsonl")),
+                             "--prefix-len", "4", "--max-new-tokens", "8", "--batch-size", "4", "--no-eval",
+                             "--loss-chunk", "8", "--device", "cpu", "--out", str(tmp_path / "run")])
+    train.run(args, log=lambda *_: None)
+    import json
+    assert seen == {8} and json.loads((tmp_path / "run" / "args.json").read_text())["loss_chunk"] == 8

@@ -31,9 +31,10 @@ from runfolder import partial_dir
 # Every default that depends on the model, in one place: (the toy world, a real checkpoint via --model).
 # Real: the paper's LR is 1e-6 for most runs, 1 epoch on the large sets, the official code's global
 # batch is 64 and its max length 4096 (docs/method.md §4). Toy: 1e-5 keeps the paper's ratio of
-# fine-tuning LR to pretraining peak LR (~1/300; the toy model was pretrained at 4e-3). The toy's evaluation (200 held-out questions,
-# greedy + 2 samples each, in batches of 512) keeps the first run near a minute on 2 cores; the results
-# table evaluates on all 2,000 with 4 samples (scripts/results_table.py, docs/experiments.md).
+# fine-tuning LR to pretraining peak LR (~1/300; the toy model was pretrained at 4e-3). The toy's
+# evaluation (200 held-out questions, greedy + 2 samples each, in batches of 512) keeps the first run
+# near a minute on 2 cores; the results table evaluates on all 2,000 with 4 samples
+# (scripts/results_table.py, docs/experiments.md).
 DEFAULTS = {               # toy,   real
     "lr":                  (1e-5, 1e-6),
     "epochs":              (2, 1),
@@ -93,7 +94,8 @@ def add_method_flags(add):
         "matches the majority answer, no labels)", default="upft", choices=METHODS)
     add("--prefix-len", "L: prefix tokens kept per sample (paper: 8 Llama, 32 Qwen-Math, 128 R1)", type=int,
         default=8)
-    add("--structure-ratio", "p: fraction of questions trained on a full trace", type=float, default=0.1)
+    add("--structure-ratio", "p: fraction of questions trained on a full trace (the paper's 'structure tuning', "
+        "which keeps the model's whole-solution structure)", type=float, default=0.1)
     add("--num-samples", "prefixes per question for voting (upft; 1 = the paper), or full samples per "
         "question (rft, vote) (default: 1 for upft, 16 for rft and vote)", type=int)
     add("--temperature", "sampling temperature (the official code's value)", type=float, default=0.6)
@@ -338,7 +340,8 @@ def plan_for(args, cfg, launch, has_eval=True) -> Plan:
     # the longest sampling budget: full traces (none for UPFT with p = 0: prefixes only)
     budget = args.max_new_tokens if args.method != "upft" or args.structure_ratio > 0 else args.prefix_len
     return plan_run(cfg, usable_bytes(cuda, args.device, args.gpu_mem, launch.world), world=launch.world,
-                    rank=launch.rank, sharded=launch.sharded, cuda=cuda, master_bytes=2 if args.dtype == "bfloat16" else 4,
+                    rank=launch.rank, sharded=launch.sharded, cuda=cuda,
+                    master_bytes=2 if args.dtype == "bfloat16" else 4,
                     micro_batch=args.micro_batch_size, max_len=args.max_len, grad_ckpt=args.grad_ckpt,
                     loss_chunk=args.loss_chunk,
                     sample_batch=args.sample_batch_size, sample_tokens=budget, eval_batch=args.eval_batch_size,

@@ -629,7 +629,8 @@ def generate(model, prompts, max_new_tokens, *, temperature=0.0, top_k=0, top_p=
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     bs = batch_size or max(len(prompts), 1)
     groups = [None] * len(prompts)
-    bar = Progress(len(prompts), "generate", "prompt", enabled=progress)
+    desc = progress if isinstance(progress, str) else "generate"  # progress: a bool, or the line's label
+    bar = Progress(len(prompts), desc, "prompt", enabled=bool(progress))
     for c in range(0, len(order), bs):
         chunk = order[c:c + bs]
         chunk_groups = _generate_chunk(model, [prompts[i] for i in chunk], max_new_tokens=max_new_tokens,

@@ -292,9 +292,8 @@ def upft_steps(ctx, model_dir, rows, eval_rows, t0):
 
 
 def model_for_decoding(ctx, model):
-    """The model to sample and evaluate with: itself, or a bf16 copy (--decode-bf16). With several
-    processes a full copy (bf16 on CUDA), freed before training: decoding through the shards would gather
-    every layer for every token; the memory plan shows the copy fits (a 7-8B model's 14-15 GiB)."""
+    """The model to sample and evaluate with: itself, or a bf16 copy (--decode-bf16); with several processes
+    a full copy (bf16 on CUDA; the plan counts it), as decoding through the shards would gather every layer."""
     bf16 = "cuda" in ctx.args.device or ctx.args.decode_bf16
     if ctx.launch.sharded:
         return gather_full(model, torch.bfloat16 if bf16 else ctx.dtype, ctx.launch.device)
@@ -313,7 +312,7 @@ def accuracy(ctx, tag, model, eval_rows, reuse=None):
         if n and (args.resume if reuse is None else reuse) and path.exists():
             summary = json.loads(path.read_text())
         elif n:
-            records, summary = evaluate_model(ctx, model, eval_rows, n=n)
+            records, summary = evaluate_model(ctx, model, eval_rows, n, tag)
             if ctx.launch.writes:
                 write_jsonl(ctx.out / f"eval_{tag}{suffix}.jsonl", records)
                 write_json(path, summary)
@@ -325,15 +324,16 @@ def accuracy(ctx, tag, model, eval_rows, reuse=None):
     return greedy, sampled
 
 
-def evaluate_model(ctx, model, rows, n=1, progress=True):
+def evaluate_model(ctx, model, rows, n=1, tag=None):
     """eval.evaluate with the run's settings: n = 1 greedy; n > 1, n samples per question at the evaluation's
     temperature and the checkpoint's top-p/top-k, from the evaluation seed's streams."""
     args = ctx.args
     top_p, top_k = sampling_filters(ctx.tok)  # the checkpoint's, whatever --top-p/--top-k say
     sampling = {} if n == 1 else dict(n=n, temperature=args.eval_temperature, seed=args.eval_seed, top_p=top_p,
                                       top_k=top_k)
-    return evaluate(model, ctx.tok, rows, args.eval_max_new_tokens, batch_size=args.eval_batch_size,
-                    progress=progress and ctx.launch.writes, share=ctx.launch.share, **sampling)
+    shown = ctx.launch.writes and tag and f"{tag} model, " + (f"{n} samples each" if n > 1 else "greedy")
+    return evaluate(model, ctx.tok, rows, args.eval_max_new_tokens, batch_size=args.eval_batch_size, progress=shown,
+                    share=ctx.launch.share, **sampling)
 
 
 def sample(ctx, model, rows):
@@ -397,7 +397,7 @@ def finetune(ctx, model, examples, rows, eval_rows, accounting):
 def accuracy_during_training(ctx, subset, model):
     """fit's `evaluate`: greedy accuracy on a fixed held-out subset (greedy draws no random number)."""
     started = time.time()
-    _, summary = evaluate_model(ctx, model_for_decoding(ctx, model), subset, progress=False)
+    _, summary = evaluate_model(ctx, model_for_decoding(ctx, model), subset)
     ctx.eval_seconds += time.time() - started
     return {"eval_accuracy": summary["accuracy"], "eval_questions": summary["questions"]}
 
@@ -410,8 +410,7 @@ def write_results(ctx, base, tuned, accounting, t0):
                "controls": [k for k in ABLATIONS if getattr(args, k)], "base": base[0], "tuned": tuned[0],
                "base_sampled": base[1], "tuned_sampled": tuned[1],
                "accounting": accounting, "wall_seconds": time.time() - t0,
-               # a resumed run's clocks (wall, training) restart at the resume: its times are partial
-               "resumed": bool(args.resume)}
+               "resumed": bool(args.resume)}  # a resumed run's clocks restart at the resume: its times are partial
     if ctx.launch.writes:
         write_json(ctx.out / "results.json", results)
     return results
@@ -425,7 +424,8 @@ def report(results, out):  # the lines a finished run prints
              f"tuned accuracy: {accuracy_line(results['tuned'], results.get('tuned_sampled'))}",
              f"questions: {accounting['questions']} sampled, {accounting['questions_used']} trained on "
              f"({accounting['prefix_examples']} prefix + {accounting['full_examples']} full)",
-             f"tokens sampled: {accounting['tokens_sampled']:,}   tokens supervised: {accounting['tokens_supervised']:,}",
+             f"tokens sampled: {accounting['tokens_sampled']:,}   "
+             f"tokens supervised: {accounting['tokens_supervised']:,}",
              f"wall time: {results['wall_seconds']:.0f}s"]
     return "\n".join(lines)
 

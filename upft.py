@@ -104,10 +104,12 @@ def sample_upft(model, tok, questions, prefix_len, structure_ratio, num_samples=
     d_f = [i for i, f in enumerate(full) if f and i % world == rank]      # D_f: a full trace each
     d_p = [i for i, f in enumerate(full) if not f and i % world == rank]  # D_p: L tokens each
     # the plain question's prompt (no instruction); batch_size counts sequences in flight
+    shown = sampling.pop("progress", True)  # the progress lines name what is sampled
     full_outs = generate_answers(model, tok, [questions[i] for i in d_f], max_new_tokens, n=1, seed=seed,
-                                 batch_size=batch_size, **sampling)
+                                 batch_size=batch_size, progress=shown and "sample full traces (D_f)", **sampling)
     pre_outs = generate_answers(model, tok, [questions[i] for i in d_p], prefix_len, n=num_samples, seed=seed,
-                                batch_size=batch_size, **sampling) if prefixes else []
+                                batch_size=batch_size, progress=shown and f"sample {prefix_len}-token prefixes (D_p)",
+                                **sampling) if prefixes else []
     rollouts = [full_rollout(i, samples[0], max_new_tokens) for i, samples in zip(d_f, full_outs)]
     for i, samples in zip(d_p, pre_outs):  # (empty when prefixes=False)
         winner, agreement = prefix_vote(samples, prefix_len)

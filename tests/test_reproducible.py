@@ -233,7 +233,7 @@ def test_resume_refuses_other_settings_and_continues_the_same(tiny_dir, tmp_path
 
 # ----------------------------------------------------------------------------- faults: one line, a clear state
 
-PROGRESS = re.compile(r"\S+: \d+/\d+ \w+s\b.*, \d+ s$")  # data.Progress off a terminal: generate, train
+PROGRESS = re.compile(r"[^:]+: \d+/\d+ \w+s\b.*, \d+ s$")  # data.Progress off a terminal: its label, then counts
 
 
 def _main(argv, capsys):

@@ -184,7 +184,7 @@ class FitExtras:
     resumable checkpoint every tc.save_every steps in `out`; `evaluate(model) -> dict` before the first
     step, every tc.eval_every steps and after the last (in eval mode; it must not draw from the training's
     random streams); memory_measured.json after the first update; under torchrun each process's part of
-    every step. Without `out` and `evaluate`, on one process, every method does nothing."""
+    every step. Without `out` and `evaluate`, on one process, each method does nothing or passes its input on."""
 
     def __init__(self, model, opt, tc, out=None, evaluate=None, log=print):
         self.model, self.opt, self.tc, self.evaluate, self.log = model, opt, tc, evaluate, log

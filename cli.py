@@ -5,8 +5,6 @@ folder, all before any model is loaded.
   parse_args                 the flags and their checks (ranges, combinations, the run folder): a bad one is
                              one line, `error: ...`, exit 2, and nothing is created
   load_inputs                the questions, config.json, tokenizer and chat template, read and checked
-  the run folder             <out>.partial until complete (partial_dir); --resume continues exactly the
-                             interrupted run (check_resume); a failed run leaves it only if it can resume
   plan_for, print_plan       the memory plan of these flags (plan.py), and --plan
 """
 from __future__ import annotations
@@ -15,7 +13,6 @@ import argparse
 import functools
 import json
 import os
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -23,20 +20,21 @@ from pathlib import Path
 import torch
 
 import toy
-from data import Tokenizer, UpftError, UpftFault, chat_prompt, load_rows, resolve
-from fsdp import checkpoint_world
+from data import Tokenizer, UpftError, chat_prompt, load_rows, resolve
+from fsdp import Launch
 from model import Config, default_device
-from plan import PLAN_GPU_GIB, Plan, format_plan, plan_run, usable_bytes
+from plan import LOSS_CHUNK, PLAN_GPU_GIB, Plan, format_plan, plan_run, usable_bytes
+from runfolder import partial_dir
 
 # ----------------------------------------------------------------------------- the flags
 
 # Every default that depends on the model, in one place: (the toy world, a real checkpoint via --model).
 # Real: the paper's LR is 1e-6 for most runs, 1 epoch on the large sets, the official code's global
 # batch is 64 and its max length 4096 (docs/method.md §4). Toy: 1e-5 keeps the paper's ratio of
-# fine-tuning LR to pretraining peak LR (~1/300; the toy model was pretrained at 4e-3); a 10x larger LR
-# (1e-4) makes UPFT teach the toy model to stop early. The toy's evaluation (200 held-out questions,
-# greedy + 2 samples each, in batches of 512) keeps the first run near a minute on 2 cores; the results
-# table evaluates on all 2,000 with 4 samples (scripts/results_table.py, docs/experiments.md).
+# fine-tuning LR to pretraining peak LR (~1/300; the toy model was pretrained at 4e-3). The toy's
+# evaluation (200 held-out questions, greedy + 2 samples each, in batches of 512) keeps the first run
+# near a minute on 2 cores; the results table evaluates on all 2,000 with 4 samples
+# (scripts/results_table.py, docs/experiments.md).
 DEFAULTS = {               # toy,   real
     "lr":                  (1e-5, 1e-6),
     "epochs":              (2, 1),
@@ -101,7 +99,8 @@ def add_method_flags(add):
         "matches the majority answer, no labels)", default="upft", choices=METHODS)
     add("--prefix-len", "L: prefix tokens kept per sample (paper: 8 Llama, 32 Qwen-Math, 128 R1)", type=int,
         default=8)
-    add("--structure-ratio", "p: fraction of questions trained on a full trace", type=float, default=0.1)
+    add("--structure-ratio", "p: fraction of questions trained on a full trace (the paper's 'structure tuning', "
+        "which keeps the model's whole-solution structure)", type=float, default=0.1)
     add("--num-samples", "prefixes per question for voting (upft; 1 = the paper), or full samples per "
         "question (rft, vote) (default: 1 for upft, 16 for rft and vote)", type=int)
     add("--temperature", "sampling temperature (the official code's value)", type=float, default=0.6)
@@ -116,6 +115,9 @@ def add_method_flags(add):
     add("--loss-norm", "token: sum CE / supervised tokens of the step; sample: the official per-sample mean",
         default="token", choices=["token", "sample"])
     add("--grad-ckpt", "gradient checkpointing (less memory, slower)", action="store_true")
+    add("--loss-chunk", "K: the loss at most K rows of logits at a time, in windows recomputed in the backward pass "
+        "(less memory for long traces); 0 = all supervised rows at once (default: the memory plan's, {LOSS_CHUNK} "
+        "when --max-len is longer, else 0)".format(LOSS_CHUNK=LOSS_CHUNK), type=int)
     add("--no-instruction", "control (upft): prefix examples without the prefix instruction", action="store_true")
     add("--no-eos", "control (upft): no EOS after the prefix (L supervised tokens, not L + 1)", action="store_true")
     add("--full-only", "control (upft): train only on the full traces of the fraction p (prefix questions "
@@ -204,6 +206,7 @@ def check_numbers(args):
         v = getattr(args, k)
         require(v is None or v > 0, f"--{k.replace('_', '-')} must be positive, got {v}")
     require(args.save_every >= 0, f"--save-every must be >= 0, got {args.save_every}")
+    require(args.loss_chunk is None or args.loss_chunk >= 0, f"--loss-chunk must be >= 0, got {args.loss_chunk}")
     require(args.plan in (None, -1) or args.plan >= 1,
             f"--plan NPROC must be a positive number of processes, got {args.plan}")
     require(args.gpu_mem is None or args.gpu_mem > 0, f"--gpu-mem must be positive, got {args.gpu_mem}")
@@ -333,73 +336,20 @@ def load_inputs(args):
     return model_dir, tok, rows, eval_rows or []
 
 
-# ----------------------------------------------------------------------------- the run folder
-
-def partial_dir(out) -> Path:
-    """Where a run lives until it is complete."""
-    return Path(str(out).rstrip("/") + ".partial")
-
-
-# Flags that change neither what is sampled nor what is trained: a resumed run may set them anew.
-# Every other flag must equal the interrupted run's (its args.json), so a run's record never mixes two
-# configurations.
-RESUME_FREE = ("out", "resume", "save_every", "sample_batch_size", "eval_batch_size", "plan", "gpu_mem",
-               "base_from")
-
-
-def check_resume(args, out, launch):
-    """--resume continues exactly the interrupted run: the same flags (but RESUME_FREE) and launch."""
-    if (out / "args.json").is_file():
-        saved = json.loads((out / "args.json").read_text())
-        diff = [f"--{k.replace('_', '-')} {saved.get(k)} (now {v})" for k, v in vars(args).items()
-                if k not in RESUME_FREE and saved.get(k) != v]
-        if diff:
-            raise UpftError(f"--resume: {out} was started with other settings: {', '.join(diff)}; resume it "
-                            f"with the same flags, or start a new --out")
-    if (out / "checkpoint" / "meta.json").is_file():
-        saved = checkpoint_world(out / "checkpoint")
-        if saved != launch:
-            raise UpftError(f"--resume: {out / 'checkpoint'} was written by "
-                            f"{f'torchrun with {saved} process(es)' if saved else 'plain python'}; resume it "
-                            f"with the same launch")
-
-
-def clean_up(out, rank, error, log):
-    """After a run failed with `error`: its folder is removed unless it holds something to resume from.
-    Returns the one-line UpftFault to raise instead when the error is the machine's, not the input's (an
-    OSError: a full disk, a permission), else None (the error itself is raised)."""
-    kept = kept_state(out)
-    if rank == 0 and out.is_dir() and not kept:
-        shutil.rmtree(out, ignore_errors=True)  # nothing worth keeping: leave no trace
-    if isinstance(error, OSError):
-        what = f"{error.filename}: {error.strerror}" if error.filename else str(error)
-        return UpftFault(f"{what}; " + (f"kept in {out}: {kept}; fix the cause and rerun the same command "
-                                        f"with --resume" if kept else "nothing was kept"))
-    if kept and not isinstance(error, UpftError):
-        log(f"the interrupted run is kept in {out}: rerun with --resume to continue it")
-    return None
-
-
-def kept_state(out):
-    """What an interrupted run folder holds that --resume can continue from, in words ('' if nothing)."""
-    kept = ["its samples"] if (out / "train_examples.jsonl").is_file() else []
-    if (out / "checkpoint" / "meta.json").is_file():
-        kept.append(f"a checkpoint at step {json.loads((out / 'checkpoint' / 'meta.json').read_text())['step']}")
-    return " and ".join(kept)
-
-
 # ----------------------------------------------------------------------------- the memory plan of these flags
 
-def plan_for(args, cfg, world, rank, sharded, has_eval=True) -> Plan:
+def plan_for(args, cfg, launch, has_eval=True) -> Plan:
     """This run's memory plan (plan.plan_run) from its flags. Its sample_batch_size and eval_batch_size
     are the flags', or on CUDA, where parse_args leaves them None, the largest that fit; the caller
     decides what to do with them (train.run uses them and records them in args.json)."""
     cuda = torch.device(args.device).type == "cuda"
     # the longest sampling budget: full traces (none for UPFT with p = 0: prefixes only)
     budget = args.max_new_tokens if args.method != "upft" or args.structure_ratio > 0 else args.prefix_len
-    return plan_run(cfg, usable_bytes(cuda, args.device, args.gpu_mem, world), world=world, rank=rank,
-                    sharded=sharded, cuda=cuda, master_bytes=2 if args.dtype == "bfloat16" else 4,
+    return plan_run(cfg, usable_bytes(cuda, args.device, args.gpu_mem, launch.world), world=launch.world,
+                    rank=launch.rank, sharded=launch.sharded, cuda=cuda,
+                    master_bytes=2 if args.dtype == "bfloat16" else 4,
                     micro_batch=args.micro_batch_size, max_len=args.max_len, grad_ckpt=args.grad_ckpt,
+                    loss_chunk=args.loss_chunk,
                     sample_batch=args.sample_batch_size, sample_tokens=budget, eval_batch=args.eval_batch_size,
                     eval_tokens=args.eval_max_new_tokens, has_eval=has_eval and not args.no_eval)
 
@@ -430,7 +380,7 @@ def print_plan(args):
     nproc = args.plan if args.plan != -1 else None  # --plan NPROC, or (--plan alone) this launch's processes
     world = nproc or int(os.environ.get("WORLD_SIZE", 1))
     sharded = nproc is not None or "LOCAL_RANK" in os.environ
-    plan = plan_for(args, cfg, world, 0, sharded, has_eval=True)
+    plan = plan_for(args, cfg, Launch(0, world, args.device, sharded), has_eval=True)
     if int(os.environ.get("RANK", 0)) == 0:
         print(format_plan(plan))
         if plan.fix:

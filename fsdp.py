@@ -6,11 +6,14 @@ code runs bf16 DeepSpeed ZeRO-3. Here the same sharding is PyTorch's own FSDP2 (
 and AdamW moments; a layer's full weights exist only while it runs. Without torchrun nothing here is
 used and `python train.py` is unchanged.
 
-  init_distributed, is_sharded         join the process group (NCCL on CUDA, gloo on CPU); is a model sharded
+  Launch, init_distributed             this process's place (rank of world); join the process group (NCCL on
+                                       CUDA, gloo on CPU); Launch() alone is plain python's one process
+  is_sharded                           is a model sharded
   load_sharded_model, save_gathered    the model on the meta device, sharded, then only this rank's rows read;
                                        and back: the full weights gathered, written by rank 0
-  sharded_step                         a step's normaliser over all ranks, and micro-batches that pair up
+  part_of_step                         a rank's part of a step, in micro-batches that pair up across ranks
   all_reduce, all_gather_json          numbers summed or maxed over ranks; JSON gathered (no pickle)
+  gather_rollouts                      every rank's rollouts on every rank
   record_state_bytes                   every rank's measured state bytes (memory_measured.json)
   check_shared_folder                  several machines: every rank sees the run folder (one filesystem)
   save_sharded_checkpoint / load_...   each rank its own shards, as safetensors; meta.json names the launch
@@ -20,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -29,6 +33,46 @@ from safetensors.torch import load_file
 from data import IGNORE, UpftError, atomic_dir, resolve, write_json
 from model import Config, Transformer, gather_full, load_shards, save_safetensors, shard_rows
 from plan import state_bytes
+
+
+@dataclass
+class Launch:
+    """This process's place in the launch: plain python is rank 0 of 1, nothing sharded; under torchrun
+    (even with one process) rank `rank` of `world`, the model sharded with FSDP2."""
+    rank: int = 0
+    world: int = 1
+    device: str = "cpu"
+    sharded: bool = False
+
+    @classmethod
+    def start(cls, device):
+        """Join the process group when under torchrun; this process's Launch."""
+        rank, world, device = init_distributed(device)
+        return cls(rank, world, device, dist.is_initialized())
+
+    @property
+    def writes(self):
+        """Only rank 0 writes files and logs."""
+        return self.rank == 0
+
+    @property
+    def share(self):
+        """(rank, world) for the decoding functions that spread questions over ranks, None on one process."""
+        return (self.rank, self.world) if self.sharded else None
+
+    def barrier(self):
+        if self.sharded:
+            dist.barrier()
+
+    @staticmethod
+    def finish():
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+    @staticmethod
+    def first_process():
+        """Whether this is rank 0 (or plain python), from torchrun's environment alone."""
+        return int(os.environ.get("RANK", 0)) == 0
 
 
 def init_distributed(device):
@@ -54,16 +98,15 @@ def rank_and_world(model):
     return (dist.get_rank(), dist.get_world_size()) if is_sharded(model) else (0, 1)
 
 
-def sharded_step(examples, count, micro_batch_size, pad_id):
-    """torchrun: (the step's normaliser, all ranks' counts summed, so that no rank divides by its own;
-    this rank's examples, padded with fully masked ones so that every rank runs as many micro-batches as
-    the busiest: FSDP's all-gathers and reduce-scatters must pair up across ranks). A masked row's loss
-    and gradient are exactly 0 (no NaN), and FSDP sums the ranks' gradients, so any split over ranks
-    equals one big batch."""
-    total = all_reduce([count], "sum")[0]
-    n_micro = all_reduce([-(-len(examples) // micro_batch_size)], "max")[0]
-    short = max(0, (n_micro - 1) * micro_batch_size + 1 - len(examples))
-    return total, examples + [{"input_ids": [pad_id, pad_id], "labels": [IGNORE, IGNORE]}] * short
+def part_of_step(examples, rank, world, micro_batch_size, pad_id):
+    """This rank's part of a step's examples (every world-th, from `rank`), padded with fully masked ones so
+    that every rank runs as many micro-batches as the busiest (rank 0): FSDP's all-gathers and
+    reduce-scatters must pair up across ranks. A masked row's loss and gradient are exactly 0 (no NaN),
+    and FSDP sums the ranks' gradients, so any split over ranks equals one big batch."""
+    mine = examples[rank::world]
+    n_micro = -(-len(examples[0::world]) // micro_batch_size)
+    short = max(0, (n_micro - 1) * micro_batch_size + 1 - len(mine))
+    return mine + [{"input_ids": [pad_id, pad_id], "labels": [IGNORE, IGNORE]}] * short
 
 
 def load_sharded_model(model_dir, device, dtype):
@@ -131,6 +174,13 @@ def all_gather_json(obj):
     bufs = [torch.zeros(longest, dtype=torch.uint8, device=data.device) for _ in sizes]
     dist.all_gather(bufs, torch.cat([data, data.new_zeros(longest - data.numel())]))
     return [json.loads(bytes(b[:int(n)].cpu().tolist())) for b, n in zip(bufs, sizes)]
+
+
+def gather_rollouts(rollouts, sampled, dropped):
+    """Every rank's rollouts, in question order, and the sums of their sampled tokens and dropped questions."""
+    parts = all_gather_json([rollouts, sampled, dropped])
+    rollouts = sorted((r for part in parts for r in part[0]), key=lambda r: r["index"])
+    return rollouts, sum(part[1] for part in parts), sum(part[2] for part in parts)
 
 
 def record_state_bytes(path, model, opt, rank):

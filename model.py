@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from data import IGNORE, TOKENIZER_FILES, Progress, UpftError, atomic_dir, chat_prompt, resolve
+from data import TOKENIZER_FILES, Progress, UpftError, atomic_dir, chat_prompt, resolve
 
 SUPPORTED = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
 ROPE_TYPES = ("default", "linear", "llama3")
@@ -232,61 +232,6 @@ class DecoderLayer(nn.Module):
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
-# ----------------------------------------------------------------------------- the loss on supervised rows
-
-HEAD_CHUNK = 1024  # rows of logits computed at once by HeadLoss (1024 x 152k vocabulary x fp32 = 0.6 GB)
-
-
-def rows_loss(h, norm_weight, head_weight, targets, weights, eps, objective):
-    """The loss SUM of some rows: final norm, LM head, then per row the cross-entropy of its target, or
-    (objective "entropy") the entropy of its next-token distribution; times `weights` (None = 1)."""
-    logits = F.linear(rms_norm(h, norm_weight, eps), head_weight).float()      # (n, V), fp32 as forward's
-    if objective == "entropy":
-        logp = logits.log_softmax(-1)
-        per_row = -(logp.exp() * logp).sum(-1)
-    else:
-        per_row = F.cross_entropy(logits, targets, reduction="none")
-    return per_row.sum() if weights is None else (per_row * weights).sum()
-
-
-class HeadLoss(torch.autograd.Function):
-    """rows_loss over all N rows, chunk by chunk, keeping only the inputs for the backward pass: there each
-    chunk's logits are computed again and differentiated, then freed. Memory: one chunk of logits
-    instead of all N rows' (and the model's full (B, T, V) logits are never made); time: one more
-    forward of the head on the supervised rows. Autocast (bf16) is recorded in forward and restored in
-    backward, so the recomputed chunk is the one forward computed."""
-
-    @staticmethod
-    def forward(ctx, h, norm_weight, head_weight, targets, weights, eps, objective, chunk):
-        ctx.save_for_backward(h, norm_weight, head_weight, targets, weights)
-        ctx.eps, ctx.objective, ctx.chunk = eps, objective, chunk
-        dev = h.device.type
-        ctx.amp = (dev, torch.is_autocast_enabled(dev), torch.get_autocast_dtype(dev))
-        total = torch.zeros((), device=h.device)
-        for s in range(0, len(h), chunk):
-            total += rows_loss(h[s:s + chunk], norm_weight, head_weight, targets[s:s + chunk],
-                               None if weights is None else weights[s:s + chunk], eps, objective)
-        return total
-
-    @staticmethod
-    def backward(ctx, grad):
-        h, norm_weight, head_weight, targets, weights = ctx.saved_tensors
-        dev, amp_on, amp_dtype = ctx.amp
-        grad_h = torch.zeros_like(h)
-        grad_norm, grad_head = torch.zeros_like(norm_weight), torch.zeros_like(head_weight)
-        norm_weight, head_weight = norm_weight.detach().requires_grad_(), head_weight.detach().requires_grad_()
-        with torch.enable_grad(), torch.autocast(dev, dtype=amp_dtype, enabled=amp_on):
-            for s in range(0, len(h), ctx.chunk):
-                x = h[s:s + ctx.chunk].detach().requires_grad_()
-                loss = rows_loss(x, norm_weight, head_weight, targets[s:s + ctx.chunk],
-                                 None if weights is None else weights[s:s + ctx.chunk], ctx.eps, ctx.objective)
-                gx, gn, gw = torch.autograd.grad(loss, (x, norm_weight, head_weight), grad)
-                grad_h[s:s + ctx.chunk] = gx
-                grad_norm += gn
-                grad_head += gw
-        return grad_h, grad_norm, grad_head, None, None, None, None, None
-
-
 # ----------------------------------------------------------------------------- model
 
 class Transformer(nn.Module):
@@ -307,13 +252,13 @@ class Transformer(nn.Module):
         self.gradient_checkpointing = False
         self.source_dir = None  # where from_pretrained read it (tokenizer files are copied from there)
 
-    def forward(self, input_ids, cache=None, last_only=False, labels=None, objective="ce", per_sample=False):
+    def forward(self, input_ids, cache=None, last_only=False, loss_fn=None):
         """input_ids (B, T) -> logits (B, T, V) in fp32, or (B, 1, V) with last_only.
 
         Without a cache: plain causal attention from position 0 (training; right padding is harmless
         because pads come after every real token). With a cache: positions and the key mask come from it.
-        With `labels` (B, T) (training): no logits, but (loss sum, count) of `supervised_loss`, the final
-        norm and the head run on the supervised positions only.
+        loss_fn (training): returns loss_fn(h) of the last layer's output h (B, T, C) instead of the logits
+        (train.micro_batch_loss runs the head on the supervised rows only).
         """
         B, T = input_ids.shape
         if cache is None:
@@ -333,40 +278,13 @@ class Transformer(nn.Module):
                 x = layer(x, cos, sin, cache, i, mask)
         if cache is not None:
             cache.pos += T  # advance once, after the last layer wrote its keys
-        if labels is not None:  # inside forward, so that FSDP2 has gathered the head and the norm
-            return self.supervised_loss(x, labels, objective, per_sample)
-        x = self.model.norm(x)
-        if last_only:
-            x = x[:, -1:]
-        return self.lm_head(x).float()
+        if loss_fn is not None:  # inside forward, so that under torchrun FSDP2 has gathered the head
+            return loss_fn(x)
+        return self.head(x[:, -1:] if last_only else x).float()
 
-    def supervised_loss(self, h, labels, objective="ce", per_sample=False):
-        """The training loss without the (B, T, V) logits: (loss sum, count), the same quantities as
-        train.masked_ce_sum on this model's logits (tests prove it), computed on the positions that predict
-        a supervised token only. A UPFT prefix example is a ~150-token prompt and 9 supervised tokens:
-        the final norm and the LM head run on those 9 rows, in chunks of HEAD_CHUNK rows whose logits are
-        recomputed in the backward pass (HeadLoss), so at most one chunk of logits exists at a time.
-
-        h (B, T, C): the last layer's output (before the final norm); labels (B, T) aligned with the
-        input ids, IGNORE where not trained. objective "ce" (cross-entropy of the label) or "entropy"
-        (EM-FT: the entropy of the next-token distribution; the label is only a mask). per_sample: each
-        sample's token mean, summed over samples, and the count is of samples (the official weighting).
-
-        (Part of exercise masked_ce_sum: the same shift, picking rows instead of masking a loss.) Set
-        `rows`, a (B, T - 1) bool tensor, True at [b, t] when position t predicts a supervised token
-        (labels[b, t + 1] != IGNORE); then `h`, the (N, C) outputs of those positions, and `targets`,
-        the (N,) labels they predict, both in the order b, then t (N = rows.sum()). The rest is written.
-        """
-        # >>> exercise: masked_ce_sum
-        rows = labels[:, 1:] != IGNORE                          # (B, T-1): position t predicts labels[t + 1]
-        h, targets = h[:, :-1][rows], labels[:, 1:][rows]       # (N, C), (N,): the supervised rows, in order
-        # <<< exercise: masked_ce_sum
-        per_row = rows.sum(1)                                   # (B,) supervised tokens of each sample
-        weights = (1.0 / per_row.clamp(min=1)).repeat_interleave(per_row) if per_sample else None  # (N,)
-        count = int((per_row > 0).sum()) if per_sample else int(per_row.sum())
-        loss = HeadLoss.apply(h, self.model.norm.weight, self.lm_head.weight, targets, weights,
-                              self.model.norm.eps, objective, HEAD_CHUNK)
-        return loss, count
+    def head(self, h):
+        """Logits of last-layer outputs h (..., C) -> (..., V): the final norm, then lm_head."""
+        return self.lm_head(self.model.norm(h))
 
     def to_dtype_copy(self, dtype) -> "Transformer":
         """A copy of this model's weights in `dtype` (e.g. a bf16 copy to decode with), same device."""
@@ -594,21 +512,9 @@ class KVCache:
         self.pos = 0
 
     def update(self, layer, k, v):
-        """Write this forward's keys and values of one layer into the cache; return all of that layer's
-        keys and values so far. (Exercise kv_cache_update; docs/method.md §3.2: decoding only L tokens per
-        prefix question is cheap because each step reuses the cached keys instead of re-reading the
-        prompt.)
-
-        Inputs: `layer` (int, 0 <= layer < num_hidden_layers); `k`, `v` of shape (B, K, T, D), the keys
-        (already rotated by RoPE) and values of the T new tokens, which occupy slots pos .. pos + T - 1
-        of every row.
-        Output: (keys, values), each (B, K, pos + T, D): slots 0 .. pos + T - 1 of that layer, i.e.
-        everything cached before plus the new tokens, and nothing beyond (the slots after pos + T are
-        still zeros and must not be attended to). Views of the cache are fine.
-        Edge cases: `update` does NOT advance `pos`: every layer of one forward writes at the same slots,
-        and `Transformer.forward` advances `pos` once, after the last layer. Other layers' slots are
-        left untouched. T may be the whole prompt (prefill) or 1 (a decoding step).
-        """
+        """Write one layer's keys and values of the T new tokens (B, K, T, D) at slots pos .. pos + T - 1;
+        return that layer's keys and values so far, (B, K, pos + T, D). `pos` advances in forward, once.
+        Exercise: docs/teaching.md, "The contracts"."""
         # >>> exercise: kv_cache_update
         T = k.shape[2]
         self.k[layer, :, :, self.pos:self.pos + T] = k
@@ -617,35 +523,17 @@ class KVCache:
         # <<< exercise: kv_cache_update
 
     def positions(self, T):
-        """Position ids (B, T) of the T tokens about to be written at slots pos .. pos + T - 1.
-        (Exercise kv_cache_positions_mask, with `mask`; docs/method.md §3.2: every prompt of a sampling
-        batch has its own length, so the batch is left-padded.)
-
-        Row b's first real token sits at slot pad[b] and has position 0: position = slot - pad[b]. The
-        RoPE angles come from these positions, so a left-padded row must get exactly the positions it
-        would have alone, unpadded. Pad slots (slot < pad[b]) get position 0 (their outputs are never
-        used; clamping keeps them in RoPE's range). Returns a LongTensor on the cache's device.
-        Example: pad = [2, 0], pos = 0, T = 4 -> [[0, 0, 0, 1], [0, 1, 2, 3]]; then pos = 4, T = 1 ->
-        [[2], [4]].
-        """
+        """Position ids (B, T) of the T tokens about to be written: slot - pad[b], pad slots 0.
+        Exercise kv_cache_positions_mask: docs/teaching.md, "The contracts"."""
         # >>> exercise: kv_cache_positions_mask
         slots = torch.arange(self.pos, self.pos + T, device=self.pad.device)
         return (slots[None, :] - self.pad[:, None]).clamp(min=0)  # (B, T)
         # <<< exercise: kv_cache_positions_mask
 
     def mask(self, T):
-        """Attention mask for the T new queries (slots pos .. pos + T - 1) over the key slots
-        0 .. pos + T - 1: a bool tensor (B, 1, T, pos + T), True = may attend (SDPA's convention), or
-        None where SDPA's own fast paths are exact. (Exercise kv_cache_positions_mask, with `positions`.)
-
-        A real query at slot q of row b sees key slot s iff pad[b] <= s <= q: causal, and never a pad key
-        of its row. A pad query (q < pad[b]) sees only its own slot (s == q): a row with every key masked
-        makes SDPA return NaN, and a NaN value, even at weight 0, poisons the next layer.
-        None exactly when no row has padding (`any_pad` False) and either pos == 0 (a plain causal
-        prefill; forward then sets is_causal) or T == 1 (one new token sees every cached key).
-        Example: pad = [1, 0], pos = 0, T = 3 -> row 0: [[1,0,0],[0,1,0],[0,1,1]], row 1: the lower
-        triangle [[1,0,0],[1,1,0],[1,1,1]].
-        """
+        """Attention mask (B, 1, T, pos + T) of the T new queries, True = may attend: causal, never a pad
+        key, a pad query sees itself; None where SDPA's own paths are exact.
+        Exercise kv_cache_positions_mask: docs/teaching.md, "The contracts"."""
         # >>> exercise: kv_cache_positions_mask
         if not self.any_pad and (self.pos == 0 or T == 1):
             return None
@@ -668,34 +556,10 @@ class KVCache:
 
 
 def sample_next(logits, temperature=0.0, top_k=0, top_p=1.0, generator=None, u=None):
-    """logits (B, V) -> next ids (B,). Order: temperature, then top-k, then top-p; then one draw per row.
-    (Exercise sample_next; docs/method.md §3.2 for the settings UPFT samples with: temperature 0.6,
-    top-p / top-k from the checkpoint; §2.1 for why the temperature is what UPFT learns from.)
-
-    Inputs: logits (B, V), any float dtype (work in fp32); `generator` (a torch.Generator or None) is
-    passed to the one random draw, so a seeded generator makes the result reproducible; `u` (optional,
-    (B,) float64 in [0, 1)): the row's uniform number, given by a caller that keeps one random stream
-    per row (`generate` does: `stream_uniforms`); then `generator` is not used.
-    Output: a LongTensor (B,) of token ids, on the logits' device.
-    Contract, in this order:
-      1. temperature None or <= 0: greedy, argmax of each row (no division, no randomness).
-      2. Otherwise divide the LOGITS by the temperature (before the softmax: dividing probabilities
-         after it changes nothing once they are renormalised).
-      3. top_k (0 or None = off; k >= V = off): keep exactly the k largest logits of each row, even
-         when several logits tie at the k-th value; the rest get probability 0.
-      4. top_p (None or 1.0 = off): sort the probabilities, keep the smallest set of most likely tokens
-         whose mass reaches top_p (a token is kept iff the mass of the tokens ranked above it is still
-         below top_p), and ALWAYS keep the most likely token, however small top_p is.
-      5. One independent draw per row from the kept, renormalised probabilities, by inverse transform:
-         u[b] uniform in [0, 1) (u = torch.rand(B, dtype=torch.float64, generator=generator) unless
-         given); the token is the first, in vocabulary order, whose cumulative kept probability exceeds
-         u[b] times the row's kept total (work in float64: then u * total < total, so some token always
-         qualifies, and a token of probability 0 never does). A tiny change of the logits therefore
-         changes the token only when u[b] falls within that change of a boundary of the cumulative sum.
-    Example: probabilities [0.5, 0.3, 0.15, 0.05] with top_p = 0.75 keep tokens {0, 1}; with
-    top_p = 0.2 they keep {0}. With probabilities [0.5, 0.3, 0.2] and u = 0.6 the token is 1
-    (cumulative 0.5, 0.8, 1.0: the first above 0.6).
-    """
+    """logits (B, V) -> next ids (B,): temperature, then top-k, then top-p (keeping the most likely token),
+    then one draw per row by inverse transform of `u` (B,) or of torch.rand with `generator`. UPFT samples
+    at 0.6 with the checkpoint's top-p/top-k (§3.2); why the temperature is its signal: §2.1.
+    Exercise: docs/teaching.md, "The contracts"."""
     # >>> exercise: sample_next
     if temperature is None or temperature <= 0:
         return logits.argmax(-1)
@@ -765,7 +629,8 @@ def generate(model, prompts, max_new_tokens, *, temperature=0.0, top_k=0, top_p=
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     bs = batch_size or max(len(prompts), 1)
     groups = [None] * len(prompts)
-    bar = Progress(len(prompts), "generate", "prompt", enabled=progress)
+    desc = progress if isinstance(progress, str) else "generate"  # progress: a bool, or the line's label
+    bar = Progress(len(prompts), desc, "prompt", enabled=bool(progress))
     for c in range(0, len(order), bs):
         chunk = order[c:c + bs]
         chunk_groups = _generate_chunk(model, [prompts[i] for i in chunk], max_new_tokens=max_new_tokens,

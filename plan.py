@@ -10,7 +10,7 @@ and by `python train.py --plan`, and the refusal of a run that cannot fit, befor
     parameter_count(cfg)            the model's parameters (a tied head once), from config.json alone
 
 `settings` are memory_plan's keyword arguments (world, rank, sharded, cuda, master_bytes, micro_batch,
-max_len, grad_ckpt, sample_batch, sample_tokens, eval_batch, eval_tokens): what a run writes to
+max_len, grad_ckpt, loss_chunk, sample_batch, sample_tokens, eval_batch, eval_tokens): what a run writes to
 memory_plan.json as "settings". The static figures are exact (the tensors fit() holds after an optimizer
 step; `state_bytes` measures them, tests/test_dist.py compares); activations, FSDP's transient buffers and
 decoding are estimates from the formulas in memory_plan's docstring. Nothing here reads a weight.
@@ -25,13 +25,14 @@ from dataclasses import dataclass
 
 import torch
 
-from model import HEAD_CHUNK, Config, Transformer, shard_rows
+from model import Config, Transformer, shard_rows
 
 GiB = 2 ** 30
 PROMPT_TOKENS = 512     # prompt slots assumed per decoded sequence (chat template + a MATH-style question)
 USABLE = 0.9            # share of a GPU's memory the plan may fill (CUDA context, NCCL, fragmentation)
 PLAN_GPU_GIB = 79.0     # --plan without a GPU: about what an "80 GB" A100 / H100 reports
 MAX_DECODE_BATCH = 1024
+LOSS_CHUNK = 1024       # rows of logits at a time in the loss of long sequences (1024 x 152k vocab x fp32: 0.6 GB)
 
 
 @functools.lru_cache(maxsize=8)
@@ -58,7 +59,7 @@ def parameter_count(cfg):
 
 
 def memory_plan(cfg, world=1, rank=0, sharded=False, cuda=False, master_bytes=4, micro_batch=1, max_len=4096,
-                grad_ckpt=False, sample_batch=64, sample_tokens=4096, eval_batch=64, eval_tokens=4096,
+                grad_ckpt=False, loss_chunk=0, sample_batch=64, sample_tokens=4096, eval_batch=64, eval_tokens=4096,
                 prompt_tokens=PROMPT_TOKENS):
     """Bytes one rank needs, by kind; `sharded` = under torchrun (FSDP2), else the plain single process.
 
@@ -73,11 +74,11 @@ def memory_plan(cfg, world=1, rank=0, sharded=False, cuda=False, master_bytes=4,
                    in fp32, q/k/v, rotated q/k, attention in/out, the SwiGLU products); with gradient
                    checkpointing only each layer's input (C*a) plus one layer recomputed;
                    times micro_batch * max_len tokens.
-      logits       the loss head on supervised rows (Transformer.supervised_loss): one chunk of
-                   min(tokens, HEAD_CHUNK) rows, V*(a + 12) + C*(a + 4) bytes each (the head's output, its
-                   fp32 copy, log-softmax and its gradient, the normed rows), + the supervised rows' hidden
-                   states and their gradient (every position supervised at worst: 2*C*a per token) + the
-                   head's gradient, accumulated over the chunks and one chunk's (2*V*C*a).
+      logits       the loss on supervised rows (train.micro_batch_loss), every position supervised at
+                   worst: all rows at once, or with loss_chunk = K a window of at most K rows;
+                   V*(a + 12) + C*(a + 4) bytes per row (the head's output, its fp32 copy, log-softmax
+                   and its gradient, the normed rows), + the rows' hidden states and their gradient
+                   (2*C*a per token) + the head's gradient and one window's (2*V*C*a).
       decoding     the weights decoded with (sharded: a full copy, bf16 on CUDA) + the KV cache
                    2 * layers * batch * K * (prompt + budget) * D * bytes + the prefill's working set
                    (one layer's activations and attention scores for batch * prompt tokens).
@@ -96,7 +97,8 @@ def memory_plan(cfg, world=1, rank=0, sharded=False, cuda=False, master_bytes=4,
     plan["activations_full"] = tokens * L * per_layer
     plan["activations_ckpt"] = tokens * (L * C * a + per_layer)
     plan["activations"] = plan["activations_ckpt"] if grad_ckpt else plan["activations_full"]
-    plan["logits"] = (min(tokens, HEAD_CHUNK) * (V * (a + 12) + C * (a + 4)) + 2 * tokens * C * a + 2 * V * C * a)
+    rows = min(tokens, loss_chunk) if loss_chunk else tokens
+    plan["logits"] = rows * (V * (a + 12) + C * (a + 4)) + 2 * tokens * C * a + 2 * V * C * a
     plan["train_total"] = sum(plan[k] for k in ("weights", "grads", "optimizer", "gathered", "activations", "logits"))
     decoded = decoded_bytes(sharded, cuda, master_bytes)
     plan["decode_weights"] = n_all * decoded if sharded else 0
@@ -214,17 +216,22 @@ class Plan:
     fix: str | None            # smallest_fix's line when the plan does not fit, else None
     sample_batch_size: int     # the decoding batches the run uses: as given, else the largest that fits
     eval_batch_size: int
+    loss_chunk: int            # rows of logits at a time in the loss (0: all): as given, else plan_run's choice
 
 
 def plan_run(cfg, capacity, *, world=1, rank=0, sharded=False, cuda=False, master_bytes=4, micro_batch=1,
-             max_len=4096, grad_ckpt=False, sample_batch=None, sample_tokens=4096, eval_batch=None,
+             max_len=4096, grad_ckpt=False, loss_chunk=None, sample_batch=None, sample_tokens=4096, eval_batch=None,
              eval_tokens=4096, has_eval=True) -> Plan:
     """A run's plan. A decoding batch given as None is the largest that fits `capacity` (at least 1);
+    loss_chunk None: the loss at most LOSS_CHUNK rows at a time when a sequence may be longer (max_len),
+    else all at once;
     has_eval=False leaves the evaluation out of the plan (its batch size is still chosen)."""
     settings = dict(world=world, rank=rank, sharded=sharded, cuda=cuda, master_bytes=master_bytes,
-                    micro_batch=micro_batch, max_len=max_len, grad_ckpt=grad_ckpt, sample_batch=sample_batch or 0,
-                    sample_tokens=sample_tokens, eval_batch=(eval_batch or 0) if has_eval else 0,
-                    eval_tokens=eval_tokens)
+                    micro_batch=micro_batch, max_len=max_len, grad_ckpt=grad_ckpt, loss_chunk=loss_chunk or 0,
+                    sample_batch=sample_batch or 0, sample_tokens=sample_tokens,
+                    eval_batch=(eval_batch or 0) if has_eval else 0, eval_tokens=eval_tokens)
+    if loss_chunk is None and max_len > LOSS_CHUNK:  # the logits of one window at a time (R1: 16k positions)
+        settings["loss_chunk"] = LOSS_CHUNK
     unbatched = memory_plan(cfg, **settings)  # decode_batch reads its weights only, which no batch changes
     entry_bytes = decoded_bytes(sharded, cuda, master_bytes)
     if sample_batch is None:
@@ -234,7 +241,8 @@ def plan_run(cfg, capacity, *, world=1, rank=0, sharded=False, cuda=False, maste
         eval_batch = max(1, decode_batch(cfg, unbatched, capacity, eval_tokens, entry_bytes))
         settings["eval_batch"] = eval_batch if has_eval else 0
     return Plan(settings, memory_plan(cfg, **settings), capacity,
-                smallest_fix(cfg, settings, capacity) if capacity else None, sample_batch, eval_batch)
+                smallest_fix(cfg, settings, capacity) if capacity else None, sample_batch, eval_batch,
+                settings["loss_chunk"])
 
 
 def usable_bytes(cuda, device="cuda", gpu_mem=None, world=1):
@@ -277,6 +285,20 @@ def state_bytes(model, opt):
             "optimizer": sum(nbytes(v) for st in opt.state.values() for v in st.values() if torch.is_tensor(v))}
 
 
+def plan_record(cfg, plan: Plan):
+    """memory_plan.json: the settings, the usable bytes and every rank's plan (their shards differ)."""
+    return {"settings": plan.settings, "usable_bytes": plan.capacity,
+            "ranks": [memory_plan(cfg, **{**plan.settings, "rank": r}) for r in range(plan.settings["world"])]}
+
+
+def plan_line(plan: Plan):
+    """The plan in one line: what a plain run prints when the plan does not matter (--plan prints it all)."""
+    f, usable = plan.bytes, f" of {plan.capacity / GiB:.1f} GiB usable" if plan.capacity else ""
+    decode = max(f["sample_total"], f["eval_total"] if f["eval_batch"] else 0)
+    return (f"memory plan: training {f['train_total'] / GiB:.2f} GiB, decoding {decode / GiB:.2f} GiB{usable} "
+            f"(--plan for the details)")
+
+
 def format_plan(plan: Plan):
     """The lines a run prints first (and --plan prints): bytes per rank in GiB, exact and estimated."""
     gib = lambda b: f"{b / GiB:7.2f}"  # noqa: E731
@@ -284,13 +306,14 @@ def format_plan(plan: Plan):
     mode = (f"torchrun, {settings['world']} process(es), FSDP2" if settings["sharded"] else "one process") + \
         (", bf16 compute" if settings["cuda"] else "") + f", {settings['master_bytes'] * 8}-bit master weights"
     ckpt = "with" if settings["grad_ckpt"] else "without"
+    window = f", loss {settings['loss_chunk']} rows at a time" if settings["loss_chunk"] else ""
     lines = [f"memory plan per rank, GiB ({mode}; rank {settings['rank']}):",
              f"  weights {gib(figures['weights'])}   grads {gib(figures['grads'])}   AdamW "
              f"{gib(figures['optimizer'])}   (exact)",
              f"  gathered/cast weights {gib(figures['gathered'])}   logits {gib(figures['logits'])}   activations, "
              f"{settings['micro_batch']} x {settings['max_len']} tokens: {gib(figures['activations_full'])} without, "
              f"{gib(figures['activations_ckpt'])} with gradient checkpointing   (estimates)",
-             f"  training total {gib(figures['train_total'])} ({ckpt} gradient checkpointing)"]
+             f"  training total {gib(figures['train_total'])} ({ckpt} gradient checkpointing{window})"]
     for phase in ("sample", "eval") if figures["eval_batch"] else ("sample",):
         lines.append(f"  {phase:6s} decoding: weights {gib(figures['weights'] + figures['decode_weights'])} + "
                      f"KV cache {gib(figures[f'{phase}_kv'])} + prefill {gib(figures[f'{phase}_prefill'])} = "

@@ -11,8 +11,7 @@ Read next to the paper and docs/method.md (section numbers below are that file's
   Eq. 8             max E_{D_p}[log p(r_<t | x')] + E_{D_f}[log p(r | x)]: the sum of both kinds of
                     examples under one masked cross-entropy (train.py)                             §4
 Baselines through the same sampler (§7): `sample_sft` = one full self-generated trace per question,
-no filter (also the data of EM-FT, which only changes the loss: the entropy objective of
-model.Transformer.supervised_loss);
+no filter (also the data of EM-FT, which only changes the loss: train.masked_ce_sum with entropy=True);
 `sample_rft` = N full samples, keep one whose final answer matches the label (questions with none are
 dropped); `sample_vote` = the same N samples, the majority answer replaces the label (no label read).
 Controls that take UPFT apart (§7.1): `build_examples(..., instruction=, eos=)` and `ablate_rollouts`
@@ -21,7 +20,9 @@ the sampler of train.py's --method, `sampling_accounting` counts what it sampled
 through model.generate_answers.
 
 Definitions: L = --prefix-len, in model tokens of the raw sampled response (no whitespace
-normalisation: §5); p = --structure-ratio = fraction of FULL-trace questions.
+normalisation: §5); p = --structure-ratio = the fraction of FULL-trace questions. "Structure" is the
+paper's word: Eq. 8 is UPFT "with structure tuning", the full traces that keep the model's
+whole-solution structure while the prefixes train the opening; p is their share (§3.1).
 A rollout is {"index", "kind": "prefix"|"full", "response_ids", "finished", ...}: one per question kept.
 """
 from __future__ import annotations
@@ -45,19 +46,9 @@ PREFIX_INSTRUCTION = (" Please provide the initial step towards resolving the qu
 # ----------------------------------------------------------------------------- the paper's steps
 
 def split_questions(n, p, seed):
-    """Which questions get a full trace (D_f): a seeded random round(p * n) of them (§3.1; the official
-    code takes the first ones in file order instead). Returns a list of n bools, True = full trace.
-    (Exercise split_questions; the paper's D = D_p + D_f of Eq. 8, p = 0.1 by default.)
-
-    Inputs: n >= 0 questions; p = the fraction of FULL-trace questions (the paper's p; the official
-    code's flag is its complement); seed (int).
-    Output: a list of n bools; exactly round(p * n) of them True (Python's round).
-    Contract: p outside [0, 1] raises UpftError (before anything else). Which questions are True is a
-    random choice that depends only on (n, p, seed): the same arguments always give the same list,
-    whatever the global RNG state (use a torch.Generator seeded with `seed`, not the global one), and
-    different seeds give different choices. Every question is equally likely to be chosen; the choice
-    is not the first k in file order. p = 0 gives no full traces, p = 1 only full traces.
-    """
+    """Which questions get a full trace (D_f of Eq. 8, the paper's p = 0.1 of them): n bools, True = full
+    trace, a seeded random round(p * n) (§3.1; the official code takes the first ones in file order).
+    Exercise: docs/teaching.md, "The contracts"."""
     # >>> exercise: split_questions
     if not 0.0 <= p <= 1.0:
         raise UpftError(f"--structure-ratio must be in [0, 1], got {p}")
@@ -69,21 +60,9 @@ def split_questions(n, p, seed):
 
 
 def prefix_vote(samples, L):
-    """Most frequent L-token prefix among `samples` (token-id lists). Returns (winner, agreement), where
-    agreement = share of samples whose prefix is the winner. Ties go to the prefix that was drawn first
-    (the lowest sample index), a deterministic rule that does not favour any token id.
-    (Exercise prefix_vote; §3.3: prefix self-consistency, Fig. 2a, turned into a training signal.)
-
-    Inputs: samples, a non-empty list of token-id lists (N samples of one question, in the order they
-    were drawn; a sample may be shorter than L if it stopped early); L >= 1.
-    Output: (winner, agreement): winner is a list of ints, the first L tokens of a sample (the whole
-    sample if it is shorter: a short sample is its own prefix, so [7] and [7, 8] differ for L = 2);
-    agreement is a float in (0, 1], the number of samples whose L-token prefix equals the winner
-    divided by len(samples).
-    Edge cases: an empty `samples` raises ValueError. Only the first L tokens vote: samples that part
-    after token L agree. Ties: the tied prefix whose first occurrence comes first in `samples` wins,
-    never the smallest (or largest) token ids. N = 1 returns (samples[0][:L], 1.0).
-    """
+    """(the most frequent L-token prefix among N samples of one question, its share of the samples); a tie
+    goes to the prefix drawn first (§3.3: prefix self-consistency, Fig. 2a, as a training signal).
+    Exercise: docs/teaching.md, "The contracts"."""
     # >>> exercise: prefix_vote
     if not samples:
         raise ValueError("prefix_vote needs at least one sample")
@@ -96,15 +75,14 @@ def prefix_vote(samples, L):
 
 
 def majority_vote(answers):
-    """Most frequent answer by normalised form; a tie goes to the earliest sample; None if no answer.
-    It is prefix_vote with L = 1: each answer is a one-token sample, the number of the first answer with
-    its normalised form (so it needs exercise prefix_vote in a student copy)."""
+    """The most common answer by normalised form (a tie goes to the earliest sample), None if there is
+    none: the same vote as prefix_vote's, each answer's normalised form a one-token sample."""
     given = [a for a in answers if a is not None]
     if not given:
         return None
-    keys = [normalize(a) for a in given]
-    (first,), _ = prefix_vote([[keys.index(k)] for k in keys], 1)
-    return given[first]
+    forms = [normalize(a) for a in given]
+    (winner,), _ = prefix_vote([[form] for form in forms], 1)
+    return given[forms.index(winner)]
 
 
 def sample_upft(model, tok, questions, prefix_len, structure_ratio, num_samples=1, max_new_tokens=512,
@@ -123,19 +101,21 @@ def sample_upft(model, tok, questions, prefix_len, structure_ratio, num_samples=
         raise UpftError(f"--prefix-len must be a positive number of tokens, got {prefix_len}")
     rank, world = share or (0, 1)
     full = split_canonical(questions, structure_ratio, seed)
-    fi = [i for i, f in enumerate(full) if f and i % world == rank]
-    pi = [i for i, f in enumerate(full) if not f and i % world == rank]
+    d_f = [i for i, f in enumerate(full) if f and i % world == rank]      # D_f: a full trace each
+    d_p = [i for i, f in enumerate(full) if not f and i % world == rank]  # D_p: L tokens each
     # the plain question's prompt (no instruction); batch_size counts sequences in flight
-    full_outs = generate_answers(model, tok, [questions[i] for i in fi], max_new_tokens, n=1, seed=seed,
-                                 batch_size=batch_size, **sampling)
-    pre_outs = generate_answers(model, tok, [questions[i] for i in pi], prefix_len, n=num_samples, seed=seed,
-                                batch_size=batch_size, **sampling) if prefixes else []
-    rollouts = [_full(i, samples[0], max_new_tokens) for i, samples in zip(fi, full_outs)]
-    for i, samples in zip(pi, pre_outs):  # (empty when prefixes=False)
+    shown = sampling.pop("progress", True)  # the progress lines name what is sampled
+    full_outs = generate_answers(model, tok, [questions[i] for i in d_f], max_new_tokens, n=1, seed=seed,
+                                 batch_size=batch_size, progress=shown and "sample full traces (D_f)", **sampling)
+    pre_outs = generate_answers(model, tok, [questions[i] for i in d_p], prefix_len, n=num_samples, seed=seed,
+                                batch_size=batch_size, progress=shown and f"sample {prefix_len}-token prefixes (D_p)",
+                                **sampling) if prefixes else []
+    rollouts = [full_rollout(i, samples[0], max_new_tokens) for i, samples in zip(d_f, full_outs)]
+    for i, samples in zip(d_p, pre_outs):  # (empty when prefixes=False)
         winner, agreement = prefix_vote(samples, prefix_len)
         rollouts.append({"index": i, "kind": "prefix", "response_ids": winner, "agreement": agreement,
                          "finished": len(winner) < prefix_len})
-    sampled = _sampled_tokens(full_outs, max_new_tokens) + _sampled_tokens(pre_outs, prefix_len)
+    sampled = sampled_tokens(full_outs, max_new_tokens) + sampled_tokens(pre_outs, prefix_len)
     return sorted(rollouts, key=lambda r: r["index"]), sampled
 
 
@@ -159,38 +139,10 @@ def split_canonical(questions, p, seed):
 
 def make_example(tok, question, response_ids, kind, prefix_len, max_len=None, finished=True,
                  instruction=PREFIX_INSTRUCTION, eos=True):
-    """One training example {"input_ids", "labels", "kind"} (labels aligned with input_ids, IGNORE on
-    the prompt), or None when even the prompt does not fit max_len (§3.4).
-
-    prefix: chat(question + instruction) + first L response tokens + EOS; L + 1 supervised tokens
-            (fewer if the sample stopped before L tokens; EOS is still supervised right after it).
-    full:   chat(question) + response + end-of-turn (EOS); every answer token supervised. A trace that
-            hit the sampling budget without stopping gets no EOS (we do not teach stopping mid-thought).
-    Truncation: a sequence longer than max_len is cut at max_len from the right, without forcing an
-    EOS (the official code forces one: §5); examples whose prompt leaves no room are dropped.
-    (Exercise make_example; Eq. 8: the prefix term log p(r_<t | x') and the full term log p(r | x).)
-
-    Inputs: tok (data.Tokenizer: use chat_prompt(tok, question, instruction) for the prompt and
-    tok.eos_id for EOS); question (str); response_ids, the sampled answer's token ids (list of ints, as
-    sampled from the PLAIN question); kind "prefix" or "full" (anything else: ValueError); prefix_len
-    = L >= 1 (unused for "full"); max_len (None = no limit); finished (full only: False when the
-    trace hit the sampling budget without stopping).
-    Output: {"kind": kind, "input_ids": [...], "labels": [...]}, two lists of equal length, labels
-    ALIGNED with input_ids (labels[t] = input_ids[t] on supervised positions, IGNORE (-100) on every
-    prompt token; the next-token shift is the loss's job, not this function's).
-    Contract:
-      prefix: input_ids = chat_prompt(tok, question, instruction) + response_ids[:L]
-                          + ([tok.eos_id] if eos else []);
-              the instruction is appended to the question inside the user turn; the prefix is the
-              first L TOKEN IDS of the response (not L characters, not L words, not re-encoded text).
-      full:   input_ids = chat_prompt(tok, question) + response_ids + ([tok.eos_id] if finished else []);
-              no instruction; `instruction` and `eos` do not change it.
-      max_len: if len(prompt) >= max_len return None (no answer token would fit); otherwise cut
-              input_ids and labels to their first max_len entries (no EOS forced in).
-    instruction (default PREFIX_INSTRUCTION, "" for none) and eos (default True; False: the prefix
-    tokens alone, no EOS): the prefix task's two parts, switched off one at a time by the controls
-    --no-instruction and --no-eos (§7.1).
-    """
+    """One training example {"kind", "input_ids", "labels"} (labels aligned, IGNORE on the prompt), or None
+    when even the prompt does not fit max_len: Eq. 8's prefix term (chat(question + instruction) + L
+    sampled tokens + EOS) or full term (chat(question) + the whole trace + EOS if it finished) (§3.4).
+    Exercise: docs/teaching.md, "The contracts"."""
     # >>> exercise: make_example
     if kind == "prefix":
         prompt = chat_prompt(tok, question, instruction)
@@ -260,7 +212,7 @@ def sample_sft(model, tok, questions, max_new_tokens=512, seed=0, batch_size=64,
     """SFT baseline on self-generated data: one full trace per question, no filter."""
     outs = generate_answers(model, tok, questions, max_new_tokens, n=1, seed=seed, batch_size=batch_size,
                             **sampling)
-    return [_full(i, g[0], max_new_tokens) for i, g in enumerate(outs)], _sampled_tokens(outs, max_new_tokens)
+    return [full_rollout(i, g[0], max_new_tokens) for i, g in enumerate(outs)], sampled_tokens(outs, max_new_tokens)
 
 
 def sample_rft(model, tok, questions, golds, num_samples=16, max_new_tokens=512, seed=0, batch_size=64,
@@ -276,8 +228,8 @@ def sample_rft(model, tok, questions, golds, num_samples=16, max_new_tokens=512,
     for i, (samples, gold) in enumerate(zip(outs, golds)):
         ok = next((s for s in samples if is_equiv(extract_answer(tok.decode(s)), gold)), None)
         if ok is not None:
-            rollouts.append(_full(i, ok, max_new_tokens))
-    return rollouts, _sampled_tokens(outs, max_new_tokens), len(questions) - len(rollouts)
+            rollouts.append(full_rollout(i, ok, max_new_tokens))
+    return rollouts, sampled_tokens(outs, max_new_tokens), len(questions) - len(rollouts)
 
 
 def sample_vote(model, tok, questions, num_samples=16, max_new_tokens=512, seed=0, batch_size=64, **sampling):
@@ -296,10 +248,10 @@ def sample_vote(model, tok, questions, num_samples=16, max_new_tokens=512, seed=
         if vote is None:
             continue  # no sample has an answer: nothing to vote on
         agree = [a is not None and normalize(a) == normalize(vote) for a in answers]
-        r = _full(i, samples[agree.index(True)], max_new_tokens)
+        r = full_rollout(i, samples[agree.index(True)], max_new_tokens)
         r.update(pseudo_label=vote, vote_share=sum(agree) / len(samples))
         rollouts.append(r)
-    return rollouts, _sampled_tokens(outs, max_new_tokens), len(questions) - len(rollouts)
+    return rollouts, sampled_tokens(outs, max_new_tokens), len(questions) - len(rollouts)
 
 
 # ----------------------------------------------------------------------------- a method by its name
@@ -347,10 +299,11 @@ def sampling_accounting(method, questions, rollouts, sampled, dropped, num_sampl
 
 # ----------------------------------------------------------------------------- helpers
 
-def _full(i, ids, max_new_tokens):
+def full_rollout(i, ids, max_new_tokens):
+    """The rollout of a full trace of question i (`finished`: it stopped before the sampling budget)."""
     return {"index": i, "kind": "full", "response_ids": ids, "finished": len(ids) < max_new_tokens}
 
 
-def _sampled_tokens(groups, max_new_tokens):
+def sampled_tokens(groups, max_new_tokens):
     """Tokens the sampler actually decoded: a sample shorter than the budget also decoded its stop token."""
     return sum(len(s) + (len(s) < max_new_tokens) for g in groups for s in g)

@@ -50,7 +50,7 @@ TESTS = Path("tests") / "exercises"
 INSTRUCTOR_ONLY = {
     "tests/test_exercise_variants.py",  # its variants are pieces of the reference bodies
     "tests/test_assignment.py",         # the make/grade/solve round trip and the leak test read the reference
-    "tests/test_head_loss.py",          # it writes the masked_ce_sum exercise out (per sample, entropy)
+    "tests/test_loss.py",               # it writes the masked_ce_sum exercise out (per sample, entropy)
 }
 SKIP_DIRS = {".git", "runs", "__pycache__", ".pytest_cache", ".venv", ".whl", ".gl"}
 STUB = 'raise NotImplementedError("exercise {name}: {func} in {file}; see its docstring and docs/teaching.md")'

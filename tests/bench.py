@@ -282,7 +282,7 @@ def bench_upft_step(ours, ref, tok, rows, args):
         if label != "fp32" and not args.autocast_bf16:
             continue
         rec = {"ours": {}, "hf": {}}
-        best, _, _ = best_of({"ours": step(ours, train.supervised_rows_loss, amp, rec["ours"]),
+        best, _, _ = best_of({"ours": step(ours, train.micro_batch_loss, amp, rec["ours"]),
                               "hf": step(ref, hf_loss, amp, rec["hf"])}, args.repeats, args.device)
         grads = {n: p.grad.clone() for n, p in ours.named_parameters()}
         rows_out.append((label, best, rec, grads))

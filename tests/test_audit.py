@@ -9,7 +9,7 @@ import torch
 import upft
 from data import IGNORE, Tokenizer, chat_prompt, read_jsonl
 from test_train import _question_texts, _questions, _run, random_examples, tiny_model  # noqa: F401 (fixture)
-from train import accumulate_grads, parse_args, run, supervised_rows_loss
+from train import accumulate_grads, micro_batch_loss, parse_args, run
 from upft import PREFIX_INSTRUCTION
 
 
@@ -17,7 +17,7 @@ from upft import PREFIX_INSTRUCTION
 
 def _entropy_grads(model, examples, micro):
     model.zero_grad(set_to_none=True)
-    accumulate_grads(model, examples, micro, 0, functools.partial(supervised_rows_loss, objective="entropy"))
+    accumulate_grads(model, examples, micro, 0, functools.partial(micro_batch_loss, entropy=True))
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
@@ -30,7 +30,7 @@ def test_entropy_grad_accumulation_invariance():
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=0)
         torch.testing.assert_close(a[k], c[k], atol=1e-6, rtol=0)
-    # (that it is the written-out mean entropy: tests/test_head_loss.py); and it is not the cross-entropy gradient
+    # (that it is the written-out mean entropy: tests/test_loss.py); and it is not the cross-entropy gradient
     model.zero_grad(set_to_none=True)
     accumulate_grads(model, ex, 4, pad_id=0)
     assert any(not torch.allclose(p.grad, a[k]) for k, p in model.named_parameters())

@@ -36,6 +36,7 @@ import torch
 
 from conftest import LLAMA, ROOT, wait_for_checkpoint
 from data import supervised_count
+from fsdp import Launch
 from model import Config, Transformer, shard_rows
 
 import cli
@@ -521,7 +522,7 @@ def test_sampling_batch_from_the_memory_budget(qwen7b_dir, tmp_path):
                          "--max-new-tokens", "16384", "--grad-ckpt", "--micro-batch-size", "1", "--plan", "8"])
     assert args.sample_batch_size is None
     cfg = Config.from_json(qwen7b_dir / "config.json")
-    plan = cli.plan_for(args, cfg, 8, 0, True)
+    plan = cli.plan_for(args, cfg, Launch(0, 8, "cuda", True))
     b = plan.sample_batch_size
     assert args.sample_batch_size is None  # the plan returns the batch sizes it chose; the flags stay as given
     assert plan.fix is None and b == plan.settings["sample_batch"] > 1 and plan.bytes["sample_total"] <= plan.capacity

@@ -18,6 +18,7 @@ import torch
 
 import model as model_module
 import plan
+import runfolder
 import toy
 import train
 import upft
@@ -163,12 +164,12 @@ def test_checkpoint_restores_adamw_moments_and_the_rng(tmp_path):
         opt.zero_grad(set_to_none=True)
     torch.manual_seed(123)
     torch.rand(5)  # the RNG somewhere in its stream
-    train.save_checkpoint(tmp_path / "ckpt", m, opt, 3)
+    runfolder.save_checkpoint(tmp_path / "ckpt", m, opt, 3)
     rng = torch.get_rng_state()
     m2 = tiny_model(seed=9)
     opt2 = torch.optim.AdamW(m2.parameters(), lr=1e-2, betas=(0.9, 0.95))
     torch.manual_seed(0)
-    assert train.load_checkpoint(tmp_path / "ckpt", m2, opt2) == 3
+    assert runfolder.load_checkpoint(tmp_path / "ckpt", m2, opt2) == 3
     assert torch.equal(torch.get_rng_state(), rng)
     for (n, p), p2 in zip(m.named_parameters(), m2.parameters()):
         assert torch.equal(p, p2), n
@@ -232,7 +233,7 @@ def test_resume_refuses_other_settings_and_continues_the_same(tiny_dir, tmp_path
 
 # ----------------------------------------------------------------------------- faults: one line, a clear state
 
-PROGRESS = re.compile(r"\S+: \d+/\d+ \w+s\b.*, \d+ s$")  # data.Progress off a terminal: generate, train
+PROGRESS = re.compile(r"[^:]+: \d+/\d+ \w+s\b.*, \d+ s$")  # data.Progress off a terminal: its label, then counts
 
 
 def _main(argv, capsys):

@@ -2,6 +2,7 @@
 function-level import of a project module (except commented test seams), a grader without torch, no
 function longer than a screen or two, and scripts that use the modules' public names only."""
 import ast
+import re
 import subprocess
 import sys
 
@@ -49,6 +50,26 @@ def test_project_imports_are_at_module_level():
 
 
 MAX_FUNCTION_LINES = 80
+TRAIN_MAX_LINES = 450
+# The words of the infrastructure a reader of the method skips: several processes, their ranks and shards.
+INFRASTRUCTURE = re.compile(r"rank|shard|torchrun|barrier|all_reduce|nproc|dist\.", re.I)
+TRAIN_MAX_INFRASTRUCTURE_LINES = 15
+
+
+def test_train_py_reads_top_to_bottom_on_one_process():
+    """train.py is the method's loop and its steps: at most TRAIN_MAX_LINES lines, of which at most
+    TRAIN_MAX_INFRASTRUCTURE_LINES mention the distributed machinery (comments and docstrings included);
+    the run folder, resume, faults and the collectives live in runfolder.py and fsdp.py."""
+    lines = (ROOT / "train.py").read_text().splitlines()
+    infra = [f"{i}: {line.strip()}" for i, line in enumerate(lines, 1) if INFRASTRUCTURE.search(line)]
+    assert len(lines) <= TRAIN_MAX_LINES, f"train.py has {len(lines)} lines (at most {TRAIN_MAX_LINES})"
+    assert len(infra) <= TRAIN_MAX_INFRASTRUCTURE_LINES, "\n".join([f"{len(infra)} lines:"] + infra)
+
+
+def test_the_infrastructure_pattern_finds_what_it_looks_for():
+    planted = ["if dist.is_initialized():", "world = int(os.environ['WORLD_SIZE'])", "# under torchrun", "nproc = 2",
+               "load_sharded_model(d)", "all_reduce([n])", "x = 1"]
+    assert [bool(INFRASTRUCTURE.search(line)) for line in planted] == [True, False, True, True, True, True, False]
 
 
 def test_no_function_is_longer_than_80_lines():

@@ -14,8 +14,7 @@ from conftest import LLAMA, ROOT, wait_for_checkpoint
 from data import IGNORE, UpftError
 import model as model_module
 from model import Config, Transformer
-from train import (TrainConfig, accumulate_grads, fit, masked_ce_sum, parse_args, step_count,
-                   supervised_rows_loss)
+from train import TrainConfig, accumulate_grads, fit, masked_ce_sum, micro_batch_loss, parse_args, step_count
 import upft
 from upft import PREFIX_INSTRUCTION, prefix_vote, split_questions
 
@@ -41,7 +40,7 @@ def random_examples(n, seed=0, vocab=50):
 
 def _grads(model, examples, micro, norm="token"):
     model.zero_grad(set_to_none=True)
-    loss_sum = functools.partial(supervised_rows_loss, per_sample=norm == "sample")
+    loss_sum = functools.partial(micro_batch_loss, per_sample=norm == "sample")
     accumulate_grads(model, examples, micro, 0, loss_sum, step_count(examples, norm))
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
@@ -200,7 +199,7 @@ def test_tuned_checkpoint_loads_in_transformers(tiny_dir, tmp_path):
 
 
 def test_failed_checkpoint_write_leaves_no_temp_folder(tmp_path, monkeypatch):
-    import train
+    import runfolder
     model = tiny_model()
     opt = torch.optim.AdamW(model.parameters())
 
@@ -208,7 +207,7 @@ def test_failed_checkpoint_write_leaves_no_temp_folder(tmp_path, monkeypatch):
         raise RuntimeError("Error while serializing: IoError(StorageFull)")  # as safetensors reports it
     monkeypatch.setattr(model_module, "save_file", broken)
     with pytest.raises(OSError, match="state.safetensors.*StorageFull"):
-        train.save_checkpoint(tmp_path / "checkpoint", model, opt, 3)
+        runfolder.save_checkpoint(tmp_path / "checkpoint", model, opt, 3)
     assert list(tmp_path.iterdir()) == []
 
 

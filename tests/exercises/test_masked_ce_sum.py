@@ -1,6 +1,8 @@
-"""Contract of train.masked_ce_sum: the SUM of next-token cross-entropy over the supervised positions
-(position t predicts labels[t + 1]) and the NUMBER of those positions (the normaliser); and of its part in
-model.Transformer.supervised_loss, the training path, which picks those positions as rows."""
+"""Contract of train.masked_ce_sum (docs/teaching.md, "The contracts"): the SUM of next-token cross-entropy
+over the supervised positions (position t predicts labels[t + 1]) and the NUMBER of those positions (the
+normaliser); with a `head`, the head runs on those positions' rows only (the training path: train.py's
+micro_batch_loss passes the model's last hidden states and its head); with entropy=True, each term is the
+entropy of the model's own next-token distribution (EM-FT)."""
 import torch
 
 import train
@@ -74,14 +76,33 @@ def test_loss_is_fp32_for_low_precision_logits():
     assert abs(float(loss) - want) < 1e-3 and n == 8
 
 
-def test_the_training_path_picks_the_same_positions():
-    """train.py trains with model.Transformer.supervised_loss (model(ids, labels=...)): the head runs on
-    the supervised rows only, and gives the same sum and count as the full logits."""
+def test_the_head_runs_on_the_supervised_rows_only():
+    """The training path: hidden states (B, T, C) and a head; the head sees the 8 rows that predict a
+    supervised token, in order (row b, then position t), and the sum and count equal the full logits'."""
     net = tiny_model(seed=8)
     ids = torch.randint(0, TINY["vocab_size"], LABELS.shape, generator=torch.Generator().manual_seed(8))
+    seen = []
+
+    def head(rows):
+        seen.append(rows.shape[0])
+        return net.head(rows)
     with torch.no_grad():
-        loss, n = net(ids, labels=LABELS)
+        loss, n = net(ids, loss_fn=lambda h: train.masked_ce_sum(h, LABELS, head))
         want, count = by_hand(net(ids), LABELS)
-    assert n == count == 8, f"supervised_loss: expected 8 supervised (shifted) positions, got {n}"
-    assert abs(float(loss) - want) < 1e-4, \
-        f"supervised_loss: expected the SUM of the 8 shifted token losses {want:.5f}, got {float(loss):.5f}"
+    assert seen == [8], f"the head must run once, on the 8 supervised rows only, got row counts {seen}"
+    assert n == count == 8, f"expected 8 supervised (shifted) positions, got {n}"
+    assert abs(float(loss) - want) < 1e-4, f"expected the SUM of the 8 shifted token losses {want:.5f}, got {float(loss):.5f}"
+
+
+def test_entropy_is_the_models_own_distribution():
+    """entropy=True (EM-FT): the sum, over the same 8 positions, of -sum_v p_v log p_v, and its gradient."""
+    lg = logits(4).requires_grad_()
+    loss, n = train.masked_ce_sum(lg, LABELS, entropy=True)
+    ref = lg.detach().clone().requires_grad_()
+    logp = ref[:, :-1].log_softmax(-1)
+    keep = LABELS[:, 1:] != IGNORE
+    want = -(logp.exp() * logp).sum(-1)[keep].sum()
+    want.backward()
+    loss.backward()
+    assert n == 8 and abs(loss.item() - want.item()) < 1e-4, f"expected the summed entropy {want.item():.5f}, got {loss.item():.5f}"
+    assert torch.allclose(lg.grad, ref.grad, atol=1e-5), "the gradient of the entropy (the target is not a constant)"

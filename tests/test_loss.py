@@ -1,12 +1,13 @@
-"""The training loss on supervised rows only (model.Transformer.supervised_loss, model.HeadLoss) equals the
-full-logits definition, in the loss and in every parameter's gradient: train.masked_ce_sum (the exercise)
-for the token cross-entropy, and sums written out here for the official per-sample weighting and EM-FT's
-entropy. Random tiny Llama and Qwen2 configs, tied and untied heads, rows with no supervised token, uneven
-micro-batches, chunk sizes that do and do not divide the row count.
+"""The loss train.py trains with (train.micro_batch_loss: masked_ce_sum on the supervised rows of the last
+hidden states, with the model's head) equals the full-logits definition, in the loss and in every
+parameter's gradient: transformers' own loss over its full logits (4 random tiny configs: Llama and Qwen2,
+tied and untied heads), masked_ce_sum on our full logits, and sums written out here for the official
+per-sample weighting and EM-FT's entropy; the chunked form (windows of positions, each recomputed in the
+backward pass by torch.utils.checkpoint) equals the plain form. Rows with no supervised token, uneven
+micro-batches, windows that do and do not divide the sequence.
 
 Tolerance (fp32): the loss to rel 1e-6; every element of a parameter's gradient within 1e-5 of that
-gradient's largest element (the same numbers added in another order, and the head's products taken over
-other row counts: measured at most 7e-7 of the largest element, the loss equal to the last bit).
+gradient's largest element (the same numbers added in another order).
 
 Instructor-only: its written-out sums are the masked_ce_sum exercise (the shift, the mask, the count) in
 other forms, so the student copy leaves this file out (INSTRUCTOR_ONLY in scripts/assignment.py)."""
@@ -18,7 +19,7 @@ import torch
 import cli
 import model as M
 import train
-from conftest import LLAMA, QWEN2
+from conftest import LLAMA, QWEN2, build_hf
 from data import IGNORE
 
 CONFIGS = {"llama-untied": LLAMA, "llama-tied": {**LLAMA, "tie_word_embeddings": True},
@@ -49,8 +50,6 @@ def batch(seed=0, vocab=256):
 
 def reference(logits, labels, objective, per_sample):
     """The full-logits quantities, one supervised position at a time (position t predicts labels[t + 1])."""
-    if objective == "ce" and not per_sample:
-        return train.masked_ce_sum(logits, labels)
     logp = logits.float().log_softmax(-1)
     total, count = logits.new_zeros(()), 0
     for b in range(labels.shape[0]):
@@ -80,27 +79,45 @@ def grads(m, fn):
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_plain_and_chunked_equal_transformers(name, tmp_path):
+    """transformers' loss (its mean over the full logits, times the count) and its gradients, against ours:
+    the plain form and at most 1, 4, 13 and 1024 rows at a time (6 rows of 14 positions: windows of 1, 1,
+    2 and 13 positions)."""
+    hf = build_hf(CONFIGS[name], tmp_path, seed=3).train()
+    ours = M.Transformer.from_pretrained(tmp_path).train()
+    ids, labels = batch(1)
+    loss = lambda m: m(ids, labels=labels).loss * 21  # noqa: E731  (its labels are shifted inside, like ours)
+    want, _, g_hf = grads(hf, lambda: (loss(hf), 21))
+    for chunk in (0, 1, 4, 13, 1024):
+        got, n, g = grads(ours, lambda: train.micro_batch_loss(ours, ids, labels, chunk=chunk))
+        assert n == 21 and got.item() == pytest.approx(want.item(), rel=1e-5), chunk
+        for k in g:
+            assert_close(g[k], g_hf[k], f"chunk {chunk} {k}")
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
 @pytest.mark.parametrize("objective, per_sample", [("ce", False), ("ce", True), ("entropy", False)])
-@pytest.mark.parametrize("chunk", [1, 3, 7, 21, 1024])  # 21 supervised rows: 7 and 21 divide them, 3 too
-def test_loss_and_every_gradient_equal_the_full_logits(name, objective, per_sample, chunk, monkeypatch):
-    monkeypatch.setattr(M, "HEAD_CHUNK", chunk)
+@pytest.mark.parametrize("chunk", [0, 1, 7, 13, 24])  # 6 rows: windows of 1, 1, 2 and 4 of the 13 positions
+def test_loss_and_every_gradient_equal_the_full_logits(name, objective, per_sample, chunk):
     m = tiny(CONFIGS[name]).train()
     ids, labels = batch()
     want, n_want, g_want = grads(m, lambda: reference(m(ids), labels, objective, per_sample))
-    got, n_got, g_got = grads(m, lambda: m(ids, labels=labels, objective=objective, per_sample=per_sample))
+    got, n_got, g_got = grads(m, lambda: train.micro_batch_loss(m, ids, labels, per_sample=per_sample,
+                                                                entropy=objective == "entropy", chunk=chunk))
     assert n_got == n_want == (4 if per_sample else 21)
     assert got.item() == pytest.approx(want.item(), rel=1e-6)
     for k in g_want:
         assert_close(g_got[k], g_want[k], k)
 
 
-def test_uneven_micro_batches_through_accumulate_grads(monkeypatch):
-    monkeypatch.setattr(M, "HEAD_CHUNK", 5)
+def test_uneven_micro_batches_through_accumulate_grads():
     m = tiny(CONFIGS["llama-tied"], seed=2).train()
     ids, labels = batch(1)
     examples = [{"input_ids": i.tolist(), "labels": l.tolist()} for i, l in zip(ids, labels)]
+    full_logits = lambda model, ids, labels: train.masked_ce_sum(model(ids), labels)  # noqa: E731
     out = {}
-    for path, fn in (("full logits", train.logits_ce), ("supervised rows", train.supervised_rows_loss)):
+    for path, fn in (("full logits", full_logits), ("supervised rows", train.micro_batch_loss),
+                     ("5 rows at a time", functools.partial(train.micro_batch_loss, chunk=5))):
         for micro in (6, 4, 1):
             m.zero_grad(set_to_none=True)
             loss, n = train.accumulate_grads(m, examples, micro, 0, loss_sum=fn)
@@ -112,59 +129,42 @@ def test_uneven_micro_batches_through_accumulate_grads(monkeypatch):
             assert_close(g[k], ref_g[k], f"{key} {k}")
 
 
-def test_entropy_step_is_the_written_out_mean_entropy():
-    """EM-FT through accumulate_grads (tests/test_audit.py: the same for every micro-batch size): the
-    gradient of (sum of token entropies) / (supervised positions), written out on the full logits."""
-    from test_train import random_examples, tiny_model
-    model = tiny_model()
-    ex = random_examples(4, seed=1)
-    model.zero_grad(set_to_none=True)
-    train.accumulate_grads(model, ex, 4, 0, functools.partial(train.supervised_rows_loss, objective="entropy"))
-    want = {k: p.grad.clone() for k, p in model.named_parameters()}
-    model.zero_grad(set_to_none=True)
-    ids, labels = train.collate(ex, 0)
-    logp = model(ids)[:, :-1].log_softmax(-1)  # the entropy at every position that predicts a supervised token
-    mask = labels[:, 1:] != IGNORE
-    (-(logp.exp() * logp).sum(-1)[mask].sum() / mask.sum()).backward()
-    for k, p in model.named_parameters():
-        torch.testing.assert_close(p.grad, want[k], atol=1e-6, rtol=0)
-
-
 def test_nothing_supervised_is_zero_not_nan():
     m = tiny(CONFIGS["qwen2-tied"]).train()
     ids, _ = batch()
-    loss, n = m(ids, labels=torch.full_like(ids, IGNORE))
-    loss.backward()
-    assert n == 0 and loss.item() == 0.0
-    assert all(p.grad is None or (p.grad == 0).all() for p in m.parameters())
+    for chunk in (0, 4):
+        m.zero_grad(set_to_none=True)
+        loss, n = train.micro_batch_loss(m, ids, torch.full_like(ids, IGNORE), chunk=chunk)
+        loss.backward()
+        assert n == 0 and loss.item() == 0.0
+        assert all(p.grad is None or (p.grad == 0).all() for p in m.parameters())
 
 
-def test_no_full_logits_are_made(monkeypatch):
-    """The head runs on the supervised rows only: every head product is at most one chunk of rows."""
-    monkeypatch.setattr(M, "HEAD_CHUNK", 4)
+def test_the_head_sees_supervised_rows_only(monkeypatch):
+    """Plain: one head product over the 21 supervised rows. At most 12 rows at a time (6 rows: windows of 2
+    positions): every product at most 12 rows, each window once forward and once recomputed in backward."""
     m = tiny(CONFIGS["llama-untied"]).train()
     ids, labels = batch()
     rows = []
-    real = M.F.linear
-
-    def spy(x, w, b=None):
-        if w.data_ptr() == m.lm_head.weight.data_ptr():
-            rows.append(x.shape[0] if x.dim() == 2 else -1)
-        return real(x, w, b)
-    monkeypatch.setattr(M.F, "linear", spy)
-    loss, _ = m(ids, labels=labels)
+    real = m.head
+    monkeypatch.setattr(m, "head", lambda h: rows.append(h.shape[0]) or real(h))
+    loss, _ = train.micro_batch_loss(m, ids, labels)
     loss.backward()
-    assert rows and max(rows) <= 4 and sum(rows) == 2 * 21  # each chunk once forward, once recomputed
+    assert rows == [21]
+    rows.clear()
+    loss, _ = train.micro_batch_loss(m, ids, labels, chunk=12)
+    loss.backward()
+    assert max(rows) <= 12 and sum(rows) == 2 * 21 and len(rows) == 2 * 7  # 13 positions: 7 windows
 
 
-def test_bf16_autocast_on_cpu_is_recomputed_under_autocast():
-    """Under CPU bf16 autocast the recomputed chunk is the forward's chunk (autocast restored in backward):
-    the gradient matches the full-logits one computed under the same autocast to bf16 precision."""
+def test_bf16_autocast_on_cpu_chunked_equals_plain():
+    """Under CPU bf16 autocast the recomputed window is the forward's (checkpoint restores autocast): the
+    chunked form's gradient equals the plain form's under the same autocast to bf16 precision."""
     m = tiny(CONFIGS["llama-untied"], seed=3).train()
     ids, labels = batch(2)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        want, _, g_want = grads(m, lambda: train.masked_ce_sum(m(ids), labels))
-        got, _, g_got = grads(m, lambda: m(ids, labels=labels))
+        want, _, g_want = grads(m, lambda: train.micro_batch_loss(m, ids, labels))
+        got, _, g_got = grads(m, lambda: train.micro_batch_loss(m, ids, labels, chunk=3))
     assert got.item() == pytest.approx(want.item(), rel=2e-2)
     for k in g_want:
         cos = torch.nn.functional.cosine_similarity(g_got[k].flatten(), g_want[k].flatten(), dim=0)
@@ -214,3 +214,31 @@ def test_bf16_run_where_the_cpu_has_it(tiny_dir, tmp_path, monkeypatch):
     assert M.Transformer.from_pretrained(tmp_path / "run" / "model").lm_head.weight.dtype == torch.float32
     import json
     assert json.loads((tmp_path / "run" / "model" / "config.json").read_text())["torch_dtype"] == "float32"
+
+
+def test_the_plan_turns_the_windows_on_for_long_sequences():
+    """--loss-chunk not given: all rows at once when no sequence can be longer than plan.LOSS_CHUNK, else at
+    most LOSS_CHUNK rows of logits at a time (the R1 plan's 16k-token traces); given, as given."""
+    import plan as P
+    cfg = M.Config.from_dict(QWEN2)
+    plan = functools.partial(P.plan_run, cfg, 2**40, sample_batch=1, eval_batch=1)
+    short, long, given = plan(max_len=512), plan(max_len=16384), plan(max_len=16384, loss_chunk=0)
+    assert (short.loss_chunk, long.loss_chunk, given.loss_chunk) == (0, P.LOSS_CHUNK, 0)
+    assert long.bytes["logits"] < given.bytes["logits"]
+
+
+def test_the_flag_reaches_the_loss(tiny_dir, tmp_path, monkeypatch):
+    from test_train import _questions
+    seen = set()
+    real = train.micro_batch_loss
+
+    def spy(model, ids, labels, **kw):
+        seen.add(kw["chunk"])
+        return real(model, ids, labels, **kw)
+    monkeypatch.setattr(train, "micro_batch_loss", spy)
+    args = train.parse_args(["--model", str(tiny_dir), "--data", str(_questions(tmp_path / "q.jsonl")),
+                             "--prefix-len", "4", "--max-new-tokens", "8", "--batch-size", "4", "--no-eval",
+                             "--loss-chunk", "8", "--device", "cpu", "--out", str(tmp_path / "run")])
+    train.run(args, log=lambda *_: None)
+    import json
+    assert seen == {8} and json.loads((tmp_path / "run" / "args.json").read_text())["loss_chunk"] == 8

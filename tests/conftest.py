@@ -21,6 +21,24 @@ def gsm8k(split, n):
     return read_jsonl(path)[:n]
 
 
+def chat_template_matches(tok, hf_tok, default_system, question):
+    """Our chat template renders three conversations (plain, with a system turn, multi-turn) as transformers'
+    does, with and without the generation prompt; the checkpoint's default system prompt opens a conversation
+    that has none. Returns the rendering of the one with a system turn ("Solve it step by step.")."""
+    convs = [[{"role": "user", "content": question}],
+             [{"role": "system", "content": "Solve it step by step."}, {"role": "user", "content": question}],
+             [{"role": "user", "content": question}, {"role": "assistant", "content": "18"},
+              {"role": "user", "content": "Why?"}]]
+    for conv in convs:
+        for gen in (True, False):
+            assert tok.apply_chat_template(conv, add_generation_prompt=gen) == \
+                hf_tok.apply_chat_template(conv, add_generation_prompt=gen, tokenize=False)
+    no_system = tok.apply_chat_template(convs[0])
+    assert no_system.startswith(f"<|im_start|>system\n{default_system}<|im_end|>\n<|im_start|>user\n")
+    assert no_system.endswith("<|im_end|>\n<|im_start|>assistant\n")
+    return tok.apply_chat_template(convs[1])
+
+
 def chat(tok, question):
     """The ids of a one-turn chat prompt with the generation prompt, under `tok`'s own template."""
     return tok.encode(tok.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True))

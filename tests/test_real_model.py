@@ -12,7 +12,7 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT, SHARED_DATA, chat, gsm8k
+from conftest import ROOT, SHARED_DATA, chat, chat_template_matches, gsm8k
 from data import IGNORE, Tokenizer, UpftError, read_jsonl
 from model import Transformer, generate
 
@@ -155,19 +155,7 @@ def test_weights_are_a_working_language_model(ours, tok):
 # ----------------------------------------------------------------------------- parity with transformers
 
 def test_chat_template_equals_transformers(tok, hf_tok):
-    q = gsm8k("test", 1)[0]["question"]
-    convs = [[{"role": "user", "content": q}],
-             [{"role": "system", "content": "Solve it step by step."}, {"role": "user", "content": q}],
-             [{"role": "user", "content": q}, {"role": "assistant", "content": "18"},
-              {"role": "user", "content": "Why?"}]]
-    for conv in convs:
-        for gen in (True, False):
-            assert tok.apply_chat_template(conv, add_generation_prompt=gen) == \
-                hf_tok.apply_chat_template(conv, add_generation_prompt=gen, tokenize=False)
-    no_system = tok.apply_chat_template(convs[0])
-    assert no_system.startswith(f"<|im_start|>system\n{DEFAULT_SYSTEM}<|im_end|>\n<|im_start|>user\n")
-    assert no_system.endswith("<|im_end|>\n<|im_start|>assistant\n")
-    with_system = tok.apply_chat_template(convs[1])
+    with_system = chat_template_matches(tok, hf_tok, DEFAULT_SYSTEM, gsm8k("test", 1)[0]["question"])
     assert DEFAULT_SYSTEM not in with_system and "Solve it step by step." in with_system
 
 

@@ -13,7 +13,7 @@ import json
 import pytest
 import torch
 
-from conftest import ROOT, chat, gsm8k
+from conftest import ROOT, chat, chat_template_matches, gsm8k
 from data import Tokenizer
 from model import Transformer, generate
 
@@ -102,19 +102,8 @@ def test_converted_folder_is_qwen_coder(qwen_dir, tok):
 
 
 def test_chat_template_equals_transformers(tok, hf_tok):
-    q = gsm8k("test", 1)[0]["question"]
-    convs = [[{"role": "user", "content": q}],
-             [{"role": "system", "content": "Solve it step by step."}, {"role": "user", "content": q}],
-             [{"role": "user", "content": q}, {"role": "assistant", "content": "18"},
-              {"role": "user", "content": "Why?"}]]
-    for conv in convs:
-        for gen in (True, False):
-            assert tok.apply_chat_template(conv, add_generation_prompt=gen) == \
-                hf_tok.apply_chat_template(conv, add_generation_prompt=gen, tokenize=False)
-    no_system = tok.apply_chat_template(convs[0])
-    assert no_system.startswith(f"<|im_start|>system\n{DEFAULT_SYSTEM}<|im_end|>\n<|im_start|>user\n")
-    assert no_system.endswith("<|im_end|>\n<|im_start|>assistant\n")
-    assert DEFAULT_SYSTEM not in tok.apply_chat_template(convs[1])
+    with_system = chat_template_matches(tok, hf_tok, DEFAULT_SYSTEM, gsm8k("test", 1)[0]["question"])
+    assert DEFAULT_SYSTEM not in with_system
 
 
 def test_encode_equals_transformers(tok, hf_tok):

@@ -477,7 +477,7 @@ def make_table(results, seeds, prefix_len):
         mark = "" if len(whole) == len(rs) else f" ({len(whole)})"
         ratio = lambda x, y: f"{x / y:.1%}" if y == y else "–"  # noqa: E731  (no RFT / SFT row: no ratio)
         cells += [f"{sampled:,.0f}", f"{sup:,.0f}", ratio(sampled, rft_sampled), ratio(sup, sft_sup),
-                  f"{work:.0f}{mark}"]
+                  (f"{work:.0f}" if whole else "–") + mark]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "The decision rule of docs/experiments.md §1 applied to each interval, in this order: helps "
               "(above +1), hurts (below -1), no effect (within ±1.5), else inconclusive; on the seed-aware "

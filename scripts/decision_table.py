@@ -23,6 +23,7 @@ import results_table as rt  # noqa: E402
 WORLDS = {"decision": ROOT / "results" / "toy-v5-decision", "mirror": ROOT / "results" / "toy-v5-mirror"}
 ARMS = ["UPFT (N=1)", "UPFT control (T=1, no top-p)", "UPFT + voting (N=8)", "UPFT, no instruction and no EOS", "SFT"]
 MARKERS = ("<!-- decision:start -->", "<!-- decision:end -->")
+README_MARKERS = ("<!-- control:start -->", "<!-- control:end -->")  # the README's positive-control rows
 
 
 def careful_share(forms):
@@ -142,14 +143,50 @@ def report():
     return "\n\n".join(parts)
 
 
+def readme_rows():
+    """The README's positive-control lines, one per world: UPFT (N=1)'s careful share and accuracy, base ->
+    tuned, with the seed-aware intervals and P1/P2's verdicts; None until both worlds have a UPFT run."""
+    worlds = {name: rt.load(folder, [0, 1, 2], rows=["UPFT (N=1)"], partial=True).get("UPFT (N=1)")
+              for name, folder in WORLDS.items()}
+    if not all(worlds.values()):
+        return None
+    head = ("| UPFT (N=1) in | careful share, base → tuned | Δ careful share | sampled, base → tuned | Δ sampled "
+            "| Δ greedy |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for name, rs in worlds.items():
+        up = "helps" if name == "decision" else "hurts"
+        share = paired.seed_question_interval(share_differences(rs))
+        sampled = rt.seed_interval(rs, True)
+        before = careful_share(rs[0]["_summary"]["sampled"]["forms"]["base"]).mean()
+        after = statistics.mean(careful_share(r["_summary"]["sampled"]["forms"]["tuned"]).mean() for r in rs)
+        label = {"decision": "the decision world (careful opener preferred)",
+                 "mirror": "its mirror (hasty opener preferred)"}[name]
+        lines.append(f"| {label}{rt.seeds_named(rs, 3)} | {pp(before)} → {pp(after)} | {share.cell()} "
+                     f"(P1: {score(share, up)}) | {pp(rs[0]['base_sampled']['accuracy'])} → "
+                     f"{pp(statistics.mean(r['tuned_sampled']['accuracy'] for r in rs))} | {sampled.cell()} "
+                     f"(P2: {score(sampled, up)}) | {rt.seed_interval(rs, False).cell()} |")
+    q = worlds["decision"][0]["base"]["questions"]
+    lines += ["", f"The positive control (docs/experiments.md §2): {q:,} held-out questions per world, 3 seeds "
+              "unless a row names its seeds; shares and accuracy in %, sampled = 4 answers per question; Δ in "
+              "points against each world's own base model, paired per question [seed-aware 95% interval]; "
+              "P1 and P2 scored by the rules fixed before the runs. Every arm and prediction: "
+              "[docs/results.md](docs/results.md#the-decision-worlds-the-positive-control-and-its-mirror)."]
+    return "\n".join(lines)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--write", action="store_true", help="also write the tables into docs/results.md")
+    ap.add_argument("--write", action="store_true", help="also write the tables into docs/results.md and the "
+                    "positive-control rows into README.md")
     args = ap.parse_args(argv)
     text = report()
     print(text)
     if args.write:
         rt.write_readme(ROOT / "docs" / "results.md", text, *MARKERS)
+        rows = readme_rows()
+        if rows:
+            print("\n" + rows)
+            rt.write_readme(ROOT / "README.md", rows, *README_MARKERS)
 
 
 if __name__ == "__main__":

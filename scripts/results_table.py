@@ -385,9 +385,6 @@ def make_digest(results, seeds):
             d, lo, hi = row_delta(rs, sampled)
             cells.append(f"{pct(d, True)} [{pct(lo, True)}, {pct(hi, True)}]")
         lines.append("| " + " | ".join(cells + [PAPER[name]]) + " |")
-    control = decision_row(sampled_eval)
-    if control:
-        lines.append(control)
     s = f"{len(seeds)} seed{'s' if len(seeds) > 1 else ''} ({', '.join(map(str, seeds))})"
     k = b0["base_sampled"]["samples_per_question"] if sampled_eval else 0
     lines += ["", f"Toy world: accuracy in % on {b0['base']['questions']:,} held-out questions after training on "
@@ -396,30 +393,12 @@ def make_digest(results, seeds):
               + f"; Δ = the change against the base model paired per question, in points, [95% interval: "
               f"{DIGEST_INTERVAL}]. The paper's column: its reported MATH500 accuracy (base) and change "
               f"(tuned rows) in points, one run each with no interval (NeurIPS Tables 1 and 2; arXiv v1 "
-              f"Tables 2 and 3). The full table: [docs/results.md](docs/results.md)."
-              + (" The positive-control row: UPFT (N=1) in the decision world / its mirror (docs/experiments.md "
-                 "§2; 1,000 held-out questions), the change against each world's own base model." if control else "")]
+              f"Tables 2 and 3). The full table: [docs/results.md](docs/results.md)."]
     if "UPFT (N=1)" in results:  # the seeds' spread, which an interval over few seeds summarises poorly
         per_seed = differences(results["UPFT (N=1)"], sampled=False).mean(1)
         lines[-1] += (" UPFT (N=1), Δ greedy of each seed, lowest first: "
                       + ", ".join(pct(d, True) for d in sorted(per_seed)) + ".")
     return "\n".join(lines)
-
-
-def decision_row(sampled_eval):
-    """The digest's positive-control row: UPFT (N=1) in the decision world / the mirror, from their
-    summaries (docs/experiments.md §2), or None before any has finished."""
-    worlds = [load(ROOT / "results" / f"toy-v5-{w}", [0, 1, 2], rows=["UPFT (N=1)"], partial=True).get("UPFT (N=1)")
-              for w in ("decision", "mirror")]
-    if not all(worlds):
-        return None
-    cells = ["UPFT (N=1), decision / mirror world" + seeds_named(min(worlds, key=len), 3),
-             " / ".join(pct(statistics.mean(r["tuned"]["accuracy"] for r in rs)) for rs in worlds)]
-    for sampled in (False, True)[:1 + sampled_eval]:
-        if sampled:
-            cells.append(" / ".join(pct(statistics.mean(r["tuned_sampled"]["accuracy"] for r in rs)) for rs in worlds))
-        cells.append(" / ".join(seed_interval(rs, sampled).cell() for rs in worlds))
-    return "| " + " | ".join(cells + ["–"]) + " |"
 
 
 def pct(x, sign=False):

@@ -94,3 +94,22 @@ def test_openers_of_one_run(tmp_path, capsys):
     assert out[2].startswith("careful share, tuned - base: +25.0 [+25.0, +25.0] points")
     with pytest.raises(SystemExit, match="no sampled evaluations"):
         openers.main([str(tmp_path)])
+
+
+def test_the_readme_rows(tmp_path, monkeypatch):
+    """The README's positive-control lines: none until both worlds have a UPFT (N=1) run, then one per world
+    with the careful share before -> after, its paired change and P1's verdict in that world's direction."""
+    rng = np.random.default_rng(3)
+    base = _answers(2, rng)
+    monkeypatch.setattr(dt, "WORLDS", {"decision": tmp_path / "d", "mirror": tmp_path / "m"})
+    for seed in range(3):
+        _run(tmp_path / "d", "UPFT (N=1)", seed, base, _answers(3, rng))  # up 25 points
+    assert dt.readme_rows() is None  # the mirror has no run yet
+    _run(tmp_path / "m", "UPFT (N=1)", 0, base, _answers(1, rng))  # down 25 points, one seed
+    rows = [line.split("|") for line in dt.readme_rows().splitlines() if line.startswith("| the") or
+            line.startswith("| its")]
+    assert [r[1].strip() for r in rows] == ["the decision world (careful opener preferred)",
+                                             "its mirror (hasty opener preferred) (seed 0)"]
+    assert [r[2].strip() for r in rows] == ["50.0 → 75.0", "50.0 → 25.0"]
+    assert rows[0][3].strip() == "+25.0 [+25.0, +25.0] (P1: confirmed)"
+    assert rows[1][3].strip().endswith("(P1: not assessable)") and rows[1][3].strip().startswith("-25.0")

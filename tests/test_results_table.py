@@ -259,20 +259,3 @@ def test_the_decision_rule():
     assert v(-0.015, 0.015) == "no effect" and v(-0.01, 0.012) == "no effect"
     assert v(-0.016, 0.01) == "inconclusive" and v(0.009, 0.03) == "inconclusive"
 
-
-def test_the_digest_row_of_the_decision_worlds(tmp_path, monkeypatch):
-    """Once UPFT (N=1) has finished in both decision worlds, the digest gains one row for them: each world's
-    accuracy and seed-aware Δ side by side, its seeds named while not all 3 have finished."""
-    monkeypatch.setattr(rt, "ROOT", tmp_path)
-    sampled = [[True, False]] * 10
-    for seed in (0, 1):
-        _run(tmp_path, "SFT", seed, BASE, 100, False, sampled=sampled)
-    _run(tmp_path / "results" / "toy-v5-decision", "UPFT (N=1)", 0, [1] * 10, 100, False, sampled=sampled)
-    assert rt.decision_row(True) is None  # the mirror has no run yet
-    _run(tmp_path / "results" / "toy-v5-mirror", "UPFT (N=1)", 0, [0] * 10, 100, False, sampled=sampled)
-    row = rt.decision_row(True)
-    cells = [c.strip() for c in row.strip("|").split("|")]
-    assert cells[0] == "UPFT (N=1), decision / mirror world (seed 0)" and cells[1] == "100.0 / 0.0"
-    assert cells[2].startswith("+50.0 [") and " / -50.0 [" in cells[2]
-    digest = rt.make_digest(rt.load(tmp_path, [0, 1]), [0, 1])
-    assert row in digest and "The positive-control row" in digest

@@ -186,11 +186,17 @@ def decision_picture(plt, docs):
         x0 = 100 * dt.careful_share(b0["_summary"]["sampled"]["forms"]["base"]).mean()
         y0 = 100 * b0["base_sampled"]["accuracy"]
         ax.plot([x0], [y0], "ko", ms=7, label="base")
-        for arm, rs in results.items():
-            x = 100 * statistics.mean(dt.careful_share(r["_summary"]["sampled"]["forms"]["tuned"]).mean() for r in rs)
-            y = 100 * statistics.mean(r["tuned_sampled"]["accuracy"] for r in rs)
+        points = {arm: (100 * statistics.mean(dt.careful_share(r["_summary"]["sampled"]["forms"]["tuned"]).mean()
+                                              for r in rs),
+                        100 * statistics.mean(r["tuned_sampled"]["accuracy"] for r in rs)) for arm, rs in results.items()}
+        cb = dt.conditional(b0["_summary"]["sampled"]["forms"]["base"])  # the base model's accuracy per opener
+        gap = cb["careful"][0] - cb["hasty"][0]  # accuracy = base + Δshare x gap if only the share moved (P2)
+        xs = [min(x0, *(x for x, _ in points.values())) - 1, max(x0, *(x for x, _ in points.values())) + 1]
+        ax.plot(xs, [y0 + (x - x0) * gap for x in xs], "k--", lw=0.8, alpha=0.5,
+                label=f"only the share moves (slope: base careful − hasty accuracy, {100 * gap:.1f} points)")
+        for arm, (x, y) in points.items():
             ax.annotate("", (x, y), (x0, y0), arrowprops=dict(arrowstyle="->", color=colors[arm], lw=1.8))
-            ax.plot([x], [y], "o", color=colors[arm], ms=6, label=f"{arm}{rt.seeds_named(rs, 3)}")
+            ax.plot([x], [y], "o", color=colors[arm], ms=6, label=f"{arm}{rt.seeds_named(results[arm], 3)}")
         ax.legend(fontsize=7.5, loc="best")
     axes[0].set_ylabel("sampled accuracy (%, 4 answers per question)")
     fig.suptitle("Where UPFT moves the opening: base -> tuned, mean over seeds (1,000 held-out questions)", fontsize=11)

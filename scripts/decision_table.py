@@ -72,23 +72,24 @@ def world_table(name, results):
     base_forms = b0["_summary"]["sampled"]["forms"]["base"]
     cb = conditional(base_forms)
     head = ("| arm | greedy | Δ greedy | greedy careful | sampled | Δ sampled | careful share | Δ careful share | "
-            "accuracy, careful answers | accuracy, hasty answers |")
+            "Δshare × base gap | accuracy, careful answers | accuracy, hasty answers |")
     lines = [head, "|" + "---|" * (head.count("|") - 1),
              f"| base | {pp(b0['base']['accuracy'])} | – | {pp(greedy_careful(b0, 'base'))} | "
              f"{pp(b0['base_sampled']['accuracy'])} | – | "
-             f"{pp(careful_share(base_forms).mean())} | – | {pp(cb['careful'][0])} ({cb['careful'][1]:,}) | "
+             f"{pp(careful_share(base_forms).mean())} | – | – | {pp(cb['careful'][0])} ({cb['careful'][1]:,}) | "
              f"{pp(cb['hasty'][0])} ({cb['hasty'][1]:,}) |"]
     for arm in rows:
         rs = results[arm]
         tuned_forms = [f for r in rs for f in r["_summary"]["sampled"]["forms"]["tuned"]]
         ct = conditional(tuned_forms)
         share_after = statistics.mean(careful_share(r["_summary"]["sampled"]["forms"]["tuned"]).mean() for r in rs)
+        share = paired.seed_question_interval(share_differences(rs))
         lines.append(
             f"| {arm}{rt.seeds_named(rs, 3)} | {pp(statistics.mean(r['tuned']['accuracy'] for r in rs))} | "
             f"{rt.seed_interval(rs, False).cell()} | {pp(statistics.mean(greedy_careful(r, 'tuned') for r in rs))} | "
             f"{pp(statistics.mean(r['tuned_sampled']['accuracy'] for r in rs))} | "
             f"{rt.seed_interval(rs, True).cell()} | {pp(share_after)} | "
-            f"{paired.seed_question_interval(share_differences(rs)).cell()} | "
+            f"{share.cell()} | {100 * share.delta * (cb['careful'][0] - cb['hasty'][0]):+.1f} | "
             f"{pp(ct['careful'][0])} ({ct['careful'][1]:,}) | {pp(ct['hasty'][0])} ({ct['hasty'][1]:,}) |")
     return "\n".join(lines), cb
 
@@ -136,7 +137,9 @@ def report():
                      f"shares in %, mean over seeds (a row names its seeds when not all 3 finished); Δ = the "
                      f"paired change against the base model in points [seed-aware 95% interval]; careful share = "
                      f"the share of the 4 sampled answers per question that open with the careful marker (greedy careful: the "
-                     f"share of greedy answers that do); the "
+                     f"share of greedy answers that do); Δshare × base gap = the change of sampled accuracy expected "
+                     f"if only the share moved (the base model's careful minus hasty accuracy, from its sampled "
+                     f"answers, times Δ careful share); the "
                      f"conditional accuracies count sampled answers (their number in parentheses).\n\n{table}\n\n"
                      "| prediction (§2) | measured Δ, points [95%] | predicted | verdict |\n|---|---|---|---|\n"
                      + "\n".join(predictions(name, results, cb)))

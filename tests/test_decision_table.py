@@ -61,6 +61,9 @@ def test_shares_conditional_accuracy_and_the_predictions(tmp_path, monkeypatch):
     base_row = next(line for line in table.splitlines() if line.startswith("| base |"))
     assert base_row.split("|")[7].strip() == "50.0"  # the careful share before
     assert base_row.split("|")[4].strip() == "100.0"  # every greedy answer (the first sample) opens careful here
+    upft_row = next(line for line in table.splitlines() if line.startswith("| UPFT (N=1) |"))
+    gap = cb["careful"][0] - cb["hasty"][0]  # the accuracy change expected if only the share moved: Δshare x gap
+    assert upft_row.split("|")[9].strip() == f"{100 * 0.25 * gap:+.1f}"
     rows = {line.split("|")[1].strip(): line.split("|")[4].strip() for line in dt.predictions("decision", results, cb)}
     assert rows["P1 UPFT (N=1): careful share"] == "confirmed"
     assert rows["P3 voting minus N=1: careful share"] == "confirmed"

@@ -323,7 +323,7 @@ def main(argv=None):
     (out / "table.md").write_text(table + "\n")
     print(f"wrote {out / 'table.md'}")
     if args.readme:
-        write_readme(ROOT / RESULTS_DOC, table)
+        write_readme(ROOT / RESULTS_DOC, table, *(LR_MARKERS if args.lr_check else ()))
         if not args.lr_check:
             write_readme(ROOT / "README.md", make_digest(results, seeds), *DIGEST_MARKERS)
 
@@ -347,6 +347,7 @@ def seeds_named(rs, n):
 
 RESULTS_DOC = Path("docs") / "results.md"  # the full table's document, relative to the repository root
 DIGEST_MARKERS = ("<!-- digest:start -->", "<!-- digest:end -->")
+LR_MARKERS = ("<!-- lr:start -->", "<!-- lr:end -->")  # the LR check's table in the results document
 # The README's digest: its rows in order ("base" first), and what the paper reports for its own models
 # next to each (NeurIPS Table 1, unsupervised setting on PRM-12K, for SFT and UPFT; Table 2, 16 samples
 # filtered by the label, for RFT; arXiv v1 numbers them Tables 2 and 3): MATH500 greedy accuracy of
@@ -462,6 +463,20 @@ def make_table(results, seeds, prefix_len):
               "", "| method | greedy, seed-aware | greedy, pre-registered |" +
               (" sampled, seed-aware | sampled, pre-registered |" if sampled_eval else ""),
               "|---|---|---|" + ("---|---|" if sampled_eval else ""), *verdicts]
+    lines += ["", "Each seed on its own: the paired change against the base model in points, by seed (the spread "
+              "the seed-aware interval accounts for), and the evaluation during training (the first 100 held-out "
+              "questions; greedy accuracy in % at the last checkpoint, mean over seeds, and the lowest and highest "
+              "of any checkpoint of any seed).", "",
+              "| method | Δ greedy by seed | Δ sampled by seed | during training: end (lowest-highest) |",
+              "|---|---|---|---|"]
+    for name, rs in results.items():
+        by_seed = lambda sampled: ", ".join(  # noqa: E731
+            f"{r['_seed']}: {pct(d, True)}" for r, d in zip(rs, differences(rs, sampled).mean(1)))
+        curves = [r["_summary"].get("curve") or [] for r in rs]
+        during = "–" if not all(curves) else (
+            f"{pct(statistics.mean(c[-1][1] for c in curves))} "
+            f"({pct(min(a for c in curves for _, a in c))}-{pct(max(a for c in curves for _, a in c))})")
+        lines.append(f"| {name} | {by_seed(False)} | {by_seed(True) if sampled_eval else '–'} | {during} |")
     lines += ["", "What the tuned models do under the plain prompt (greedy answers; mean over seeds): mean length "
               "in tokens, the share with no extractable answer, the share that ends after its first line.", "",
               "| method | mean tokens | no answer | one line only |", "|---|---|---|---|",

@@ -92,6 +92,29 @@ def test_resumed_runs_leave_the_time_column(tmp_path):
     assert "1 run was interrupted and resumed" in table and "at least" in table
 
 
+def test_each_seed_on_its_own(tmp_path):
+    """The table lists every seed's paired change and the evaluation during training (end; lowest-highest)."""
+    tuned = {0: [1, 1, 1, 0, 1, 0, 1, 0, 1, 0], 1: [1, 1, 1, 1, 1, 0, 1, 0, 1, 0], 2: [0, 0, 1, 0, 1, 0, 1, 0, 1, 0]}
+    for seed in range(3):
+        _run(tmp_path, "SFT", seed, tuned[seed], 100, False)
+    table = rt.make_table(rt.load(tmp_path, [0, 1, 2]), [0, 1, 2], 8)
+    assert "| SFT | 0: +10.0, 1: +20.0, 2: -10.0 | – | 50.0 (50.0-50.0) |" in table.splitlines()
+
+
+def test_the_lr_check_has_its_own_markers(tmp_path, monkeypatch):
+    """--lr-check --readme writes the LR table between the lr markers, leaving the main table alone."""
+    runs, repo = tmp_path / "runs", tmp_path / "repo"
+    for name in rt.LR_ROWS:
+        _run(runs, name, 0, [1] + BASE[1:], 100, False)
+    (repo / "docs").mkdir(parents=True)
+    doc = repo / "docs" / "results.md"
+    doc.write_text("<!-- results:start -->\nmain\n<!-- results:end -->\n<!-- lr:start -->\nold\n<!-- lr:end -->\n")
+    monkeypatch.setattr(rt, "ROOT", repo)
+    rt.main(["--out", str(runs), "--results", str(runs), "--lr-check", "--table-only", "--readme"])
+    text = doc.read_text()
+    assert "main" in text and "old" not in text and "| UPFT (N=1) (LR 3e-5) |" in text
+
+
 def test_readme_is_rewritten_only_with_the_flag(tmp_path, monkeypatch, capsys):
     """--readme writes the full table into docs/results.md and its digest into README.md, each between its
     own markers, from the same runs; a second call rewrites both in place; without the flag neither moves."""

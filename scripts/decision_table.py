@@ -31,6 +31,13 @@ def careful_share(forms):
     return np.array([sum(c in "cC" for c in f) / len(f) for f in forms])
 
 
+def mean_share(runs, tag):
+    """The careful share of the sampled answers of the base model ("base": the first run's) or of the tuned
+    models ("tuned": mean over the runs' seeds)."""
+    runs = runs[:1] if tag == "base" else runs
+    return statistics.mean(careful_share(r["_summary"]["sampled"]["forms"][tag]).mean() for r in runs)
+
+
 def share_differences(runs):
     """d[seed, question] = careful share of the tuned model's sampled answers minus the base model's."""
     base = careful_share(runs[0]["_summary"]["sampled"]["forms"]["base"])
@@ -82,7 +89,7 @@ def world_table(name, results):
         rs = results[arm]
         tuned_forms = [f for r in rs for f in r["_summary"]["sampled"]["forms"]["tuned"]]
         ct = conditional(tuned_forms)
-        share_after = statistics.mean(careful_share(r["_summary"]["sampled"]["forms"]["tuned"]).mean() for r in rs)
+        share_after = mean_share(rs, "tuned")
         share = paired.seed_question_interval(share_differences(rs))
         lines.append(
             f"| {arm}{rt.seeds_named(rs, 3)} | {pp(statistics.mean(r['tuned']['accuracy'] for r in rs))} | "
@@ -160,8 +167,7 @@ def readme_rows():
         up = "helps" if name == "decision" else "hurts"
         share = paired.seed_question_interval(share_differences(rs))
         sampled = rt.seed_interval(rs, True)
-        before = careful_share(rs[0]["_summary"]["sampled"]["forms"]["base"]).mean()
-        after = statistics.mean(careful_share(r["_summary"]["sampled"]["forms"]["tuned"]).mean() for r in rs)
+        before, after = mean_share(rs, "base"), mean_share(rs, "tuned")
         label = {"decision": "the decision world (careful opener preferred)",
                  "mirror": "its mirror (hasty opener preferred)"}[name]
         lines.append(f"| {label}{rt.seeds_named(rs, 3)} | {pp(before)} → {pp(after)} | {share.cell()} "

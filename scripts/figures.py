@@ -183,11 +183,10 @@ def decision_picture(plt, docs):
             continue
         drawn = True
         b0 = next(iter(results.values()))[0]
-        x0 = 100 * dt.careful_share(b0["_summary"]["sampled"]["forms"]["base"]).mean()
+        x0 = 100 * dt.mean_share([b0], "base")
         y0 = 100 * b0["base_sampled"]["accuracy"]
         ax.plot([x0], [y0], "ko", ms=7, label="base")
-        points = {arm: (100 * statistics.mean(dt.careful_share(r["_summary"]["sampled"]["forms"]["tuned"]).mean()
-                                              for r in rs),
+        points = {arm: (100 * dt.mean_share(rs, "tuned"),
                         100 * statistics.mean(r["tuned_sampled"]["accuracy"] for r in rs)) for arm, rs in results.items()}
         cb = dt.conditional(b0["_summary"]["sampled"]["forms"]["base"])  # the base model's accuracy per opener
         gap = cb["careful"][0] - cb["hasty"][0]  # accuracy = base + Δshare x gap if only the share moved (P2)

@@ -158,12 +158,24 @@ def summarise(run):
             **per_question}
 
 
-def write_summary(run, path):
-    """Write summarise(run) to `path` atomically (a stop mid-write leaves the old file or none)."""
+def provenance(root=ROOT):
+    """The code a run came from: the checkout's commit and whether its tree was clean (no tracked file
+    changed, no untracked file outside .gitignore). None where `root` is not a git checkout."""
+    def git(*a):
+        r = subprocess.run(["git", *a], cwd=root, capture_output=True, text=True)
+        return r.stdout.strip() if r.returncode == 0 else None
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain") if commit else None
+    return {"commit": commit, "clean": None if status is None else status == ""}
+
+
+def write_summary(run, path, root=ROOT):
+    """Write summarise(run) to `path` atomically (a stop mid-write leaves the old file or none), with the
+    provenance of the checkout `root` whose train.py made the run (the runner runs it there)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(summarise(run), separators=(",", ":")) + "\n")
+    tmp.write_text(json.dumps({**summarise(run), "code": provenance(root)}, separators=(",", ":")) + "\n")
     os.replace(tmp, path)
 
 

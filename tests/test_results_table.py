@@ -282,3 +282,29 @@ def test_the_decision_rule():
     assert v(-0.015, 0.015) == "no effect" and v(-0.01, 0.012) == "no effect"
     assert v(-0.016, 0.01) == "inconclusive" and v(0.009, 0.03) == "inconclusive"
 
+
+
+def test_summaries_record_the_code_they_came_from(tmp_path):
+    """Every summary names the checkout's commit and whether its tree was clean."""
+    repo = tmp_path / "code"
+    repo.mkdir()
+    git = lambda *a: subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *a], cwd=repo,  # noqa: E731
+                                    check=True, capture_output=True, text=True).stdout.strip()
+    git("init", "-q")
+    (repo / "train.py").write_text("print(1)\n")
+    git("add", "train.py")
+    git("commit", "-q", "-m", "start")
+    _run(tmp_path / "runs", "SFT", 0, BASE, 100, False)
+    run, path = rt.run_dir(tmp_path / "runs", "SFT", 0), tmp_path / "s.json"
+    rt.write_summary(run, path, root=repo)
+    assert json.loads(path.read_text())["code"] == {"commit": git("rev-parse", "HEAD"), "clean": True}
+    (repo / "train.py").write_text("print(2)\n")  # a changed tracked file
+    rt.write_summary(run, path, root=repo)
+    assert json.loads(path.read_text())["code"] == {"commit": git("rev-parse", "HEAD"), "clean": False}
+    git("checkout", "-q", "train.py")
+    (repo / "extra.py").write_text("")  # an untracked file the run could have imported
+    rt.write_summary(run, path, root=repo)
+    assert json.loads(path.read_text())["code"]["clean"] is False
+    rt.write_summary(run, path, root=tmp_path / "runs")  # not a checkout
+    assert json.loads(path.read_text())["code"] == {"commit": None, "clean": None}
+    assert rt.summarise(run)["results"] == json.loads(path.read_text())["results"]

@@ -330,7 +330,7 @@ def main(argv=None):
     results = load(args.results, seeds, rows, partial=args.table_only)
     if not results:
         sys.exit(f"error: no finished run summaries in {args.results}")
-    table = make_table(results, seeds, args.prefix_len)
+    table = make_table(results, seeds, args.prefix_len, design=len(rows) * len(seeds))
     print("\n" + table)
     (out / "table.md").write_text(table + "\n")
     print(f"wrote {out / 'table.md'}")
@@ -418,7 +418,7 @@ def pct(x, sign=False):
     return f"{100 * x:+.1f}" if sign else f"{100 * x:.1f}"
 
 
-def make_table(results, seeds, prefix_len):
+def make_table(results, seeds, prefix_len, design=None):
     first = next(iter(results.values()))
     b0 = first[0]
     sampled_eval = b0.get("base_sampled") is not None
@@ -428,23 +428,25 @@ def make_table(results, seeds, prefix_len):
     sft_sup = statistics.mean(r["accounting"]["tokens_supervised"] for r in results["SFT"]) \
         if "SFT" in results else float("nan")
     s = f"{len(seeds)} seed{'s' if len(seeds) > 1 else ''} ({', '.join(map(str, seeds))})"
-    lines = [f"{s}, L = {prefix_len}, {b0['accounting']['questions']} training questions, "
+    runs = sum(len(rs) for rs in results.values())
+    count = f"{runs} of the {design} runs of this table's design (rows × seeds); " if design else ""
+    lines = [f"{count}{s}, L = {prefix_len}, {b0['accounting']['questions']} training questions, "
              f"{b0['base']['questions']} held-out questions; accuracy in %, mean over seeds; Δ = the paired "
              f"change against the base model in points with two 95% intervals: **seed-aware** (the seed and "
              f"question components, each with its own t quantile; with one seed, that seed's question-level "
-             f"interval) and, in the next column, the **pre-registered** hierarchical bootstrap over seeds and "
-             f"questions, which under-covers when seeds disagree (docs/method.md §6.1)" +
+             f"interval), each after the **pre-registered** hierarchical bootstrap over seeds and questions, which "
+             f"under-covers when seeds disagree (docs/method.md §6.1)" +
              (f"; sampled = {k} answers per question at temperature {b0['_args']['eval_temperature']}, "
               f"the checkpoint's top-p" if sampled_eval else "") + ".", ""]
-    head = "| method | greedy | Δ greedy, seed-aware | pre-registered |" + (
-        f" sampled | Δ sampled, seed-aware | pre-registered | pass@{k} |" if sampled_eval else "")
+    head = "| method | greedy | Δ greedy, pre-registered | seed-aware |" + (
+        f" sampled | Δ sampled, pre-registered | seed-aware | pass@{k} |" if sampled_eval else "")
     head += " tokens sampled | tokens supervised | sampled / RFT | supervised / SFT | sampling + training (s) |"
     lines += [head, "|" + "---|" * (head.count("|") - 1)]
     base = f"| base | {pct(b0['base']['accuracy'])} | – | – |"
     if sampled_eval:
         base += f" {pct(b0['base_sampled']['accuracy'])} | – | – | {pct(b0['base_sampled']['pass@n'])} |"
     lines.append(base + " – | – | – | – | – |")
-    total_wall, resumed_runs, verdicts = 0.0, 0, []
+    total_wall, resumed_runs, verdicts, changed = 0.0, 0, [], []
     for name, rs in results.items():
         cells = [name + seeds_named(rs, len(seeds)), pct(statistics.mean(r["tuned"]["accuracy"] for r in rs))]
         row_verdicts = []
@@ -452,8 +454,11 @@ def make_table(results, seeds, prefix_len):
             if sampled:
                 cells.append(pct(statistics.mean(r["tuned_sampled"]["accuracy"] for r in rs)))
             fixed, old = seed_interval(rs, sampled), paired.Interval(*paired_delta(rs, sampled), len(rs))
-            cells += [fixed.cell() + (" (questions only)" if len(rs) == 1 else ""), old.cell()]
-            row_verdicts += [paired.verdict(fixed), paired.verdict(old, across_seeds=False)]
+            cells += [old.cell(), fixed.cell() + (" (questions only)" if len(rs) == 1 else "")]
+            pair = [paired.verdict(old, across_seeds=False), paired.verdict(fixed)]
+            row_verdicts += pair
+            if pair[0] != pair[1]:
+                changed.append(f"{cells[0]}, {'sampled' if sampled else 'greedy'}: {pair[0]} → {pair[1]}")
             if sampled:
                 cells.append(pct(statistics.mean(r["tuned_sampled"]["pass@n"] for r in rs)))
         verdicts.append(f"| {cells[0]} | " + " | ".join(row_verdicts) + " |")
@@ -472,9 +477,12 @@ def make_table(results, seeds, prefix_len):
     lines += ["", "The decision rule of docs/experiments.md §1 applied to each interval, in this order: helps "
               "(above +1), hurts (below -1), no effect (within ±1.5), else inconclusive; on the seed-aware "
               "interval a row of one seed is not assessable (no verdict about a method from one training run).",
-              "", "| method | greedy, seed-aware | greedy, pre-registered |" +
-              (" sampled, seed-aware | sampled, pre-registered |" if sampled_eval else ""),
-              "|---|---|---|" + ("---|---|" if sampled_eval else ""), *verdicts]
+              "", "| method | greedy, pre-registered | greedy, seed-aware |" +
+              (" sampled, pre-registered | sampled, seed-aware |" if sampled_eval else ""),
+              "|---|---|---|" + ("---|---|" if sampled_eval else ""), *verdicts, "",
+              (f"Where the two analyses differ (pre-registered → seed-aware), {len(changed)} of "
+               f"{len(verdicts) * (2 if sampled_eval else 1)} verdicts: " + "; ".join(changed) + "."
+               if changed else "The two analyses give the same verdict everywhere.")]
     lines += ["", "Each seed on its own: the paired change against the base model in points, by seed (the spread "
               "the seed-aware interval accounts for), and the evaluation during training (the first 100 held-out "
               "questions; greedy accuracy in % at the last checkpoint, mean over seeds, and the lowest and highest "

@@ -2,6 +2,7 @@
 question), the seed-aware and the pre-registered intervals side by side, resumed runs left out of the time
 column, docs/results.md and the README's digest rewritten only with --readme."""
 import json
+import re
 import subprocess
 import sys
 
@@ -238,13 +239,14 @@ def test_one_seed_rows_have_no_across_seed_verdict(tmp_path):
     _run(tmp_path, "EM-FT", 0, [1, 1, 1, 1, 1, 1, 1, 0, 1, 0], 100, False)
     table = rt.make_table(rt.load(tmp_path, [0, 1, 2], partial=True), [0, 1, 2], 8)
     em = [line for line in table.splitlines() if line.startswith("| EM-FT (seed 0) |")]
-    assert "(questions only)" in em[0] and em[1].split("|")[2].strip() == "not assessable"
+    assert "(questions only)" in em[0] and em[1].split("|")[3].strip() == "not assessable"
     sft = [line for line in table.splitlines() if line.startswith("| SFT |")]
     cells = [c.strip() for c in sft[0].strip("|").split("|")]
     d = np.array([0, 1, 0, 1, 0, 1, 0, 0, 0, 0])  # the same change in every seed: only the question component
     half = 100 * stats.t.ppf(0.975, 9) * d.std(ddof=1) / np.sqrt(10)
-    assert cells[2] == f"+30.0 [{30 - half:+.1f}, {30 + half:+.1f}]"
-    assert sft[1].split("|")[2].strip() == "inconclusive"
+    assert cells[3] == f"+30.0 [{30 - half:+.1f}, {30 + half:+.1f}]"  # the seed-aware one, after the bootstrap
+    assert sft[1].split("|")[3].strip() == "inconclusive"
+    assert "EM-FT (seed 0), greedy: " in table  # the verdicts the two analyses give differently, listed
 
 
 def test_summaries_are_committed_as_they_land(tmp_path):
@@ -308,3 +310,29 @@ def test_summaries_record_the_code_they_came_from(tmp_path):
     rt.write_summary(run, path, root=tmp_path / "runs")  # not a checkout
     assert json.loads(path.read_text())["code"] == {"commit": None, "clean": None}
     assert rt.summarise(run)["results"] == json.loads(path.read_text())["results"]
+
+
+def _between(text, start, end):
+    return text[text.index(start) + len(start):text.index(end)].strip("\n")
+
+
+def test_the_committed_tables_hold_every_committed_summary():
+    """docs/results.md's toy-v5 tables, the README's digest and the prose counts are what the committed
+    summaries in results/toy-v5/ give today: every summary is a run of the design, every one is rendered, and
+    the sentences that say how many of the 46 runs the table holds say the number of files."""
+    results_dir = ROOT / "results" / "toy-v5"
+    files = sorted(p.name for p in results_dir.glob("*.json"))
+    design = {rt.summary_path(results_dir, name, s).name for name in rt.ROWS for s in (0, 1, 2)}
+    design |= {rt.summary_path(results_dir, name, 0).name for name in rt.LR_ROWS}
+    assert len(design) == 46 and set(files) <= design, sorted(set(files) - design)
+    table = rt.load(results_dir, [0, 1, 2], list(rt.ROWS), partial=True)
+    lr = rt.load(results_dir, [0], list(rt.LR_ROWS), partial=True)
+    assert sum(map(len, table.values())) + sum(map(len, lr.values())) == len(files)
+    doc, readme = (ROOT / rt.RESULTS_DOC).read_text(), (ROOT / "README.md").read_text()
+    assert _between(doc, "<!-- results:start -->", "<!-- results:end -->") == rt.make_table(
+        table, [0, 1, 2], 8, design=len(rt.ROWS) * 3)
+    assert _between(doc, *rt.LR_MARKERS) == rt.make_table(lr, [0], 8, design=len(rt.LR_ROWS))
+    assert _between(readme, *rt.DIGEST_MARKERS) == rt.make_digest(table, [0, 1, 2])
+    for text in (doc, readme):
+        counts = re.findall(r"(\d+) of the design's 46 runs", text)
+        assert counts and all(int(c) == len(files) for c in counts), counts

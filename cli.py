@@ -345,7 +345,9 @@ def plan_for(args, cfg, launch, has_eval=True) -> Plan:
     cuda = torch.device(args.device).type == "cuda"
     # the longest sampling budget: full traces (none for UPFT with p = 0: prefixes only)
     budget = args.max_new_tokens if args.method != "upft" or args.structure_ratio > 0 else args.prefix_len
-    return plan_run(cfg, usable_bytes(cuda, args.device, args.gpu_mem, launch.world), world=launch.world,
+    # the processes sharing this machine's memory: torchrun's LOCAL_WORLD_SIZE (--nnodes 2: half of them)
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", launch.world))
+    return plan_run(cfg, usable_bytes(cuda, args.device, args.gpu_mem, local_world), world=launch.world,
                     rank=launch.rank, sharded=launch.sharded, cuda=cuda,
                     master_bytes=2 if args.dtype == "bfloat16" else 4,
                     micro_batch=args.micro_batch_size, max_len=args.max_len, grad_ckpt=args.grad_ckpt,

@@ -245,16 +245,17 @@ def plan_run(cfg, capacity, *, world=1, rank=0, sharded=False, cuda=False, maste
                 settings["loss_chunk"])
 
 
-def usable_bytes(cuda, device="cuda", gpu_mem=None, world=1):
+def usable_bytes(cuda, device="cuda", gpu_mem=None, local_world=1):
     """Bytes one process may plan to fill: USABLE of the GPU's memory (gpu_mem GiB if given, else the
     device's, else PLAN_GPU_GIB on a machine without one); on CPU, USABLE of this machine's available
-    memory shared by its `world` processes (None if unknown)."""
+    memory shared by this machine's own `local_world` processes (torchrun's LOCAL_WORLD_SIZE: with
+    --nnodes 2 the other machine's processes use the other machine's memory); None if unknown."""
     if cuda:
         gib = gpu_mem or (torch.cuda.get_device_properties(torch.device(device)).total_memory / GiB
                           if torch.cuda.is_available() else PLAN_GPU_GIB)
         return int(USABLE * gib * GiB)
     free = available_memory()
-    return int(USABLE * free / world) if free else None
+    return int(USABLE * free / local_world) if free else None
 
 
 def available_memory():

@@ -269,6 +269,22 @@ def test_cpu_memory_plan_refuses_what_cannot_fit(tiny_dir, tmp_path, capsys, mon
     assert not (tmp_path / "run.partial").exists()
 
 
+def test_cpu_memory_plan_of_two_machines_shares_one_machine_among_its_own_processes(tmp_path, monkeypatch):
+    """torchrun --nnodes 2 --nproc-per-node 2 (WORLD_SIZE 4, LOCAL_WORLD_SIZE 2): each machine's memory is
+    shared by its own 2 processes, not by all 4 (the other machine's use the other machine's memory)."""
+    import cli
+    from fsdp import Launch
+    monkeypatch.setattr(plan, "available_memory", lambda: 8 * 2**30)
+    args = cli.parse_args(["--device", "cpu", "--out", str(tmp_path / "run")])
+    cfg = cli.plan_config(args)
+    for local, world in ((2, 4), (1, 2), (4, 4)):
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", str(local))
+        got = cli.plan_for(args, cfg, Launch(0, world, "cpu", True))
+        assert got.capacity == int(plan.USABLE * 8 * 2**30 / local), (local, world)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")  # --plan NPROC from plain python: NPROC processes on this machine
+    assert cli.plan_for(args, cfg, Launch(0, 4, "cpu", True)).capacity == int(plan.USABLE * 8 * 2**30 / 4)
+
+
 def test_disk_full_mid_run_is_one_line_and_resumable(tiny_dir, tmp_path, capsys, monkeypatch):
     q = str(_questions(tmp_path / "q.jsonl"))
     argv = ["--model", str(tiny_dir), "--data", q, "--prefix-len", "4", "--max-new-tokens", "12",

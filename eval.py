@@ -29,7 +29,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch starts OpenM
 import torch
 
 from cli import MIN_TEMPERATURE, plan_config
-from data import Tokenizer, UpftError, load_rows, write_json, write_jsonl
+from data import Tokenizer, UpftError, UpftFault, load_rows, write_json, write_jsonl
 from fsdp import all_gather_json
 from grader import extract_answer, is_equiv
 from model import Transformer, default_device, generate_answers
@@ -261,6 +261,20 @@ def check_memory(args, rows):
         raise UpftError(fix)
 
 
+def write_outputs(files):
+    """Write [(path, writer, content)] all or nothing: each file atomically (data.write_json[l]); when one
+    fails (a full disk), the ones already written are removed and the fault is one line (exit 1)."""
+    done = []
+    try:
+        for path, writer, content in files:
+            writer(path, content)
+            done.append(path)
+    except OSError as e:
+        for path in done:
+            path.unlink(missing_ok=True)
+        raise UpftFault(f"{e.filename or path}: {e.strerror or e}; nothing was written") from None
+
+
 def parse_args(argv=None):
     return build_parser().parse_args(argv)
 
@@ -315,15 +329,19 @@ def run(args):
             result = prefix_consistency(model, tok, rows, args.num_samples, **common)
         else:
             result = error_position(model, tok, rows, args.num_samples, args.rollouts, **common)
-        write_json(out, {**result, "args": vars(args)})
-        png = plot(result, out.with_suffix(".png"))
+        write_outputs([(out, write_json, {**result, "args": vars(args)})])
+        try:
+            png = plot(result, out.with_suffix(".png"))
+        except OSError as e:  # a full disk under the picture: nothing of the analysis is kept
+            out.unlink(missing_ok=True)
+            out.with_suffix(".png").unlink(missing_ok=True)
+            raise UpftFault(f"{out.with_suffix('.png')}: {e.strerror or e}; nothing was written") from None
         print(json.dumps(result, indent=1))
         print(f"wrote {out}" + (f" and {png}" if png else " (no plot: matplotlib is not installed)"))
         return
     records, summary = evaluate(model, tok, rows, n=args.n, **common)
     summary_path = out.with_suffix(".summary.json")
-    write_jsonl(out, records)
-    write_json(summary_path, {**summary, "args": vars(args)})
+    write_outputs([(out, write_jsonl, records), (summary_path, write_json, {**summary, "args": vars(args)})])
     pct = "{:.1%}".format
     what, (lo, hi) = ((f"accuracy {pct(summary['accuracy'])}", summary["accuracy_ci95"]) if args.n == 1
                       else (f"pass@1 {pct(summary['pass@1'])}", summary["pass@1_ci95"]))

@@ -169,6 +169,33 @@ def test_cli_out_in_a_read_only_folder_is_refused(data_file, tmp_path):
         r.stderr
 
 
+@pytest.mark.parametrize("full_at", ["preds.jsonl", "preds.summary.json"])
+def test_cli_full_disk_is_one_line_and_leaves_nothing(tiny, data_file, tmp_path, capsys, monkeypatch, full_at):
+    """The disk fills while the outputs are written: one line, exit 1, and no output at all (not the
+    predictions without their summary, no temporary file)."""
+    import errno
+    d, _, _ = tiny
+    writers = {name: getattr(E, name) for name in ("write_json", "write_jsonl")}
+
+    def full_disk(name):
+        def write(path, content):
+            if str(path).endswith(full_at):
+                raise OSError(errno.ENOSPC, "No space left on device", str(path))
+            return writers[name](path, content)
+        return write
+    for name in writers:
+        monkeypatch.setattr(E, name, full_disk(name))
+    out = tmp_path / "o" / "p.preds.jsonl"
+    with pytest.raises(SystemExit) as exit_:
+        E.main(["--model", str(d), "--data", str(data_file), "--max-new-tokens", "2", "--limit", "1",
+                "--device", "cpu", "--out", str(out)])
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if not line.startswith("generate: ")]  # the progress lines
+    assert exit_.value.code == 1 and len(errors) == 1 and "Traceback" not in err, err
+    assert errors[0].startswith("error: ") and f"{full_at}: No space left on device" in errors[0], err
+    assert not out.parent.exists() or not list(out.parent.iterdir())
+
+
 def test_cli_decoding_beyond_memory_is_refused_before_loading(tiny, data_file, tmp_path):
     """A KV cache beyond this machine's memory (10**12 new tokens: 512 TB per sequence on the tiny model):
     one line naming the plan and the smallest change that fits, exit 2, before any model work, and no output."""

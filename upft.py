@@ -7,7 +7,7 @@ Read next to the paper and docs/method.md (section numbers below are that file's
   prefix_vote       N prefixes per question, keep the most frequent (prefix self-consistency,
                     Fig. 2a, made usable; not in the paper: --num-samples 1 is the paper)          §3.3
   make_example      prefix example = prompt with the instruction + L tokens + EOS;
-                    full example = plain prompt + whole trace + end-of-turn                        §3.4
+                    full example = plain prompt + whole trace (+ EOS if the sample finished)     §3.4
   Eq. 8             max E_{D_p}[log p(r_<t | x')] + E_{D_f}[log p(r | x)]: the sum of both kinds of
                     examples under one masked cross-entropy (train.py)                             §4
 Baselines through the same sampler (§7): `sample_sft` = one full self-generated trace per question,

@@ -252,13 +252,14 @@ class Transformer(nn.Module):
         self.gradient_checkpointing = False
         self.source_dir = None  # where from_pretrained read it (tokenizer files are copied from there)
 
-    def forward(self, input_ids, cache=None, last_only=False, loss_fn=None):
+    def forward(self, input_ids, cache=None, last_only=False, hidden=False):
         """input_ids (B, T) -> logits (B, T, V) in fp32, or (B, 1, V) with last_only.
 
         Without a cache: plain causal attention from position 0 (training; right padding is harmless
         because pads come after every real token). With a cache: positions and the key mask come from it.
-        loss_fn (training): returns loss_fn(h) of the last layer's output h (B, T, C) instead of the logits
-        (train.micro_batch_loss runs the head on the supervised rows only).
+        hidden (training): the last layer's output h (B, T, C) instead of the logits; the loss then runs
+        `head` on the supervised rows only (train.micro_batch_loss). Under torchrun the head and final norm
+        belong to FSDP2's root unit, which stays gathered after forward until the backward pass is done.
         """
         B, T = input_ids.shape
         if cache is None:
@@ -278,8 +279,8 @@ class Transformer(nn.Module):
                 x = layer(x, cos, sin, cache, i, mask)
         if cache is not None:
             cache.pos += T  # advance once, after the last layer wrote its keys
-        if loss_fn is not None:  # inside forward, so that under torchrun FSDP2 has gathered the head
-            return loss_fn(x)
+        if hidden:
+            return x
         return self.head(x[:, -1:] if last_only else x).float()
 
     def head(self, h):

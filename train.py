@@ -59,25 +59,25 @@ def masked_ce_sum(h, labels, head=None, entropy=False):
 
 
 def micro_batch_loss(model, ids, labels, per_sample=False, entropy=False, chunk=0):
-    """(loss sum, count) of one micro-batch: masked_ce_sum of the model's last hidden states with its head,
-    so the head runs on the supervised rows only (a prefix example: ~9 of ~150 positions). chunk = K > 0: at
-    most K rows of logits at a time, in windows of positions each recomputed in the backward pass (the R1
-    plan). per_sample: each sample's token mean, summed; the count is of samples (the official code)."""
-    def score(h, labels):
-        if not chunk:
-            return masked_ce_sum(h, labels, model.head, entropy)
-        width = max(1, chunk // len(h))  # positions per window
-        parts = [torch.utils.checkpoint.checkpoint(masked_ce_sum, h[:, s:s + width + 1], labels[:, s:s + width + 1],
-                                                   model.head, entropy, use_reentrant=False)
-                 for s in range(0, max(1, h.shape[1] - 1), width)]
-        return sum(loss for loss, _ in parts), sum(n for _, n in parts)
+    """(loss sum, count) of one micro-batch: masked_ce_sum of the model's last hidden states with its head (on
+    the supervised rows only: ~9 of ~150 positions of a prefix example); per_sample: each sample's token mean,
+    summed, and the count is of samples (the official code). chunk: windowed_ce_sum."""
+    h = model(ids, hidden=True)  # (B, T, C): the last layer's output, before the final norm and lm_head
+    if not per_sample:
+        return windowed_ce_sum(h, labels, model.head, entropy, chunk)
+    parts = [windowed_ce_sum(h[b:b + 1], labels[b:b + 1], model.head, entropy, chunk) for b in range(len(h))]
+    return sum(loss / max(n, 1) for loss, n in parts), sum(n > 0 for _, n in parts)
 
-    def loss_fn(h):  # h (B, T, C): the last layer's output
-        if not per_sample:
-            return score(h, labels)
-        parts = [score(h[b:b + 1], labels[b:b + 1]) for b in range(len(h))]
-        return sum(loss / max(n, 1) for loss, n in parts), sum(n > 0 for _, n in parts)
-    return model(ids, loss_fn=loss_fn)
+
+def windowed_ce_sum(h, labels, head, entropy=False, chunk=0):
+    """masked_ce_sum, at most `chunk` rows of logits at a time (windows recomputed in backward; 0: all at once)."""
+    if not chunk:
+        return masked_ce_sum(h, labels, head, entropy)
+    width = max(1, chunk // len(h))  # positions per window
+    parts = [torch.utils.checkpoint.checkpoint(masked_ce_sum, h[:, s:s + width + 1], labels[:, s:s + width + 1],
+                                               head, entropy, use_reentrant=False)
+             for s in range(0, max(1, h.shape[1] - 1), width)]
+    return sum(loss for loss, _ in parts), sum(n for _, n in parts)
 
 
 def collate(examples, pad_id):

@@ -43,6 +43,21 @@ def test_no_import_cycle():
             visit(m, [])
 
 
+def module_graph_table():
+    """The module graph as docs/usage.md shows it: one row per top-level module, the project modules it imports."""
+    rows = ["| module | imports (project modules) |", "|---|---|"]
+    for m, p in sorted(MODULES.items()):
+        deps = sorted({name for name, *_ in project_imports(p)} - {m})
+        rows.append(f"| `{m}` | {', '.join(f'`{d}`' for d in deps) or '-'} |")
+    return "\n".join(rows)
+
+
+def test_the_docs_module_graph_is_the_codes():
+    """docs/usage.md's module graph is this table, generated from the imports: it cannot drift."""
+    table = module_graph_table()
+    assert table in (ROOT / "docs" / "usage.md").read_text(), "docs/usage.md's module graph should read:\n" + table
+
+
 def test_project_imports_are_at_module_level():
     lazy = [f"{p.name}:{line}" for m, p in MODULES.items() for _, line, nested, text in project_imports(p)
             if nested and "#" not in text]

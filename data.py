@@ -1,18 +1,8 @@
-"""What the model sees and what files hold.
-
-  files      read_jsonl / write_jsonl / write_json (atomic), atomic_dir (a folder built aside, then swapped
-             in: model saves, resumable checkpoints, run folders, the toy build), load_rows (question /
-             answer JSONL for training and evaluation alike: one place for field names and their errors)
-  prompts    Tokenizer (tokenizer.json + the checkpoint's own chat template, rendered in jinja2's
-             sandbox exactly as transformers does), chat_prompt (the token ids of one user question),
-             sampling_filters (top-p and top-k: the given ones, else the checkpoint's),
-             IGNORE (the label of a position that is not trained), show_example (one training example
-             with its supervised tokens marked)
-
-The tokenizer wraps the Rust `tokenizers` library (the same tokenizer.json a Hugging Face checkpoint
-ships), so the prompts we train and evaluate on are the prompts the model was tuned with.
+"""What the model sees and what files hold. Files: read_jsonl, write_jsonl / write_json and atomic_dir (atomic:
+a crash never leaves half a file or folder), load_rows (question/answer JSONL, one place for field names and their
+errors). Prompts: Tokenizer (the checkpoint's tokenizer.json through the Rust `tokenizers` library, and its own chat
+template rendered in jinja2's sandbox exactly as transformers does), chat_prompt, sampling_filters, IGNORE.
 """
-
 from __future__ import annotations
 
 import json
@@ -21,7 +11,6 @@ import re
 import shutil
 import sys
 import tempfile
-import time
 from contextlib import contextmanager
 from datetime import datetime
 from functools import lru_cache
@@ -32,9 +21,13 @@ import jinja2.ext
 import jinja2.nodes
 import tokenizers
 from jinja2.sandbox import ImmutableSandboxedEnvironment
-from tqdm import tqdm
 
 IGNORE = -100  # label of a position that is not trained (the torch / Hugging Face convention)
+TOY_WORLD = Path(__file__).resolve().parent / "assets" / "toy"  # the toy world: model/, train.jsonl, test.jsonl
+HUB_PATTERNS = ["*.json", "*.jinja", "*.safetensors"]  # what resolve downloads: configs, tokenizer, weights (+ index)
+SPECIAL_TOKENS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
+                   "generation_config.json")  # copied along when a model or tokenizer is saved
 
 
 def supervised_count(labels) -> int:
@@ -48,41 +41,18 @@ class UpftError(Exception):
     exit_code = 2
 
 
+def require(ok, message):
+    """A failed check of the input: UpftError(message), one line (`error: message`, exit 2)."""
+    if not ok:
+        raise UpftError(message)
+
+
 class UpftFault(UpftError):
-    """The machine, not the input: a write that failed mid-run (disk full, permissions). One line that
-    names the file, says what was kept and how to continue; CLIs exit 1."""
+    """The machine, not the input (a full disk, a permission): one line naming the file and what was kept; exit 1."""
     exit_code = 1
 
 
-# ----------------------------------------------------------------------------------------- progress
-
-class Progress:
-    """A tqdm bar on a terminal; when stderr is not one (a log file), one line every `every` seconds
-    instead (`train: 40/126 steps, loss 0.4810, 25 s`), so a long phase still says it is alive."""
-
-    def __init__(self, total, desc, unit, initial=0, enabled=True, every=30.0):
-        self.tty, self.enabled, self.every = sys.stderr.isatty(), enabled, every
-        self.desc, self.unit, self.total, self.n = desc, unit, total, initial
-        self.t0 = self.last = time.time()
-        self.bar = tqdm(total=total, desc=desc, unit=unit, initial=initial, disable=not (enabled and self.tty))
-
-    def update(self, n=1, **postfix):
-        self.n += n
-        if postfix:
-            self.bar.set_postfix(**postfix, refresh=False)
-        self.bar.update(n)
-        if self.enabled and not self.tty and (time.time() - self.last >= self.every or self.n == self.total):
-            extra = "".join(f", {k} {v}" for k, v in postfix.items())
-            print(f"{self.desc}: {self.n}/{self.total} {self.unit}s{extra}, {time.time() - self.t0:.0f} s",
-                  file=sys.stderr, flush=True)
-            self.last = time.time()
-
-    def close(self):
-        self.bar.close()
-
-
 # ----------------------------------------------------------------------------------------- files
-
 def read_jsonl(path) -> list[dict]:
     """Read a JSONL file into a list of dicts. Blank lines are skipped."""
     path = Path(path)
@@ -100,27 +70,21 @@ def read_jsonl(path) -> list[dict]:
             row = json.loads(line)
         except json.JSONDecodeError as e:
             raise UpftError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-        if not isinstance(row, dict):
-            raise UpftError(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
+        require(isinstance(row, dict), f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
         rows.append(row)
-    if not rows:
-        raise UpftError(f"{path}: file is empty")
+    require(rows, f"{path}: file is empty")
     return rows
 
 
 def umask() -> int:
-    """The process's umask now, read when a file is written (never changed at import): Linux reports it in
-    /proc/self/status; elsewhere it is set and put back at once, the only other way to read it."""
+    """The process's umask now (Linux: /proc/self/status; elsewhere set and put back at once)."""
     try:
         with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+            return next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, ValueError, IndexError, StopIteration):
+        mask = os.umask(0o022)
+        os.umask(mask)
+        return mask
 
 
 def _atomic_write(path, text: str) -> None:
@@ -148,9 +112,8 @@ def write_json(path, obj) -> None:
 
 @contextmanager
 def atomic_dir(path):
-    """Build a folder atomically: yields an empty temporary sibling of `path`; when the block ends
-    without an exception it replaces `path` (a reader sees the old folder or the new one, never half of
-    one); on an exception it is deleted and `path` is left as it was."""
+    """Build a folder atomically: yields an empty temporary sibling of `path`, which replaces `path` when the block
+    ends (a reader sees the old folder or the new one, never half of one) and is deleted on an exception."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp", dir=path.parent))
@@ -171,14 +134,11 @@ def atomic_dir(path):
 
 def load_rows(path, limit=None, require_answer=True) -> list[dict]:
     """Question/answer JSONL -> [{"question", "gold", "dataset"}], for training and evaluation alike.
-
-    question: `question` or `problem`. gold: `answer` (GSM8K text ending in `#### n` -> n, else the
-    value as a string) or `expected_answer` (MATH500); dataset is "gsm8k" for `####` answers, else None.
-    A row without a question, or without an answer when require_answer, raises UpftError naming the
-    file and line. Training questions may omit answers (gold None) unless the method needs them.
-    """
-    if limit is not None and limit < 1:
-        raise UpftError(f"limit must be a positive number of rows, got {limit}")
+    question: `question` or `problem`. gold: `answer` (GSM8K text ending in `#### n` -> n, else the value as
+    a string) or `expected_answer` (MATH500); dataset is "gsm8k" for `####` answers, else None. A row without
+    a question, or without an answer when require_answer, raises UpftError naming the file and line; training
+    questions may omit answers (gold None) unless the method needs them."""
+    require(limit is None or limit >= 1, f"limit must be a positive number of rows, got {limit}")
     out = []
     for i, row in enumerate(read_jsonl(path)[:limit]):
         question = next((row[k] for k in ("question", "problem") if row.get(k) is not None), None)
@@ -206,18 +166,8 @@ def _read_json(path: Path) -> dict:
         obj = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UpftError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(obj, dict):
-        raise UpftError(f"{path}: expected a JSON object")
+    require(isinstance(obj, dict), f"{path}: expected a JSON object")
     return obj
-
-
-def cache_dir() -> Path:
-    """Root of upft's download cache (converted checkpoints): $UPFT_CACHE, else ~/.cache/upft."""
-    env = os.environ.get("UPFT_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "upft"
-
-
-HUB_PATTERNS = ["*.json", "*.jinja", "*.safetensors"]  # configs, tokenizer, weights (+ index)
 
 
 def resolve(path_or_id) -> Path:
@@ -225,8 +175,8 @@ def resolve(path_or_id) -> Path:
     path = Path(path_or_id).expanduser()
     if path.is_dir():
         return path
-    if path.exists() or str(path_or_id).startswith(("/", ".", "~")):
-        raise UpftError(f"{path_or_id}: not a checkpoint directory")
+    require(not path.exists() and not str(path_or_id).startswith(("/", ".", "~")),
+            f"{path_or_id}: not a checkpoint directory")
     try:  # optional, and only for hub ids: a local folder never touches the network code
         from huggingface_hub import snapshot_download
         return Path(snapshot_download(str(path_or_id), allow_patterns=HUB_PATTERNS))
@@ -236,7 +186,6 @@ def resolve(path_or_id) -> Path:
 
 
 # ----------------------------------------------------------------------------------- chat template
-
 class _GenerationTag(jinja2.ext.Extension):
     """`{% generation %}...{% endgeneration %}` (training templates mark assistant text with it): no-op."""
     tags = {"generation"}
@@ -289,18 +238,11 @@ def _compile_template(source: str) -> jinja2.Template:
     env.filters["tojson"] = lambda x, ensure_ascii=False, indent=None, separators=None, sort_keys=False: \
         json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
     env.globals.update(raise_exception=_raise_exception, namespace=_Namespace,
-                       strftime_now=lambda fmt: datetime.now().strftime(fmt),
-                       dict=_Dict())
+                       strftime_now=lambda fmt: datetime.now().strftime(fmt), dict=_Dict())
     return env.from_string(source)
 
 
 # --------------------------------------------------------------------------------------- tokenizer
-
-SPECIAL_TOKENS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
-                   "generation_config.json")
-
-
 def _first_line(e: Exception) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0]  # UpftError messages are one line
 
@@ -316,8 +258,7 @@ class Tokenizer:
     def from_pretrained(cls, path_or_id) -> "Tokenizer":
         source = resolve(path_or_id)
         file = source / "tokenizer.json"
-        if not file.is_file():
-            raise UpftError(f"{file}: not found (upft needs a fast-tokenizer tokenizer.json)")
+        require(file.is_file(), f"{file}: not found (upft needs a fast-tokenizer tokenizer.json)")
         try:
             tok = tokenizers.Tokenizer.from_file(str(file))
         except Exception as e:
@@ -352,8 +293,7 @@ class Tokenizer:
         self.bos_id: int | None = token_id("bos_token")
         # eos_token is the end-of-turn token (Llama-3.1: <|eot_id|>, not <|end_of_text|>).
         self.eos_id: int = token_id("eos_token") if "eos_token" in self.special_tokens else (gen_eos or [None])[0]
-        if self.eos_id is None:
-            raise UpftError(f"{config_file}: no eos_token (and no eos_token_id in generation_config.json)")
+        require(self.eos_id is not None, f"{config_file}: no eos_token (and no eos_token_id in generation_config.json)")
         self.special_tokens.setdefault("eos_token", tok.id_to_token(self.eos_id))
         # Stop ids: everything generation_config lists, plus eos (vLLM does the same merge).
         self.eos_ids: list[int] = list(dict.fromkeys(gen_eos + [self.eos_id]))
@@ -373,15 +313,11 @@ class Tokenizer:
         return self._tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
     def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True, **kwargs) -> str:
-        """Render `messages` ([{"role", "content"}, ...]) with the checkpoint's chat template.
-
-        Same string as transformers' `apply_chat_template(..., tokenize=False)`. Extra keyword
-        arguments become template variables (e.g. `date_string`, `enable_thinking`).
-
-        Without a chat template (base checkpoints such as Llama-3.1-8B) a plain format is used and
-        a warning printed once:  bos_token + "System: ...\\n\\n" + "User: ...\\n\\n" +
-        "Assistant: ...\\n\\n" (one block per message) + "Assistant:" if add_generation_prompt.
-        """
+        """Render `messages` ([{"role", "content"}, ...]) with the checkpoint's chat template: the string of
+        transformers' `apply_chat_template(..., tokenize=False)`; extra keyword arguments become template
+        variables (e.g. `date_string`, `enable_thinking`). Without a chat template (base checkpoints such as
+        Llama-3.1-8B), a plain format and a warning printed once: bos_token + "System: ...\\n\\n" +
+        "User: ...\\n\\n" + "Assistant: ...\\n\\n" (a block per message) + "Assistant:" if add_generation_prompt."""
         messages = [{k: v for k, v in m.items() if v is not None} for m in messages]  # as transformers
         if self.chat_template is None:
             if not self._warned:
@@ -401,17 +337,6 @@ class Tokenizer:
             line = f" (line {e.lineno})" if getattr(e, "lineno", None) else ""
             raise UpftError(f"{where}{line}: {type(e).__name__}: {_first_line(e)}") from None
 
-    def save_pretrained(self, out_dir) -> None:
-        """Copy the tokenizer files this tokenizer was loaded from into `out_dir`."""
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for name in TOKENIZER_FILES:
-            src, dst = self.source_dir / name, out_dir / name
-            if src.is_file() and not (dst.exists() and dst.samefile(src)):
-                tmp = dst.with_name(f".{name}.tmp")
-                shutil.copyfile(src, tmp)
-                os.replace(tmp, dst)
-
 
 def chat_prompt(tok: Tokenizer, question: str, instruction: str = "") -> list[int]:
     """Token ids of the chat prompt for one user turn (question + instruction), ending with the
@@ -421,51 +346,8 @@ def chat_prompt(tok: Tokenizer, question: str, instruction: str = "") -> list[in
 
 
 def sampling_filters(tok: Tokenizer, top_p=None, top_k=None) -> tuple:
-    """(top_p, top_k) to sample with: the ones given, else the checkpoint's generation_config.json's,
-    else none (top-p 1.0, top-k 0 = off). train.py's --top-p/--top-k, its sampled evaluation (the
-    checkpoint's own) and scripts/show_example.py all take them from here."""
+    """(top_p, top_k) to sample with: the ones given, else the checkpoint's generation_config.json's, else none
+    (top-p 1.0, top-k 0 = off)."""
     gen = tok.generation_config
     return (top_p if top_p is not None else gen.get("top_p", 1.0),
             top_k if top_k is not None else gen.get("top_k", 0) or 0)
-
-
-# ------------------------------------------------------------------------------------- show an example
-
-_MARKS = ("\x1b[30;42m", "\x1b[30;46m")  # supervised tokens: black on green / on cyan, alternating
-_DIM, _RESET = "\x1b[2m", "\x1b[0m"
-
-
-def show_example(tok: Tokenizer, example: dict, color: bool | None = None) -> str:
-    """One training example as text, with the tokens it is trained on marked: each supervised token in
-    [brackets] (or, with color, on an alternating green/cyan background, the prompt dimmed), so token
-    boundaries, the prefix length and the supervised EOS are visible. A newline inside a supervised
-    token is shown as `\\n`, and the line breaks after the token's closing mark (`[.\\n]`, then the
-    newline). color None: colour when stdout is a terminal and NO_COLOR is unset. The first line says
-    how many tokens there are and how many are supervised.
-
-    example: {"input_ids", "labels"} with labels aligned to input_ids (IGNORE = not trained), as
-    upft.make_example returns it and train_examples.jsonl stores it; "kind" is shown when present.
-    """
-    if color is None:
-        color = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
-    ids, labels = example["input_ids"], example["labels"]
-    n_sup = supervised_count(labels)  # what the loss trains
-    how = "on a coloured background" if color else "each [in brackets]"
-    out = [f"{example.get('kind', 'training')} example: {len(ids)} tokens, {n_sup} supervised, {how}\n"]
-    plain, k = [], 0
-    for t, (i, y) in enumerate(zip(ids, labels)):
-        if y == IGNORE or t == 0:
-            plain.append(i)
-            continue
-        if plain:
-            text = tok.decode(plain)
-            out.append(f"{_DIM}{text}{_RESET}" if color else text)
-            plain = []
-        text = tok.decode([i])
-        piece = text.replace("\n", "\\n")
-        out.append((f"{_MARKS[k % 2]}{piece}{_RESET}" if color else f"[{piece}]") + "\n" * text.count("\n"))
-        k += 1
-    if plain:
-        text = tok.decode(plain)
-        out.append(f"{_DIM}{text}{_RESET}" if color else text)
-    return "".join(out)

@@ -1,23 +1,12 @@
-"""The decoder-only transformer of the Llama and Qwen2 families, and how it generates.
-
-What is here, top to bottom:
-  Config            the Hugging Face config.json keys, checked: anything we cannot honour is refused
-  RoPE, RMSNorm     rotate-half rotary embeddings (HF layout, so no q/k permute), Llama-3 `rope_scaling`
-  Attention/MLP     grouped-query attention through SDPA; SwiGLU; q/k/v biases for Qwen2
-  Transformer       module names equal the HF state-dict keys, so loading is a strict, shape-checked copy
-  from_pretrained / save_pretrained   safetensors only (no pickle), sharded or not, atomic writes
-  load_shards / gather_full           torchrun: each rank reads only its FSDP2 shard of every tensor;
-                                      a sharded model's full weights gathered back into a plain one
-  KVCache, sample_next, generate      batched decoding of DIFFERENT prompts (left padding) and
-                                      prefill-once-then-expand for n samples of one prompt
-  generate_answers                    n answers per plain question (its chat prompt, the checkpoint's
-                                      stop tokens): the one decoding call of upft.py and eval.py
-
-Left out on purpose: sliding-window attention, MoE, quantisation, torch.compile, flash kernels.
-Mirrors transformers' modeling_llama.py / modeling_qwen2.py (the tests check parity to 1e-4 in fp32).
-
-Shape legend: B batch rows, T new tokens in this forward, S cached + new key slots,
-H query heads, K key/value heads, D head_dim, C hidden size, V vocab.
+"""The decoder-only transformer of the Llama and Qwen2 families, and how it generates. Config: config.json's
+keys, checked (what we cannot honour is refused). Layers: rotate-half RoPE (HF layout, Llama-3 `rope_scaling`),
+RMSNorm, grouped-query attention through SDPA (q/k/v biases for Qwen2), SwiGLU. Transformer: module names are the
+HF state-dict keys, so loading is a strict, shape-checked copy; safetensors only (no pickle), atomic saves.
+Generation: KVCache, sample_next, generate (batched DIFFERENT prompts, left padding; prefill once, expand for n
+samples), generate_answers (every decoding of upft.py and eval.py), Progress. Left out: sliding windows, MoE,
+quantisation, torch.compile, flash kernels. Mirrors transformers' modeling_llama.py / modeling_qwen2.py (parity
+to 1e-4 in fp32, tests/). Shapes: B rows, T new tokens, S cached + new key slots, H query heads, K key/value
+heads, D head_dim, C hidden size, V vocab.
 """
 from __future__ import annotations
 
@@ -25,7 +14,8 @@ import hashlib
 import json
 import math
 import shutil
-from contextlib import ExitStack
+import sys
+import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -35,15 +25,18 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
+from tqdm import tqdm
 
-from data import TOKENIZER_FILES, Progress, UpftError, atomic_dir, chat_prompt, resolve
+from data import TOKENIZER_FILES, UpftError, _first_line, _read_json, atomic_dir, chat_prompt, require, resolve
 
 SUPPORTED = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
 ROPE_TYPES = ("default", "linear", "llama3")
+# The smallest sampling temperature the command lines take (0 = greedy): sampling divides the logits by it in
+# fp32, and below ~1e-37 the quotient overflows to inf (a NaN softmax). At 1e-6 only logits beyond 3e32 would.
+MIN_TEMPERATURE = 1e-6
 
 
 # ----------------------------------------------------------------------------- config
-
 @dataclass
 class Config:
     model_type: str = "llama"
@@ -67,8 +60,8 @@ class Config:
     extra: dict = field(default_factory=dict)  # other keys, kept so a saved config round-trips
 
     def __post_init__(self):
-        if self.model_type not in SUPPORTED:
-            raise UpftError(f"unsupported model_type {self.model_type!r} (supported: {', '.join(SUPPORTED)})")
+        require(self.model_type in SUPPORTED, f"unsupported model_type {self.model_type!r} (supported: "
+                f"{', '.join(SUPPORTED)})")
         if self.num_key_value_heads is None:
             self.num_key_value_heads = self.num_attention_heads
         if self.head_dim is None:
@@ -76,11 +69,9 @@ class Config:
         if self.num_attention_heads % self.num_key_value_heads:
             raise UpftError(f"num_attention_heads={self.num_attention_heads} is not a multiple of "
                             f"num_key_value_heads={self.num_key_value_heads}")
-        if self.hidden_act != "silu":
-            raise UpftError(f"unsupported hidden_act {self.hidden_act!r} (only silu)")
-        rope_type = self.rope_type
-        if rope_type not in ROPE_TYPES:
-            raise UpftError(f"unsupported rope_scaling type {rope_type!r} (supported: {', '.join(ROPE_TYPES)})")
+        require(self.hidden_act == "silu", f"unsupported hidden_act {self.hidden_act!r} (only silu)")
+        if self.rope_type not in ROPE_TYPES:
+            raise UpftError(f"unsupported rope_scaling type {self.rope_type!r} (supported: {', '.join(ROPE_TYPES)})")
 
     @property
     def rope_type(self) -> str:
@@ -92,19 +83,16 @@ class Config:
         d = dict(d)
         # transformers >= 5 writes rope settings as `rope_parameters`; checkpoints on the hub use the
         # older `rope_theta` + `rope_scaling`. Accept both, keep the older form (every loader reads it).
-        rp = d.pop("rope_parameters", None)
-        if rp:
+        if rp := d.pop("rope_parameters", None):
             rp = dict(rp)
             d.setdefault("rope_theta", rp.pop("rope_theta", 10000.0))
             if rp.get("rope_type", "default") != "default":
                 d.setdefault("rope_scaling", rp)
-        # Refuse what we would otherwise silently get wrong.
-        if d.get("use_sliding_window"):
-            raise UpftError("sliding-window attention (use_sliding_window=true) is not supported")
-        if any(t != "full_attention" for t in d.get("layer_types") or []):
-            raise UpftError(f"unsupported layer_types {sorted(set(d['layer_types']))} (only full_attention)")
-        if d.get("mlp_bias"):
-            raise UpftError("mlp_bias=true is not supported")
+        # refuse what we would otherwise silently get wrong
+        require(not d.get("use_sliding_window"), "sliding-window attention (use_sliding_window=true) is not supported")
+        require(all(t == "full_attention" for t in d.get("layer_types") or []),
+                f"unsupported layer_types {sorted(set(d.get('layer_types') or []))} (only full_attention)")
+        require(not d.get("mlp_bias"), "mlp_bias=true is not supported")
         if d.get("model_type") == "qwen2":
             d.pop("attention_bias", None)  # Qwen2 has q/k/v bias by definition
         known = {f.name for f in fields(cls)} - {"extra"}
@@ -114,14 +102,8 @@ class Config:
     @classmethod
     def from_json(cls, path) -> "Config":
         path = Path(path)
-        if not path.is_file():
-            raise UpftError(f"{path}: config.json not found")
-        try:
-            d = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise UpftError(f"{path}: not valid JSON ({e})") from None
-        if not isinstance(d, dict):
-            raise UpftError(f"{path}: expected a JSON object")
+        require(path.is_file(), f"{path}: config.json not found")
+        d = _read_json(path)  # UpftError if not a JSON object
         try:
             return cls.from_dict(d)
         except TypeError as e:
@@ -138,7 +120,6 @@ class Config:
 
 
 # ----------------------------------------------------------------------------- layers
-
 def rope_inv_freq(cfg: Config) -> torch.Tensor:
     """Inverse frequencies (D/2,), fp32, with the checkpoint's rope_scaling applied."""
     D = cfg.head_dim
@@ -170,15 +151,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
         self.eps = eps
 
-    def forward(self, x):
-        return rms_norm(x, self.weight, self.eps)
-
-
-def rms_norm(x, weight, eps):
-    # normalise in fp32, cast back, then scale (HF's order, which matters in bf16)
-    xf = x.float()
-    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * xf.to(x.dtype)
+    def forward(self, x):  # normalise in fp32, cast back, then scale (HF's order, which matters in bf16)
+        xf = x.float()
+        return self.weight * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
 
 
 class Attention(nn.Module):
@@ -199,11 +174,10 @@ class Attention(nn.Module):
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)                    # (B, 1, T, D)
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
-        is_causal = mask is None and T > 1
         if cache is not None:
             k, v = cache.update(layer, k, v)                              # (B, K, S, D)
         # GQA: SDPA broadcasts the K key/value heads over the H query heads itself
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and T > 1,
                                            enable_gqa=self.H != self.K)  # (B, H, T, D)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.H * self.D))
 
@@ -233,18 +207,15 @@ class DecoderLayer(nn.Module):
 
 
 # ----------------------------------------------------------------------------- model
-
 class Transformer(nn.Module):
     """Llama / Qwen2 causal LM. `model.` and `lm_head.` prefixes reproduce HF's state-dict keys."""
 
     def __init__(self, cfg: Config):
         super().__init__()
         self.config = cfg
-        self.model = nn.ModuleDict(dict(
-            embed_tokens=nn.Embedding(cfg.vocab_size, cfg.hidden_size),
-            layers=nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers)),
-            norm=RMSNorm(cfg.hidden_size, cfg.rms_norm_eps),
-        ))
+        self.model = nn.ModuleDict(dict(embed_tokens=nn.Embedding(cfg.vocab_size, cfg.hidden_size),
+                                        layers=nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers)),
+                                        norm=RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)))
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
@@ -253,18 +224,12 @@ class Transformer(nn.Module):
         self.source_dir = None  # where from_pretrained read it (tokenizer files are copied from there)
 
     def forward(self, input_ids, cache=None, last_only=False, hidden=False):
-        """input_ids (B, T) -> logits (B, T, V) in fp32, or (B, 1, V) with last_only.
-
-        Without a cache: plain causal attention from position 0 (training; right padding is harmless
-        because pads come after every real token). With a cache: positions and the key mask come from it.
-        hidden (training): the last layer's output h (B, T, C) instead of the logits; the loss then runs
-        `head` on the supervised rows only (train.micro_batch_loss). Under torchrun the head and final norm
-        belong to FSDP2's root unit, which stays gathered after forward until the backward pass is done.
-        """
+        """input_ids (B, T) -> fp32 logits (B, T, V), or (B, 1, V) with last_only. No cache: causal attention from
+        position 0 (training; right padding is harmless, pads come last); a cache gives positions and key mask.
+        hidden (training): the last layer's output h (B, T, C) instead, for `head` on the supervised rows only."""
         B, T = input_ids.shape
         if cache is None:
-            pos = torch.arange(T, device=input_ids.device).expand(B, T)
-            mask = None
+            pos, mask = torch.arange(T, device=input_ids.device).expand(B, T), None
         else:
             pos, mask = cache.positions(T), cache.mask(T)
         # RoPE angles at each row's own positions, as HF computes them (fp32, then cast)
@@ -286,13 +251,6 @@ class Transformer(nn.Module):
     def head(self, h):
         """Logits of last-layer outputs h (..., C) -> (..., V): the final norm, then lm_head."""
         return self.lm_head(self.model.norm(h))
-
-    def to_dtype_copy(self, dtype) -> "Transformer":
-        """A copy of this model's weights in `dtype` (e.g. a bf16 copy to decode with), same device."""
-        state = {k: v.detach().to(dtype) for k, v in self.state_dict().items()}
-        copy = Transformer.from_state_dict(self.config, state, self.device)
-        copy.source_dir = self.source_dir
-        return copy
 
     def init_weights(self, std=0.02):
         """HF-style init for training from scratch: N(0, std) weights, zero biases, unit norms."""
@@ -316,8 +274,8 @@ class Transformer(nn.Module):
         check_tensors(path, cfg, {k: v.shape for k, v in state.items()})
         if cfg.tie_word_embeddings:
             state.pop("lm_head.weight", None)  # some tied checkpoints store a copy; the tie wins
-        for k in [k for k in state if k.endswith("rotary_emb.inv_freq")]:
-            del state[k]  # old checkpoints store the RoPE buffer; we recompute it
+        # old checkpoints store the RoPE buffer; we recompute it
+        state = {k: v for k, v in state.items() if not k.endswith("rotary_emb.inv_freq")}
         model = cls.from_state_dict(cfg, state, device)
         cfg.torch_dtype = str(dtype).removeprefix("torch.")
         model.source_dir = path
@@ -341,28 +299,24 @@ class Transformer(nn.Module):
             state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
             if self.config.tie_word_embeddings:
                 state.pop("lm_head.weight")  # safetensors refuses shared tensors; loaders re-tie
-            shards, cur, size = [], {}, 0
+            shards, size = [{}], 0
             for k, v in state.items():
                 nbytes = v.numel() * v.element_size()
-                if cur and size + nbytes > max_shard_bytes:
-                    shards.append(cur)
-                    cur, size = {}, 0
-                cur[k] = v
+                if shards[-1] and size + nbytes > max_shard_bytes:
+                    shards.append({})
+                    size = 0
+                shards[-1][k] = v
                 size += nbytes
-            shards.append(cur)
-            if len(shards) == 1:
-                save_safetensors(shards[0], tmp / "model.safetensors", metadata={"format": "pt"})
-            else:
-                weight_map = {}
-                for i, shard in enumerate(shards):
-                    name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-                    save_safetensors(shard, tmp / name, metadata={"format": "pt"})
-                    weight_map.update({k: name for k in shard})
+            n = len(shards)
+            names = [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)] if n > 1 else ["model.safetensors"]
+            for name, shard in zip(names, shards):
+                save_safetensors(shard, tmp / name, metadata={"format": "pt"})
+            if n > 1:
+                weight_map = {k: name for name, shard in zip(names, shards) for k in shard}
                 total = sum(v.numel() * v.element_size() for v in state.values())
                 (tmp / "model.safetensors.index.json").write_text(json.dumps(
                     {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
-            cfg = self.config.to_dict()
-            cfg["torch_dtype"] = str(next(self.parameters()).dtype).removeprefix("torch.")
+            cfg = {**self.config.to_dict(), "torch_dtype": str(next(self.parameters()).dtype).removeprefix("torch.")}
             (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
             src = tokenizer_dir or self.source_dir
             for name in TOKENIZER_FILES if src else ():
@@ -377,7 +331,7 @@ def save_safetensors(tensors: dict, path, metadata=None) -> None:
     except OSError:
         raise
     except Exception as e:  # safetensors reports I/O failures with its own exception type
-        raise OSError(f"cannot write {path} ({(str(e).strip().splitlines() or [type(e).__name__])[0]})") from None
+        raise OSError(f"cannot write {path} ({_first_line(e)})") from None
 
 
 def check_tensors(path, cfg: Config, found: dict) -> None:
@@ -388,17 +342,12 @@ def check_tensors(path, cfg: Config, found: dict) -> None:
     if cfg.tie_word_embeddings:
         found.pop("lm_head.weight", None)
         expected.pop("lm_head.weight")
-    missing = sorted(set(expected) - set(found))
-    extra = sorted(set(found) - set(expected))
-    if missing:
-        raise UpftError(f"{path}: missing tensor(s) in the safetensors files: {', '.join(missing[:5])}"
-                        + (f" (+{len(missing) - 5} more)" if len(missing) > 5 else ""))
-    if extra:
-        raise UpftError(f"{path}: unexpected tensor(s) in the safetensors files: {', '.join(extra[:5])}"
-                        + (f" (+{len(extra) - 5} more)" if len(extra) > 5 else ""))
-    for k, shape in expected.items():
-        if found[k] != tuple(shape):
-            raise UpftError(f"{path}: tensor {k} has shape {found[k]}, config.json implies {tuple(shape)}")
+    for what, names in (("missing", set(expected) - set(found)), ("unexpected", set(found) - set(expected))):
+        if names := sorted(names):
+            raise UpftError(f"{path}: {what} tensor(s) in the safetensors files: {', '.join(names[:5])}"
+                            + (f" (+{len(names) - 5} more)" if len(names) > 5 else ""))
+    for k, shape in ((k, tuple(v)) for k, v in expected.items()):
+        require(found[k] == shape, f"{path}: tensor {k} has shape {found[k]}, config.json implies {shape}")
 
 
 def safetensors_files(path: Path) -> list:
@@ -416,8 +365,7 @@ def safetensors_files(path: Path) -> list:
         hint = f" (found {pickles[0]}: pickle formats are not loaded, convert to safetensors)" if pickles else ""
         raise UpftError(f"{path}: no model.safetensors or model.safetensors.index.json{hint}")
     for name in files:
-        if not (path / name).is_file():
-            raise UpftError(f"{path / name}: shard listed in the index is missing")
+        require((path / name).is_file(), f"{path / name}: shard listed in the index is missing")
     return [path / name for name in files]
 
 
@@ -427,87 +375,47 @@ def load_safetensors(path: Path, device="cpu", dtype=torch.float32) -> dict:
     for f in safetensors_files(path):
         try:
             with safe_open(f, framework="pt", device="cpu") as sf:
-                for k in sf.keys():
-                    state[k] = sf.get_tensor(k).to(device=device, dtype=dtype)
+                state.update({k: sf.get_tensor(k).to(device=device, dtype=dtype) for k in sf.keys()})
         except Exception as e:  # safetensors raises its own error types for truncated/corrupt files
             raise UpftError(f"{f}: cannot read safetensors file ({type(e).__name__}: {e})") from None
     return state
 
 
-# ----------------------------------------------------------------------------- sharded weights (torchrun)
-# Under torchrun, train.py shards the model with FSDP2 (`fully_shard`): every parameter becomes a DTensor
-# cut along dim 0 as torch.chunk cuts it, rank r holding rows [r * ceil(d0 / W), ...) (possibly none).
-# These two functions move weights between that layout and safetensors / a plain model.
-
-def shard_rows(d0: int, world: int, rank: int) -> tuple:
-    """(first row, number of rows) of rank's dim-0 shard of a d0-row tensor (FSDP2's Shard(0))."""
-    chunk = -(-d0 // world)
-    start = min(rank * chunk, d0)
-    return start, max(0, min(chunk, d0 - start))
-
-
-@torch.no_grad()
-def load_shards(model, path: Path, dtype=torch.float32) -> None:
-    """Fill a sharded model (built on the meta device, fully_shard-ed, then `to_empty`) from a checkpoint:
-    each rank reads only its own rows of each tensor (safetensors slices of the mmap'd files), so no rank
-    ever holds the full weights. The RoPE buffer is recomputed."""
-    with ExitStack() as stack:
-        where = {}
-        for f in safetensors_files(path):
-            try:
-                sf = stack.enter_context(safe_open(f, framework="pt", device="cpu"))
-                where.update({k: (f, sf) for k in sf.keys()})
-            except Exception as e:
-                raise UpftError(f"{f}: cannot read safetensors file ({type(e).__name__}: {e})") from None
-        check_tensors(path, model.config, {k: sf.get_slice(k).get_shape() for k, (_, sf) in where.items()})
-        for name, p in model.named_parameters():  # a tied head appears once, as the embedding
-            local = p.to_local()
-            start, rows = shard_rows(p.shape[0], p.device_mesh.size(), p.device_mesh.get_local_rank())
-            assert local.shape[0] == rows, (name, local.shape, rows)  # FSDP2 cuts as torch.chunk does
-            f, sf = where[name]
-            try:
-                local.copy_(sf.get_slice(name)[start:start + rows].to(dtype))
-            except Exception as e:
-                raise UpftError(f"{f}: cannot read tensor {name} ({type(e).__name__}: {e})") from None
-    model.inv_freq = rope_inv_freq(model.config).to(model.inv_freq.device)
-
-
-@torch.no_grad()
-def gather_full(model, dtype, device, keep=True):
-    """The full weights of a sharded model as a plain Transformer of `dtype` on `device`. Every rank must
-    call it (each tensor is all-gathered in turn, so the transient peak is one full fp32 tensor);
-    a rank with keep=False takes part in the gathers and returns None."""
-    state = {}
-    for name, p in model.named_parameters():
-        t = p.full_tensor()
-        if keep:
-            state[name] = t.to(device=device, dtype=dtype)
-        del t
-    if not keep:
-        return None
-    full = Transformer.from_state_dict(model.config, state, device)
-    full.source_dir = model.source_dir
-    return full
-
-
 # ----------------------------------------------------------------------------- generation
+class Progress:
+    """A tqdm bar on a terminal; when stderr is not one (a log file), one line every `every` seconds
+    instead (`train: 40/126 steps, loss 0.4810, 25 s`), so a long phase still says it is alive."""
+
+    def __init__(self, total, desc, unit, initial=0, enabled=True, every=30.0):
+        self.tty, self.enabled, self.every = sys.stderr.isatty(), enabled, every
+        self.desc, self.unit, self.total, self.n = desc, unit, total, initial
+        self.t0 = self.last = time.time()
+        self.bar = tqdm(total=total, desc=desc, unit=unit, initial=initial, disable=not (enabled and self.tty))
+
+    def update(self, n=1, **postfix):
+        self.n += n
+        if postfix:
+            self.bar.set_postfix(**postfix, refresh=False)
+        self.bar.update(n)
+        if self.enabled and not self.tty and (time.time() - self.last >= self.every or self.n == self.total):
+            extra = "".join(f", {k} {v}" for k, v in postfix.items())
+            print(f"{self.desc}: {self.n}/{self.total} {self.unit}s{extra}, {time.time() - self.t0:.0f} s",
+                  file=sys.stderr, flush=True)
+            self.last = time.time()
+
+    def close(self):
+        self.bar.close()
+
 
 class KVCache:
-    """Preallocated keys/values (L, B, K, S_max, D) for a left-padded batch.
-
-    Every row writes the same slot each step, so one int `pos` is the write index. Row b's first
-    `pad[b]` slots are padding: its token positions are slot - pad[b], and its queries never see
-    pad keys. A pad query sees only itself, so SDPA never gets an all-masked row (NaN otherwise).
-
-    Who does what: `Transformer.forward` asks for `positions(T)` and `mask(T)` before the layers run,
-    every layer calls `update(layer, k, v)` at the same `pos`, and forward advances `pos += T` once,
-    after the last layer.
-    """
+    """Preallocated keys/values (L, B, K, S_max, D) for a left-padded batch. Every row writes the same slot each step,
+    so one int `pos` is the write index. Row b's first `pad[b]` slots are padding: its positions are slot - pad[b],
+    its queries never see pad keys, and a pad query sees only itself (SDPA never gets an all-masked row: NaN).
+    forward asks for `positions(T)` and `mask(T)`, each layer calls `update` at `pos`, then forward does pos += T."""
 
     def __init__(self, cfg: Config, batch, max_len, pad, device, dtype):
         shape = (cfg.num_hidden_layers, batch, cfg.num_key_value_heads, max_len, cfg.head_dim)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.k, self.v = torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype)
         self.pad = pad.to(device)  # (B,) left-pad count per row
         self.any_pad = bool((pad > 0).any())
         self.pos = 0
@@ -551,8 +459,7 @@ class KVCache:
 
     def expand(self, n):
         """Repeat each row n times (prefill once, then sample n continuations per prompt)."""
-        self.k = self.k.repeat_interleave(n, dim=1)
-        self.v = self.v.repeat_interleave(n, dim=1)
+        self.k, self.v = self.k.repeat_interleave(n, dim=1), self.v.repeat_interleave(n, dim=1)
         self.pad = self.pad.repeat_interleave(n)
 
 
@@ -582,14 +489,9 @@ def sample_next(logits, temperature=0.0, top_k=0, top_p=1.0, generator=None, u=N
     # <<< exercise: sample_next
 
 
-# One random stream per sample. A draw of `generate` never comes from a generator shared by the rows,
-# whose state would depend on everything drawn before it (other rows, other batches, other ranks).
-# Sample j of a prompt draws its t-th token with the t-th number of its OWN stream, and that number is
-# a hash of (seed, the prompt's token ids, j, t): no state at all (a counter-based generator). So the
-# samples of a question are a function of (seed, question, model) only, whatever the batch size,
-# chunking, question order or number of processes; batched logits differ from unbatched ones only by
-# float noise, which moves a token only when its uniform falls within that noise of a boundary of the
-# cumulative probabilities (sample_next, step 5): expected never at our sizes (docs/method.md §3.2).
+# One random stream per sample, never one generator shared by the rows: sample j of a prompt draws its t-th token
+# with the t-th number of its OWN stream, a hash of (seed, the prompt's ids, j, t), so a question's samples depend on
+# (seed, question, model) only, whatever the batching, order or process count, up to float noise (docs/method.md §3.2).
 
 def stream_keys(prompts, seed, n):
     """A 64-bit key per sample: row b * n + j (sample j of prompt b) gets a hash of (seed, j, prompt b)."""
@@ -598,9 +500,8 @@ def stream_keys(prompts, seed, n):
 
 
 def stream_uniforms(keys, step):
-    """Number `step` of every stream in `keys` (np.uint64, one per row): float64 uniforms in [0, 1), (B,).
-    splitmix64 (Steele, Lea and Flood 2014): the state key + (step + 1) * the golden-ratio constant,
-    mixed; the top 53 bits, over 2**53."""
+    """Number `step` of every stream in `keys` (np.uint64, one per row): float64 uniforms in [0, 1), (B,). By
+    splitmix64 (Steele, Lea and Flood 2014): key + (step + 1) * golden-ratio constant, mixed; top 53 bits / 2**53."""
     with np.errstate(over="ignore"):
         z = keys + np.uint64(step + 1) * np.uint64(0x9E3779B97F4A7C15)
         z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
@@ -612,33 +513,28 @@ def stream_uniforms(keys, step):
 @torch.inference_mode()
 def generate(model, prompts, max_new_tokens, *, temperature=0.0, top_k=0, top_p=1.0, stop_ids=(),
              seed=None, num_samples=None, batch_size=None, progress=False):
-    """Decode `prompts` (lists of token ids, any lengths) together.
-
-    Returns one entry per prompt, in prompt order: its new token ids (a list of ints), or with
-    num_samples=n a list of its n samples. Every sample is cut before its first stop id. Prompts are
-    sorted by length and cut into chunks of `batch_size` prompts (less padding); each chunk is one
-    left-padded prefill, expanded to n rows per prompt, then decoded one token per step until every
-    row has stopped. With a `seed`, every sample draws from its own random stream (`stream_keys`), so
-    a prompt gets the same samples in any batch, order or process; without one, from torch's global
-    generator.
-    """
+    """Decode `prompts` (lists of token ids, any lengths) together. Returns one entry per prompt, in order: its
+    new token ids (a list of ints), or with num_samples=n a list of its n samples, each cut before its first stop
+    id. Prompts are sorted by length into chunks of `batch_size` (less padding); a chunk is one left-padded
+    prefill, expanded to n rows per prompt, then decoded a token per step until every row has stopped. With a
+    `seed`, every sample draws from its own random stream (`stream_keys`): a prompt gets the same samples in any
+    batch, order or process; without, from torch's global generator. progress: a bool, or the line's label."""
     n = 1 if num_samples is None else num_samples
-    if n < 1 or max_new_tokens < 0:
-        raise UpftError(f"bad generate arguments: num_samples={num_samples}, max_new_tokens={max_new_tokens}")
-    if any(len(p) == 0 for p in prompts):
-        raise UpftError("generate: empty prompt")
+    require(n >= 1 and max_new_tokens >= 0, f"bad generate arguments: num_samples={num_samples}, "
+            f"max_new_tokens={max_new_tokens}")
+    require(all(len(p) for p in prompts), "generate: empty prompt")
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     bs = batch_size or max(len(prompts), 1)
     groups = [None] * len(prompts)
-    desc = progress if isinstance(progress, str) else "generate"  # progress: a bool, or the line's label
+    desc = progress if isinstance(progress, str) else "generate"
     bar = Progress(len(prompts), desc, "prompt", enabled=bool(progress))
     for c in range(0, len(order), bs):
         chunk = order[c:c + bs]
-        chunk_groups = _generate_chunk(model, [prompts[i] for i in chunk], max_new_tokens=max_new_tokens,
-                                       num_samples=n, temperature=temperature, top_k=top_k, top_p=top_p,
-                                       stop_ids=stop_ids,
-                                       keys=None if seed is None else stream_keys([prompts[i] for i in chunk], seed, n))
-        for i, g in zip(chunk, chunk_groups):
+        chunk_prompts = [prompts[i] for i in chunk]
+        keys = None if seed is None else stream_keys(chunk_prompts, seed, n)
+        outs = _generate_chunk(model, chunk_prompts, max_new_tokens=max_new_tokens, num_samples=n,
+                               temperature=temperature, top_k=top_k, top_p=top_p, stop_ids=stop_ids, keys=keys)
+        for i, g in zip(chunk, outs):
             groups[i] = g
         bar.update(len(chunk))
     bar.close()
@@ -647,35 +543,29 @@ def generate(model, prompts, max_new_tokens, *, temperature=0.0, top_k=0, top_p=
 
 def generate_answers(model, tok, questions, max_new_tokens, *, n=1, batch_size=64, prefixes=None, progress=True,
                      **sampling):
-    """The model's answers to plain questions: n samples per question (a list of n token-id lists each),
-    decoded from its chat prompt (data.chat_prompt) and cut at the checkpoint's stop tokens (tok.eos_ids).
-    prefixes[i], when given, are response tokens already decoded: question i continues after them.
-    batch_size counts sequences in flight, so a chunk holds batch_size // n questions. sampling:
-    temperature, top_p, top_k, seed (as generate). Every decoding of upft.py and eval.py goes through here."""
+    """n samples (token-id lists) per plain question from its chat prompt, cut at the checkpoint's stop tokens: every
+    decoding of upft.py and eval.py. prefixes[i]: response tokens already decoded for question i. batch_size counts
+    sequences in flight (batch_size // n questions). sampling: temperature, top_p, top_k, seed."""
     prompts = [chat_prompt(tok, q) + (list(prefixes[i]) if prefixes is not None else [])
                for i, q in enumerate(questions)]
     return generate(model, prompts, max_new_tokens, num_samples=n, stop_ids=tok.eos_ids,
                     batch_size=max(1, batch_size // n), progress=progress, **sampling)
 
 
-def default_device():
-    """cuda when a GPU is there, else cpu: the --device default of train.py and eval.py."""
+def default_device():  # the --device default of train.py and eval.py
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _generate_chunk(model, prompts, *, max_new_tokens, num_samples, temperature, top_k, top_p, stop_ids, keys):
     """One left-padded batch: returns, per prompt, its num_samples samples (lists of new token ids).
     keys: the random stream of every row (stream_keys), or None (torch's global generator)."""
-    n = num_samples
-    device, cfg = model.device, model.config
+    n, device = num_samples, model.device
     B, Tmax = len(prompts), max(len(p) for p in prompts)
     if max_new_tokens == 0:
         return [[[] for _ in range(n)] for _ in range(B)]
-    ids = torch.zeros(B, Tmax, dtype=torch.long)
-    for b, p in enumerate(prompts):
-        ids[b, Tmax - len(p):] = torch.tensor(p, dtype=torch.long)  # left padding
     pad = torch.tensor([Tmax - len(p) for p in prompts])
-    cache = KVCache(cfg, B, Tmax + max_new_tokens, pad, device, next(model.parameters()).dtype)
+    ids = torch.tensor([[0] * (Tmax - len(p)) + list(p) for p in prompts], dtype=torch.long)  # left padding
+    cache = KVCache(model.config, B, Tmax + max_new_tokens, pad, device, next(model.parameters()).dtype)
     logits = model(ids.to(device), cache=cache, last_only=True)[:, -1]   # (B, V)
     if n > 1:
         cache.expand(n)
@@ -693,8 +583,8 @@ def _generate_chunk(model, prompts, *, max_new_tokens, num_samples, temperature,
         done |= torch.isin(tok, stop)
         if step == max_new_tokens - 1 or bool(done.all()):
             break
-        # Drop finished rows so later steps only pay for live ones; the copy of the cache costs about
-        # one decoding step, so it is only done once a quarter of the rows have finished.
+        # Drop finished rows so later steps pay for live ones only; the cache copy costs about a decoding step,
+        # so it waits until a quarter of the rows have finished.
         if int(done.sum()) * 4 >= len(live):
             keep = ~done
             live = [r for r, k in zip(live, keep.tolist()) if k]

@@ -1,27 +1,19 @@
-"""UPFT end to end, and the masked cross-entropy loop every training in upft goes through.
-
-    python train.py --prefix-len 8                      # the embedded toy world (shipped in assets/toy)
-    python train.py --model DIR_OR_ID --data train.jsonl --eval-data test.jsonl --prefix-len 8
-    torchrun --nproc-per-node 8 train.py --model ... --device cuda   # several GPUs (fsdp.py)
-
-Top to bottom: the loss (masked_ce_sum, micro_batch_loss, accumulate_grads), the loop (lr_at, fit), then
-UPFT end to end in eight numbered steps (`upft_steps`; docs/method.md §3). Skippable, beside it: cli.py
-(the flags), plan.py (the memory plan), runfolder.py (the run folder, checkpoints, faults), fsdp.py.
-
-The loss (docs/method.md §4): the sum of token cross-entropy over every supervised token of an optimizer
-step / that step's supervised-token count (Eq. 8 read literally), or with `--loss-norm sample` the
-official code's per-sample mean. AdamW (0.9, 0.95), weight decay 0, clip 1.0, constant LR after a 3%
-linear warmup. fp32 on CPU; bf16 autocast on CUDA. Left out: torch.compile, packing.
+"""UPFT end to end on one process: python train.py --prefix-len 8 (the toy world in assets/toy), or
+python train.py --model DIR --data train.jsonl --eval-data test.jsonl --prefix-len 8 (a real checkpoint).
+Top to bottom: the hyperparameters; the loss (masked_ce_sum, micro_batch_loss, accumulate_grads): the sum of
+token cross-entropy over an optimizer step's supervised tokens / their count (Eq. 8, docs/method.md §4), or
+the official code's per-sample mean; the loop (lr_at, fit: AdamW, clip 1.0, constant LR after a 3% warmup);
+UPFT's eight steps (`upft_steps`, §3); the command line. What real runs add (torchrun with FSDP2, the memory
+plan, resumable run folders) lives in launch/, reached only through `launcher`.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
-import json
 import math
 import os
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,18 +24,38 @@ import torch
 import torch.nn.functional as F
 
 import upft
-from cli import ABLATIONS, TOY_NOTE, load_inputs, parse_args, plan_for, print_plan
-from data import (IGNORE, Progress, Tokenizer, UpftError, sampling_filters, supervised_count, write_json,
-                  write_jsonl)
+from data import (IGNORE, TOY_WORLD, Tokenizer, UpftError, atomic_dir, chat_prompt, load_rows, require, resolve,
+                  sampling_filters, supervised_count, write_json, write_jsonl)
 from eval import accuracy_line, evaluate
-from fsdp import Launch, gather_rollouts, load_sharded_model, save_gathered
-from model import Config, Transformer, gather_full
-from plan import format_plan, plan_line, plan_record
-from runfolder import FitExtras, check_resume, copy_base_eval, read_examples, run_folder
+from model import MIN_TEMPERATURE, Config, Progress, Transformer, default_device
+
+# ----------------------------------------------------------------------------- the run's hyperparameters
+# Every default that is a choice: (the toy world's, a real checkpoint's (--model), what it is and where it comes
+# from; § = docs/method.md). Each is a flag (--prefix-len, ...); the toy's keep a first run near a minute on 2 cores.
+HYPERPARAMETERS = {
+    "prefix_len":          (8, 8, "L, prefix tokens kept per sample (§3.2: 8 Llama-3.1-8B, 32 Qwen-Math, 128 R1)"),
+    "structure_ratio":     (0.1, 0.1, "p, the fraction of questions trained on a whole trace (§3.1)"),
+    "temperature":         (0.6, 0.6, "sampling temperature (the official code's)"),
+    "lr":                  (1e-5, 1e-6, "peak learning rate (§4: 1e-6; toy: ~1/300 of its pretraining LR, as there)"),
+    "epochs":              (2, 1, "passes over the training examples (§4: 1 on the large sets)"),
+    "batch_size":          (16, 64, "examples per optimizer step (§4: the official code's global batch)"),
+    "micro_batch_size":    (16, 4, "examples per forward/backward (memory only: accumulate_grads)"),
+    "max_len":             (512, 4096, "longest training sequence, longer ones cut (§4: the official code's)"),
+    "max_new_tokens":      (256, 4096, "budget of a full self-generated trace"),
+    "eval_max_new_tokens": (256, 4096, "budget of an evaluated answer"),
+    "limit":               (1000, None, "the first K training questions (None: all)"),
+    "eval_limit":          (200, None, "the first K held-out questions (docs/results.md evaluates all 2,000)"),
+    "eval_samples":        (2, 0, "K sampled answers per held-out question besides the greedy one (pass@K)"),
+    "sample_batch_size":   (256, 64, "sequences decoded together while sampling (speed only)"),
+    "eval_batch_size":     (512, 64, "sequences decoded together while evaluating (speed only)"),
+}
+WARMUP_RATIO, MAX_GRAD_NORM, ADAM_BETAS = 0.03, 1.0, (0.9, 0.95)  # §4: the paper's warmup, the official code's clip
+TOY_NOTE = ("toy world: one run, one seed (the intervals above cover the questions, not the seed); what each "
+            "method does here over 3 seeds and 2,000 held-out questions: docs/results.md")
+METHODS = ("upft", "sft", "rft", "em", "vote")
+ABLATIONS = ("no_instruction", "no_eos", "full_only", "random_targets")  # the controls (§7.1; --method upft only)
 
 # ----------------------------------------------------------------------------- the loss
-
-
 def masked_ce_sum(h, labels, head=None, entropy=False):
     """(Sum of next-token cross-entropy over the supervised positions, their count): Eq. 8's log-likelihoods.
     h (B, T, C) with head(rows) -> logits, or h = the logits (B, T, V) themselves (head None); labels (B, T)
@@ -59,14 +71,13 @@ def masked_ce_sum(h, labels, head=None, entropy=False):
 
 
 def micro_batch_loss(model, ids, labels, per_sample=False, entropy=False, chunk=0):
-    """(loss sum, count) of one micro-batch: masked_ce_sum of the model's last hidden states with its head (on
-    the supervised rows only: ~9 of ~150 positions of a prefix example); per_sample: each sample's token mean,
-    summed, and the count is of samples (the official code). chunk: windowed_ce_sum."""
+    """The loss sum of one micro-batch: masked_ce_sum of the last hidden states, the head on the supervised rows
+    only (~9 of ~150 positions of a prefix example); per_sample: each sample's token mean, summed."""
     h = model(ids, hidden=True)  # (B, T, C): the last layer's output, before the final norm and lm_head
     if not per_sample:
-        return windowed_ce_sum(h, labels, model.head, entropy, chunk)
+        return windowed_ce_sum(h, labels, model.head, entropy, chunk)[0]
     parts = [windowed_ce_sum(h[b:b + 1], labels[b:b + 1], model.head, entropy, chunk) for b in range(len(h))]
-    return sum(loss / max(n, 1) for loss, n in parts), sum(n > 0 for _, n in parts)
+    return sum(loss / max(n, 1) for loss, n in parts)
 
 
 def windowed_ce_sum(h, labels, head, entropy=False, chunk=0):
@@ -97,11 +108,10 @@ def step_count(examples, loss_norm="token"):
     return sum(counts) if loss_norm == "token" else sum(n > 0 for n in counts)
 
 
-def accumulate_grads(model, examples, micro_batch_size, pad_id, loss_sum=micro_batch_loss, normaliser=None,
-                     autocast=None):
+def accumulate_grads(model, examples, micro_batch_size, pad_id, normaliser=None, autocast=None, **loss):
     """Backward over one optimizer step's examples in micro-batches, adding to .grad the gradient of
     (sum of the step's losses) / normaliser (default: its supervised tokens), however the step is split.
-    Returns (that mean loss, normaliser). Exercise: docs/teaching.md, "The contracts"."""
+    loss: micro_batch_loss's options. Returns (that mean loss, normaliser). Exercise: docs/teaching.md."""
     # >>> exercise: accumulate_grads
     total = sum(supervised_count(e["labels"]) for e in examples) if normaliser is None else normaliser
     if total == 0:
@@ -111,33 +121,29 @@ def accumulate_grads(model, examples, micro_batch_size, pad_id, loss_sum=micro_b
     for i in range(0, len(examples), micro_batch_size):
         ids, labels = collate(examples[i:i + micro_batch_size], pad_id)
         with autocast or contextlib.nullcontext():
-            loss, _ = loss_sum(model, ids.to(device), labels.to(device))
-        (loss / total).backward()
-        step_loss += loss.item()
+            loss_sum = micro_batch_loss(model, ids.to(device), labels.to(device), **loss)
+        (loss_sum / total).backward()
+        step_loss += loss_sum.item()
     return step_loss / total, total
     # <<< exercise: accumulate_grads
 
 
 # ----------------------------------------------------------------------------- the loop
-
 @dataclass
 class TrainConfig:
     lr: float
     epochs: int
     batch_size: int               # examples per optimizer step
     micro_batch_size: int         # examples per forward/backward (gradient accumulation = batch / micro)
-    warmup_ratio: float = 0.03    # the paper's warmup (constant_with_warmup)
-    max_grad_norm: float = 1.0    # the official code's clipping
+    warmup_ratio: float = WARMUP_RATIO
+    max_grad_norm: float = MAX_GRAD_NORM
     loss_norm: str = "token"      # "token" (the project default) or "sample" (the official code)
     seed: int = 0
-    save_every: int = 0           # optimizer steps between resumable checkpoints (0 = never)
     grad_ckpt: bool = False
-    bf16: bool = False            # CPU: forward and backward under bf16 autocast, fp32 master weights
     schedule: str = "constant"    # "constant" after warmup (the paper); "cosine" (to 10%) only for toy pretraining
     max_steps: int | None = None  # stop after this many steps (the schedule still spans every epoch)
     objective: str = "ce"         # "ce" (every method) or "entropy" (EM-FT: no target, §7)
-    eval_every: int = 0           # optimizer steps between held-out evaluations during training (0 = never)
-    loss_chunk: int = 0           # rows of logits at a time in the loss (0: all at once; micro_batch_loss)
+    loss_chunk: int = 0           # rows of logits at a time in the loss (0: all at once; windowed_ce_sum)
 
 
 def lr_at(step, total_steps, tc: TrainConfig):
@@ -162,198 +168,167 @@ def step_batches(n, tc: TrainConfig):
     return steps
 
 
-def fit(model, examples, tc: TrainConfig, pad_id=0, out=None, resume=False, desc="train", log=print,
-        evaluate=None):
-    """Train `model` in place on examples ({"input_ids", "labels"}); returns the per-step metrics. Lines
-    marked `# ---` are extras (runfolder.FitExtras): metrics and resumable checkpoints in `out`, `evaluate`
-    every tc.eval_every steps, each process's part of a step when there are several."""
+class Hooks:
+    """What fit does besides training: here nothing (a set of dummy implementations). launch/'s FitExtras:
+    checkpoints and --resume, metrics, evaluation during training, each process's part of a step (torchrun)."""
+    eval_seconds = 0.0                                              # spent evaluating during training
+    def first_step(self, model, opt, total_steps): return 0         # or the step a checkpoint was at
+    def part_of_step(self, batch, micro_batch_size, pad_id): return batch   # the examples this process trains on
+    def step_loss(self, loss, n): return loss                       # the step's mean loss
+    def grad_norm(self, norm): return float(norm)                   # the clipped gradient's norm
+    def autocast(self, device): return autocast_for(device)         # bf16 on CUDA (launch/: CPUs with fast bf16)
+    def after_update(self): pass                                    # the optimizer stepped; gradients still there
+    def after_step(self, record, stop): pass                        # the step's metrics are in `record`
+
+
+def fit(model, examples, tc: TrainConfig, pad_id=0, desc="train", hooks=None, progress=True):
+    """Train `model` in place on examples ({"input_ids", "labels"}); returns the per-step metrics."""
+    hooks = hooks or Hooks()
     device = next(model.parameters()).device
-    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=(0.9, 0.95), weight_decay=0.0,
+    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=ADAM_BETAS, weight_decay=0.0,
                             foreach=device.type == "cuda")
-    loss_sum = functools.partial(micro_batch_loss, per_sample=tc.loss_norm == "sample",
-                                 entropy=tc.objective == "entropy", chunk=tc.loss_chunk)
+    loss = dict(per_sample=tc.loss_norm == "sample", entropy=tc.objective == "entropy", chunk=tc.loss_chunk)
     steps = step_batches(len(examples), tc)
     stop = min(len(steps), tc.max_steps or len(steps))
-    extras = FitExtras(model, opt, tc, out, evaluate, log)                # ---
-    start = extras.first_step(resume, len(steps))                          # --- resumed: the checkpoint's step
-    autocast = autocast_for(device, extras.sharded, tc.bf16)
+    start = hooks.first_step(model, opt, len(steps))
+    autocast = hooks.autocast(device)
     model.train()
     model.gradient_checkpointing = tc.grad_ckpt  # only in train mode: evaluation never recomputes
     history = []
-    bar = Progress(stop, desc, "step", initial=start, enabled=extras.writes)
+    bar = Progress(stop, desc, "step", initial=start, enabled=progress)
     for step in range(start, stop):
         lr = lr_at(step, len(steps), tc)
         for g in opt.param_groups:
             g["lr"] = lr
         batch = [examples[i] for i in steps[step]]
-        n = step_count(batch, tc.loss_norm)                                # the normaliser of the whole step
-        batch = extras.share(batch, pad_id)                                # --- this process's part of it
-        loss, n = accumulate_grads(model, batch, tc.micro_batch_size, pad_id, loss_sum, n, autocast)
-        loss = extras.step_loss(loss, n)                                   # ---
+        n = step_count(batch, tc.loss_norm)  # the normaliser of the whole step
+        part = hooks.part_of_step(batch, tc.micro_batch_size, pad_id)
+        mean, n = accumulate_grads(model, part, tc.micro_batch_size, pad_id, n, autocast, **loss)
+        mean = hooks.step_loss(mean, n)
         grad_norm = 0.0
         if n > 0:
-            grad_norm = extras.norm(torch.nn.utils.clip_grad_norm_(model.parameters(), tc.max_grad_norm))  # ---
+            grad_norm = hooks.grad_norm(torch.nn.utils.clip_grad_norm_(model.parameters(), tc.max_grad_norm))
             opt.step()
-            extras.after_update()                                          # --- memory_measured.json
+            hooks.after_update()
         opt.zero_grad(set_to_none=True)
-        rec = {"step": step + 1, "loss": loss, "lr": lr, "grad_norm": grad_norm,
-               "supervised_tokens" if tc.loss_norm == "token" else "samples": n}
-        history.append(rec)
-        bar.update(loss=f"{loss:.4f}")
-        extras.after_step(rec, stop)                                       # --- metrics, evaluation, checkpoint
+        history.append({"step": step + 1, "loss": mean, "lr": lr, "grad_norm": grad_norm,
+                        "supervised_tokens" if tc.loss_norm == "token" else "samples": n})
+        bar.update(loss=f"{mean:.4f}")
+        hooks.after_step(history[-1], stop)
     bar.close()
     model.eval()
     return history
 
 
-def autocast_for(device, sharded, cpu_bf16):
-    """The autocast of the forward and the loss, or None: bf16 on CUDA (a sharded model: FSDP's
-    mixed-precision policy casts instead); on CPU only when asked (--autocast-bf16)."""
+def autocast_for(device, cpu_bf16=False):
+    """The autocast of the forward and the loss, or None: bf16 on CUDA; on CPU if asked (launch/'s --autocast-bf16)."""
     if cpu_bf16 and device.type == "cpu":  # the option for CPUs with fast bf16
         return torch.autocast("cpu", dtype=torch.bfloat16)
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and not sharded else None
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else None
 
 
 # ----------------------------------------------------------------------------- UPFT, end to end
+class Run:
+    """What one run's steps share; how it loads, decodes with, saves the model: one process (launch/: LaunchedRun)."""
+    verbose, resumed = True, False  # this process prints and writes the run's files; launch/'s --resume
 
-@dataclass
-class RunContext:
-    """What the steps of one run share."""
-    args: argparse.Namespace
-    tok: Tokenizer
-    out: Path                    # the run folder while it is built (<out>.partial)
-    log: object                  # print on the process that writes, nothing on the others
-    launch: Launch               # this process: plain python is one (fsdp.py)
-    dtype: torch.dtype           # of the weights (--dtype)
-    top_p: float                 # the sampling's filters: --top-p / --top-k, else the checkpoint's
-    top_k: int
-    eval_seconds: float = 0.0    # spent evaluating during training (--eval-every)
+    def __init__(self, args, tok: Tokenizer, folder: Path, log=print):
+        self.args, self.tok, self.folder, self.log = args, tok, Path(folder), log
+        self.dtype = getattr(torch, args.dtype)
+        self.top_p, self.top_k = sampling_filters(tok, args.top_p, args.top_k)  # the flags', else the checkpoint's
 
+    def load_model(self, model_dir):
+        return Transformer.from_pretrained(model_dir, device=self.args.device, dtype=self.dtype)
 
-def run(args, log=print):
-    """One run: every input checked and the memory plan made before anything is written; then `upft_steps`
-    in the run folder (runfolder.run_folder). Returns results.json."""
-    t0 = time.time()
-    launch = Launch.start(args.device)
-    log = log if launch.writes else (lambda *_: None)
-    model_dir, tok, rows, eval_rows = load_inputs(args)  # bad input fails here: nothing written yet
-    check_resume(args, launch)
-    cfg = Config.from_json(Path(model_dir) / "config.json")
-    plan = plan_for(args, cfg, launch, has_eval=bool(eval_rows))
-    # the whole plan when it matters: a real checkpoint, torchrun, or a plan that does not fit
-    log(format_plan(plan) if args.model or launch.sharded or plan.fix else plan_line(plan))
-    if plan.fix:  # refuse before loading anything
-        raise UpftError(plan.fix)
-    # the decoding batches and the loss windows: the flags', or the plan's (recorded in args.json)
-    args.sample_batch_size, args.eval_batch_size, args.loss_chunk = (plan.sample_batch_size, plan.eval_batch_size,
-                                                                     plan.loss_chunk)
-    top_p, top_k = sampling_filters(tok, args.top_p, args.top_k)
-    records = {"memory_plan.json": plan_record(cfg, plan),
-               "args.json": {**vars(args), "model_dir": str(model_dir), "top_p_used": top_p, "top_k_used": top_k}}
-    with run_folder(args, launch, records, log) as out:
-        ctx = RunContext(args, tok, out, log, launch, getattr(torch, args.dtype), top_p, top_k)
-        results = upft_steps(ctx, model_dir, rows, eval_rows, t0)
-    log(report(results, args.out) + ("" if args.model else "\n" + TOY_NOTE))
-    return results
+    def rollouts(self, model, questions, golds, full, **common):  # upft.method_rollouts of every question
+        return upft.method_rollouts(self.args.method, model, self.tok, questions, golds, full, **common)
+
+    def evaluate(self, model, rows, max_new_tokens, **options):
+        return evaluate(model, self.tok, rows, max_new_tokens, **options)
+
+    def write(self, name, content):  # a JSON (.json) or JSONL (.jsonl) file of the run, written atomically
+        (write_jsonl if name.endswith(".jsonl") else write_json)(self.folder / name, content)
+
+    # launch/ changes these too: a bf16 or a gathered copy to decode with, what an interrupted run holds
+    # (--resume, --base-from), fit's hooks, saving a sharded model
+    def for_decoding(self, model): return model
+    def saved(self, name): return None
+    def hooks(self, eval_rows): return Hooks()
+    def save_model(self, model, path): model.save_pretrained(path)
 
 
-def upft_steps(ctx, model_dir, rows, eval_rows, t0):
+def upft_steps(run, model_dir, rows, eval_rows, t0):
     """UPFT's steps, in order (docs/method.md §3)."""
-    args = ctx.args
+    args = run.args
     torch.manual_seed(args.seed)
-    # 1. load the model (under torchrun each process holds its shards only: fsdp.py)
-    model = load_sharded_model(model_dir, ctx.launch.device, ctx.dtype) if ctx.launch.sharded else \
-        Transformer.from_pretrained(model_dir, device=args.device, dtype=ctx.dtype)
-    # 2. the base model's accuracy on the held-out questions (reused: --resume, --base-from)
-    decoding_model = model_for_decoding(ctx, model)
-    copy_base_eval(args, ctx.out, ctx.launch)
-    base = accuracy(ctx, "base", decoding_model, eval_rows, reuse=args.resume or bool(args.base_from))
-    # 3. sample ONE answer per question from the model itself (a resumed run reuses its samples)
-    resumed = args.resume and (ctx.out / "train_examples.jsonl").exists()
-    started = time.time()
-    rollouts, accounting = (None, None) if resumed else sample(ctx, decoding_model, rows)
+    # 1. load the model
+    model = run.load_model(model_dir)
+    # 2. the base model's accuracy on the held-out questions
+    decoding_model = run.for_decoding(model)
+    base = accuracy(run, "base", decoding_model, eval_rows)
+    # 3. sample ONE answer per question from the model itself
+    saved, started = run.saved("train_examples.jsonl"), time.time()  # (an interrupted run's, under launch/)
+    rollouts, accounting = self_generate(run, decoding_model, rows) if saved is None else (None, None)
     del decoding_model
     if "cuda" in args.device:
         torch.cuda.empty_cache()  # the decoding copy and its cache, before training
     # 4. the training examples: prompt (+ the prefix instruction), the sampled tokens, EOS
-    examples, accounting = (read_examples(ctx.out, ctx.log) if resumed else
-                            make_examples(ctx, rows, rollouts, accounting, started))
-    # 5. train: fit, the masked cross-entropy loop (accuracy during training with --eval-every)
-    finetune(ctx, model, examples, rows, eval_rows, accounting)
-    # 6. save the tuned model in HF layout (it supersedes the resumable checkpoint)
-    if ctx.launch.sharded:  # the full weights gathered, written by one process
-        save_gathered(model, ctx.dtype, ctx.out / "model", ctx.launch.rank)
-    else:
-        model.save_pretrained(ctx.out / "model")
+    examples, accounting = saved or make_examples(run, rows, rollouts, accounting, started)
+    # 5. train: fit, the masked cross-entropy loop
+    finetune(run, model, examples, rows, eval_rows, accounting)
+    # 6. save the tuned model in HF layout
+    run.save_model(model, run.folder / "model")
     # 7. the tuned model's accuracy
-    tuned = accuracy(ctx, "tuned", model_for_decoding(ctx, model), eval_rows)
+    tuned = accuracy(run, "tuned", run.for_decoding(model), eval_rows)
     # 8. the results: accuracy before and after, the token accounting, the time
-    return write_results(ctx, base, tuned, accounting, t0)
+    return write_results(run, base, tuned, accounting, t0)
 
 
-def model_for_decoding(ctx, model):
-    """The model to sample and evaluate with: itself, or a bf16 copy (--decode-bf16); with several processes
-    a full copy (bf16 on CUDA; the plan counts it), as decoding through the shards would gather every layer."""
-    bf16 = "cuda" in ctx.args.device or ctx.args.decode_bf16
-    if ctx.launch.sharded:
-        return gather_full(model, torch.bfloat16 if bf16 else ctx.dtype, ctx.launch.device)
-    return model.to_dtype_copy(torch.bfloat16) if ctx.args.decode_bf16 else model
-
-
-def accuracy(ctx, tag, model, eval_rows, reuse=None):
-    """(greedy summary, sampled summary or None) on the held-out questions; records and summaries to
-    eval_<tag>[_sampled].json[l]. `reuse` (default --resume): what is already there is read back."""
-    args = ctx.args
+def accuracy(run, tag, model, eval_rows):
+    """(greedy summary, sampled summary or None) on the held-out questions, into eval_<tag>[_sampled].json[l]."""
+    args = run.args
     if not eval_rows:
         return None, None
-    results = []
-    for suffix, n in (("", 1), ("_sampled", args.eval_samples)):
-        path, summary = ctx.out / f"eval_{tag}{suffix}.json", None
-        if n and (args.resume if reuse is None else reuse) and path.exists():
-            summary = json.loads(path.read_text())
-        elif n:
-            records, summary = evaluate_model(ctx, model, eval_rows, n, tag, sampled=bool(suffix))
-            if ctx.launch.writes:
-                write_jsonl(ctx.out / f"eval_{tag}{suffix}.jsonl", records)
-                write_json(path, summary)
-        results.append(summary)
+    results = [None, None]
+    for k, (suffix, n) in enumerate((("", 1), ("_sampled", args.eval_samples))):
+        results[k] = n and run.saved(f"eval_{tag}{suffix}.json") or None
+        if n and not results[k]:
+            records, results[k] = evaluate_model(run, model, eval_rows, n, tag, sampled=bool(suffix))
+            run.write(f"eval_{tag}{suffix}.jsonl", records)
+            run.write(f"eval_{tag}{suffix}.json", results[k])
     greedy, sampled = results
-    ctx.log(f"{tag} accuracy on {len(eval_rows)} held-out questions: greedy {greedy['accuracy']:.1%}" +
+    run.log(f"{tag} accuracy on {len(eval_rows)} held-out questions: greedy {greedy['accuracy']:.1%}" +
             (f", sampled {sampled['accuracy']:.1%} (pass@{args.eval_samples} {sampled['pass@n']:.1%})"
              if sampled else ""))
     return greedy, sampled
 
 
-def evaluate_model(ctx, model, rows, n=1, tag=None, sampled=False):
-    """eval.evaluate with the run's settings: greedy; `sampled`, n >= 1 samples per question at the
-    evaluation's temperature and the checkpoint's top-p/top-k, from the evaluation seed's streams."""
-    args = ctx.args
-    top_p, top_k = sampling_filters(ctx.tok)  # the checkpoint's, whatever --top-p/--top-k say
+def evaluate_model(run, model, rows, n=1, tag=None, sampled=False):
+    """eval.evaluate, greedy; `sampled`: n samples per question at --eval-temperature, the checkpoint's filters."""
+    args = run.args
+    top_p, top_k = sampling_filters(run.tok)  # the checkpoint's, whatever --top-p/--top-k say
     sampling = dict(n=n, temperature=args.eval_temperature, seed=args.eval_seed, top_p=top_p, top_k=top_k,
                     sampled=True) if sampled else {}
-    shown = ctx.launch.writes and tag and f"{tag} model, " + (f"{n} samples each" if sampled else "greedy")
-    return evaluate(model, ctx.tok, rows, args.eval_max_new_tokens, batch_size=args.eval_batch_size, progress=shown,
-                    share=ctx.launch.share, **sampling)
+    shown = run.verbose and tag and f"{tag} model, " + (f"{n} samples each" if sampled else "greedy")
+    return run.evaluate(model, rows, args.eval_max_new_tokens, batch_size=args.eval_batch_size, progress=shown,
+                        **sampling)
 
 
-def sample(ctx, model, rows):
-    """The method's self-generated rollouts (upft.sample_method) and their token accounting; each process
-    samples its share of the questions (each question draws from its own random streams: model.generate)."""
-    args, share = ctx.args, ctx.launch.share
-    rollouts, sampled, dropped = upft.sample_method(
-        args.method, model, ctx.tok, [r["question"] for r in rows], [r.get("gold") for r in rows],
-        args.prefix_len, args.structure_ratio, args.num_samples, share=share, prefixes=not args.full_only,
-        max_new_tokens=args.max_new_tokens, seed=args.seed, batch_size=args.sample_batch_size,
-        progress=ctx.launch.writes, temperature=args.temperature, top_p=ctx.top_p, top_k=ctx.top_k)
-    if share:  # every process gets every rollout, in question order
-        rollouts, sampled, dropped = gather_rollouts(rollouts, sampled, dropped)
+def self_generate(run, model, rows):
+    """Step 3: the method's self-generated rollouts (upft.method_rollouts) and their token accounting."""
+    args, questions = run.args, [r["question"] for r in rows]
+    full = upft.split_canonical(questions, args.structure_ratio, args.seed)  # D_f (upft; the others: all full)
+    rollouts, sampled, dropped = run.rollouts(
+        model, questions, [r.get("gold") for r in rows], full, prefix_len=args.prefix_len,
+        num_samples=args.num_samples, prefixes=not args.full_only, max_new_tokens=args.max_new_tokens,
+        seed=args.seed, batch_size=args.sample_batch_size, progress=run.verbose, temperature=args.temperature,
+        top_p=run.top_p, top_k=run.top_k)
     return rollouts, upft.sampling_accounting(args.method, len(rows), rollouts, sampled, dropped, args.num_samples)
 
 
-def make_examples(ctx, rows, rollouts, accounting, started):
-    """(training examples, accounting): upft.build_examples of the rollouts (the controls of §7.1 first);
-    rollouts.jsonl, accounting.json and, last, train_examples.jsonl (the sampling is complete)."""
-    args, tok, questions = ctx.args, ctx.tok, [r["question"] for r in rows]
+def make_examples(run, rows, rollouts, accounting, started):
+    """Step 4: upft.build_examples of the rollouts (the controls of §7.1 first); then their files, examples last."""
+    args, tok, questions = run.args, run.tok, [r["question"] for r in rows]
     if args.full_only or args.random_targets:  # the controls (§7.1), on UPFT's own samples
         rollouts = upft.ablate_rollouts(rollouts, questions, args.full_only, args.random_targets, seed=args.seed)
     examples, dropped = upft.build_examples(
@@ -367,80 +342,226 @@ def make_examples(ctx, rows, rollouts, accounting, started):
         raise UpftError("no training examples (every question was dropped)")
     for r in rollouts:
         r.update(question=questions[r["index"]], response=tok.decode(r["response_ids"]))
-    if ctx.launch.writes:
-        write_jsonl(ctx.out / "rollouts.jsonl", rollouts)
-        write_json(ctx.out / "accounting.json", accounting)
-        write_jsonl(ctx.out / "train_examples.jsonl", examples)  # last: the sampling phase is complete
+    run.write("rollouts.jsonl", rollouts)
+    run.write("accounting.json", accounting)
+    run.write("train_examples.jsonl", examples)  # last: the sampling phase is complete
     return examples, accounting
 
 
-def finetune(ctx, model, examples, rows, eval_rows, accounting):
-    """fit on the examples, in an order drawn over the questions taken canonically (by their text,
-    upft.canonical_order), so a shuffled data file gives the same run; the training time goes to accounting."""
-    args = ctx.args
+def finetune(run, model, examples, rows, eval_rows, accounting):
+    """Step 5: fit, the examples in canonical order (upft.canonical_order: a shuffled file gives the same run)."""
+    args = run.args
     tc = TrainConfig(lr=args.lr, epochs=args.epochs, batch_size=args.batch_size,
                      micro_batch_size=args.micro_batch_size, loss_norm=args.loss_norm, seed=args.seed,
-                     save_every=args.save_every, grad_ckpt=args.grad_ckpt, bf16=args.autocast_bf16,
-                     objective="entropy" if args.method == "em" else "ce", eval_every=args.eval_every,
-                     loss_chunk=args.loss_chunk)
-    subset = eval_rows[:args.eval_subset]  # held-out questions evaluated during training (--eval-every)
-    evaluate_subset = functools.partial(accuracy_during_training, ctx, subset) if subset else None
-    started = time.time()
+                     grad_ckpt=args.grad_ckpt,
+                     objective="entropy" if args.method == "em" else "ce", loss_chunk=args.loss_chunk)
+    started, hooks = time.time(), run.hooks(eval_rows)
     order = {i: k for k, i in enumerate(upft.canonical_order([r["question"] for r in rows]))}
     examples = sorted(examples, key=lambda e: order[e["index"]])
-    fit(model, examples, tc, pad_id=ctx.tok.pad_id, out=ctx.out, resume=args.resume, desc=args.method,
-        log=ctx.log, evaluate=evaluate_subset)
-    accounting["training_seconds"] = time.time() - started - ctx.eval_seconds  # without the evaluations during it
-    accounting["eval_during_training_seconds"] = ctx.eval_seconds
+    history = fit(model, examples, tc, pad_id=run.tok.pad_id, desc=args.method, hooks=hooks, progress=run.verbose)
+    run.write("metrics.jsonl", history)  # each step's loss, learning rate, gradient norm and count
+    accounting["training_seconds"] = time.time() - started - hooks.eval_seconds  # without evaluations during it
+    accounting["eval_during_training_seconds"] = hooks.eval_seconds
 
 
-def accuracy_during_training(ctx, subset, model):
-    """fit's `evaluate`: greedy accuracy on a fixed held-out subset (greedy draws no random number)."""
-    started = time.time()
-    _, summary = evaluate_model(ctx, model_for_decoding(ctx, model), subset)
-    ctx.eval_seconds += time.time() - started
-    return {"eval_accuracy": summary["accuracy"], "eval_questions": summary["questions"]}
-
-
-def write_results(ctx, base, tuned, accounting, t0):
+def write_results(run, base, tuned, accounting, t0):
     """results.json: the settings that name the run, base and tuned accuracy, the token accounting, the time."""
-    args = ctx.args
+    args = run.args
     results = {"method": args.method, "prefix_len": args.prefix_len, "structure_ratio": args.structure_ratio,
                "num_samples": args.num_samples, "seed": args.seed, "loss_norm": args.loss_norm,
                "controls": [k for k in ABLATIONS if getattr(args, k)], "base": base[0], "tuned": tuned[0],
-               "base_sampled": base[1], "tuned_sampled": tuned[1],
-               "accounting": accounting, "wall_seconds": time.time() - t0,
-               "resumed": bool(args.resume)}  # a resumed run's clocks restart at the resume: its times are partial
-    if ctx.launch.writes:
-        write_json(ctx.out / "results.json", results)
+               "base_sampled": base[1], "tuned_sampled": tuned[1], "accounting": accounting,
+               "wall_seconds": time.time() - t0, "resumed": run.resumed}
+    run.write("results.json", results)  # a resumed run's clocks restart at the resume: its times are partial
     return results
 
 
 def report(results, out):  # the lines a finished run prints
     accounting = results["accounting"]
-    lines = [f"\n== {results['method']} (L={results['prefix_len']}, p={results['structure_ratio']}, "
-             f"N={results['num_samples']}, seed={results['seed']}) -> {out}",
-             f"base  accuracy: {accuracy_line(results['base'], results.get('base_sampled'))}",
-             f"tuned accuracy: {accuracy_line(results['tuned'], results.get('tuned_sampled'))}",
-             f"questions: {accounting['questions']} sampled, {accounting['questions_used']} trained on "
-             f"({accounting['prefix_examples']} prefix + {accounting['full_examples']} full)",
-             f"tokens sampled: {accounting['tokens_sampled']:,}   "
-             f"tokens supervised: {accounting['tokens_supervised']:,}",
-             f"wall time: {results['wall_seconds']:.0f}s"]
-    return "\n".join(lines)
+    return "\n".join([
+        f"\n== {results['method']} (L={results['prefix_len']}, p={results['structure_ratio']}, "
+        f"N={results['num_samples']}, seed={results['seed']}) -> {out}",
+        f"base  accuracy: {accuracy_line(results['base'], results.get('base_sampled'))}",
+        f"tuned accuracy: {accuracy_line(results['tuned'], results.get('tuned_sampled'))}",
+        f"questions: {accounting['questions']} sampled, {accounting['questions_used']} trained on "
+        f"({accounting['prefix_examples']} prefix + {accounting['full_examples']} full)",
+        f"tokens sampled: {accounting['tokens_sampled']:,}   tokens supervised: {accounting['tokens_supervised']:,}",
+        f"wall time: {results['wall_seconds']:.0f}s"])
+
+
+def run_record(args, model_dir, top_p, top_k):  # args.json: every setting, the checkpoint, the filters used
+    return {**vars(args), "model_dir": str(model_dir), "top_p_used": top_p, "top_k_used": top_k}
+
+
+def run(args, log=print):
+    """Every input checked, then `upft_steps` in a folder that takes --out's name when complete (a failed run
+    leaves nothing). Returns results.json."""
+    t0 = time.time()
+    model_dir, tok, rows, eval_rows = load_inputs(args)  # bad input fails here: nothing written yet
+    with atomic_dir(args.out) as folder:
+        run = Run(args, tok, folder, log)
+        run.write("args.json", run_record(args, model_dir, run.top_p, run.top_k))
+        results = upft_steps(run, model_dir, rows, eval_rows, t0)
+    log(report(results, args.out) + ("" if args.model else "\n" + TOY_NOTE))
+    return results
+
+
+# ----------------------------------------------------------------------------- the command line
+def build_parser(add_help=True):
+    parser = argparse.ArgumentParser(add_help=add_help, description="Unsupervised Prefix Fine-Tuning (and the SFT, "
+                                     "RFT, EM-FT and majority-vote baselines, and the controls that take UPFT apart).")
+    add = parser.add_argument
+    add("--model", help="HF checkpoint directory or hub id (default: the embedded toy world in assets/toy)")
+    add("--world", help="a toy world folder (scripts/build_toy.py writes one) instead of assets/toy")
+    add("--data", help="training questions, JSONL with 'question' or 'problem' (answers only needed by rft)")
+    add("--eval-data", help="held-out JSONL with answers for base/tuned accuracy (toy: its test split)")
+    add("--method", default="upft", choices=METHODS, help="UPFT, or a baseline (sft: one self-generated trace; rft: "
+        "the first of N that matches the label; em: sft's traces, entropy loss; vote: the first of N that matches "
+        "the majority answer)")
+    for k, (toy, real, what) in HYPERPARAMETERS.items():
+        shown = toy if toy == real else f"{toy} on the toy world, {real} with --model"
+        add("--" + k.replace("_", "-"), type=type(toy), help=f"{what} (default: {shown})".replace("%", "%%"))
+    add("--num-samples", type=int, help="prefixes per question for voting (upft; 1 = the paper), or full samples "
+        "per question (rft, vote) (default: 1 for upft, 16 for rft and vote)")
+    add("--top-p", type=float, help="sampling top-p (default: the model's generation_config.json, else 1.0)")
+    add("--top-k", type=int, help="sampling top-k, 0 = off (default: the model's generation_config.json, else 0)")
+    add("--loss-norm", default="token", choices=["token", "sample"], help="token: CE summed over the step / its "
+        "supervised tokens; sample: the official code's per-sample mean")
+    add("--grad-ckpt", action="store_true", help="gradient checkpointing (less memory, slower)")
+    add("--loss-chunk", type=int, help="K: at most K rows of logits at a time, recomputed in backward (less memory "
+        "for long traces); 0 = all at once (default: 0, or launch/'s memory plan's)")
+    for flag, what in (("--no-instruction", "prefix examples without the prefix instruction"),
+                       ("--no-eos", "no EOS after the prefix (L supervised tokens)"),
+                       ("--full-only", "train only on the full traces of the fraction p (no prefix sampled)"),
+                       ("--random-targets", "each prefix example gets another question's prefix (a derangement)")):
+        add(flag, action="store_true", help=f"control (upft): {what}")
+    add("--eval-temperature", type=float, default=0.6, help="temperature of the sampled evaluation")
+    add("--eval-seed", type=int, default=0, help="seed of the sampled evaluation (the same for base and tuned: paired)")
+    add("--seed", type=int, default=0, help="seed of the split, the sampling and the data order")
+    add("--out", help="run folder (default: runs/<time>-<method>-L<L>-s<seed>); must not exist")
+    add("--device", default=default_device(), help="cpu or cuda")
+    add("--dtype", choices=["float32", "bfloat16"], default="float32", help="weights dtype (CUDA trains under bf16 "
+        "autocast either way)")
+    add("--no-eval", action="store_true", help="skip base/tuned accuracy")
+    for action in parser._actions:  # the other defaults in the help too
+        if action.dest not in HYPERPARAMETERS and action.default not in (None, False, argparse.SUPPRESS):
+            action.help += " (default: %(default)s)"
+    return parser
+
+
+def parse_args(argv=None):
+    """Parse and check every flag and --out; nothing is read or written."""
+    args = build_parser().parse_args(argv)
+    check_flags(args)
+    check_out(args)
+    return args
+
+
+def check_flags(args, planned=False):
+    """Every default filled in (HYPERPARAMETERS), every number and combination checked. planned (launch/): --loss-chunk
+    and (CUDA) --sample-batch-size and --eval-batch-size, if not given, stay None for the memory plan."""
+    for k, (toy, real, _) in HYPERPARAMETERS.items():
+        on_gpu = planned and args.device.startswith("cuda") and k in ("sample_batch_size", "eval_batch_size")
+        if getattr(args, k) is None and not on_gpu:
+            setattr(args, k, real if args.model else toy)
+    if args.num_samples is None:
+        args.num_samples = 16 if args.method in ("rft", "vote") else 1
+    args.loss_chunk = args.loss_chunk if args.loss_chunk is not None or planned else 0
+    require(args.prefix_len >= 1, f"--prefix-len must be a positive number of tokens, got {args.prefix_len}")
+    require(0.0 <= args.structure_ratio <= 1.0, f"--structure-ratio must be in [0, 1], got {args.structure_ratio}")
+    require(args.num_samples >= 1, f"--num-samples must be >= 1, got {args.num_samples}")
+    require(args.temperature == 0 or args.temperature >= MIN_TEMPERATURE,
+            f"--temperature must be 0 (greedy) or at least {MIN_TEMPERATURE:g}, got {args.temperature}")
+    require(args.eval_temperature >= MIN_TEMPERATURE, f"--eval-temperature must be at least {MIN_TEMPERATURE:g} "
+            f"(greedy is always evaluated), got {args.eval_temperature}")
+    require(args.top_p is None or 0 < args.top_p <= 1, f"--top-p must be in (0, 1], got {args.top_p}")
+    require(args.top_k is None or args.top_k >= 0, f"--top-k must be >= 0 (0 = off), got {args.top_k}")
+    for k in ("loss_chunk", "eval_samples", "lr", "epochs", "batch_size", "micro_batch_size", "max_len",
+              "max_new_tokens", "eval_batch_size", "sample_batch_size", "eval_max_new_tokens", "limit", "eval_limit"):
+        v, zero_ok = getattr(args, k), k in ("loss_chunk", "eval_samples")
+        require(v is None or v > 0 or (zero_ok and v == 0), f"--{k.replace('_', '-')} must be "
+                f"{'>= 0' if zero_ok else 'positive'}, got {v}")
+    # flags that do not go together
+    require(args.method != "vote" or args.num_samples >= 2,
+            f"--method vote needs --num-samples >= 2 (a vote of one sample is no vote), got {args.num_samples}")
+    require(args.method != "em" or args.loss_norm == "token", "--method em supports --loss-norm token only")
+    on = [f"--{k.replace('_', '-')}" for k in ABLATIONS if getattr(args, k)]
+    require(not on or args.method == "upft", f"{', '.join(on)}: a control of UPFT, only with --method upft")
+    require(not args.full_only or len(on) == 1, f"--full-only drops the prefix examples: {', '.join(on[1:])} "
+            "would change nothing")
+    require(not args.full_only or args.structure_ratio > 0, "--full-only with --structure-ratio 0 leaves no example")
+    require(not args.random_targets or args.structure_ratio < 1,
+            "--random-targets with --structure-ratio 1 leaves no prefix example to pair")
+
+
+def check_out(args):
+    """The inputs a run needs besides the flags, and --out (default: a new name): it must not exist."""
+    require(not args.model or args.data, "--data is required with --model (JSONL of training questions)")
+    require(not (args.model and args.world), "--world and --model: one or the other")
+    require(not args.world or (Path(args.world) / "build.json").is_file(),
+            f"--world {args.world}: no toy world there (build.json missing)")
+    args.out = args.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-{args.method}-L{args.prefix_len}-s{args.seed}"
+    require(not Path(args.out).exists(), f"--out {args.out} already exists (choose another --out)")
+    check_writable(args.out, "--out")
+
+
+def check_writable(path, flag):
+    """A folder can be created at `path`: one is made and removed in its nearest existing parent."""
+    parent = Path(path).absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    require(parent.is_dir(), f"{flag} {path}: {parent} is not a folder")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".upft-write-check-", dir=parent))
+    except OSError as e:
+        require(False, f"{flag} {path}: cannot write in {parent} ({e.strerror})")
+
+
+def load_inputs(args):
+    """(model_dir, tokenizer, rows, eval_rows): everything a run reads (the toy world's by default), checked
+    before any model is built; every prompt rendered (a broken chat template fails here)."""
+    world = Path(args.world or TOY_WORLD)
+    model_dir = resolve(args.model) if args.model else world / "model"
+    rows = load_rows(args.data or world / "train.jsonl", args.limit, require_answer=args.method == "rft")
+    eval_data = args.eval_data or (None if args.model else world / "test.jsonl")
+    eval_rows = load_rows(eval_data, args.eval_limit) if eval_data and not args.no_eval else []
+    Config.from_json(Path(model_dir) / "config.json")
+    tok = Tokenizer.from_pretrained(model_dir)
+    if not any([len(chat_prompt(tok, r["question"])) < args.max_len for r in rows]):
+        raise UpftError(f"no training question fits --max-len {args.max_len} (every prompt is longer)")
+    for r in eval_rows:
+        chat_prompt(tok, r["question"])
+    return model_dir, tok, rows, eval_rows
+
+
+def launcher(argv):
+    """The one door to launch/ (imported here only), for what it adds: torchrun, a flag this parser does not know
+    (--resume, --plan, ...), a real checkpoint's or a GPU's memory plan. None: run the method here."""
+    args, unknown = build_parser(add_help=False).parse_known_args(argv)  # --help: launch/'s, with its flags
+    if not (unknown or args.model or args.device.startswith("cuda") or "LOCAL_RANK" in os.environ):
+        return None
+    try:
+        import launch.run
+    except ModuleNotFoundError as e:
+        if e.name != "launch":
+            raise
+        return None
+    return launch.run
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    wrapped = launcher(argv)
+    if wrapped:
+        return wrapped.main(argv)
     try:
-        args = parse_args(argv)
-        if args.plan is not None:
-            return print_plan(args)
-        run(args)
-        Launch.finish()
+        run(parse_args(argv))
     except UpftError as e:  # exit 2: bad input; 1: the machine (UpftFault)
-        if Launch.first_process():  # every process checks alike: one line, not one per process
-            print(f"error: {e}", file=sys.stderr)
+        print(f"error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
+    except OSError as e:  # a full disk, a permission: the run folder is gone (atomic_dir)
+        print(f"error: {e.filename + ': ' if e.filename else ''}{e.strerror or e}; nothing was kept", file=sys.stderr)
+        sys.exit(1)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)

@@ -33,7 +33,7 @@ from safetensors.torch import load_file
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import toy  # noqa: E402
-from cli import check_writable, require  # noqa: E402
+from train import check_writable, require  # noqa: E402
 from data import UpftError  # noqa: E402
 from train import TrainConfig, fit  # noqa: E402
 

@@ -71,7 +71,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from data import Tokenizer, UpftError, UpftFault, atomic_dir, cache_dir  # noqa: E402
+from data import Tokenizer, UpftError, UpftFault, atomic_dir  # noqa: E402
 
 FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
          "generation_config.json", "SOURCE.json")
@@ -148,6 +148,12 @@ SOURCES = {s.name: s for s in (
              "original",
         split_regex=QWEN2_SPLIT),
 )}
+
+
+def cache_dir() -> Path:
+    """Root of upft's download cache (converted checkpoints): $UPFT_CACHE, else ~/.cache/upft."""
+    env = os.environ.get("UPFT_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "upft"
 
 
 def model_dir(name: str = "smollm2") -> Path:

@@ -50,7 +50,7 @@ def fig2(work):
     """The paper's two prefix analyses (Fig. 2a, 2b) on the toy world's held-out questions."""
     import toy
     from data import Tokenizer, load_rows
-    from eval import error_position, prefix_consistency
+    from launch.analyses import error_position, prefix_consistency
     from model import Transformer
     world = toy.load_world()
     tok = Tokenizer.from_pretrained(world["model_dir"])

@@ -374,18 +374,19 @@ def part_env(part):
 # ----------------------------------------------------------------------------- 1. toy
 
 def toy_numbers(run):
-    """The numbers of a finished toy run folder that part 1 compares (results.json, metrics.jsonl,
-    memory_plan.json). accounting.json is written before training; results.json holds it complete."""
+    """The numbers of a finished toy run folder that part 1 compares (results.json, metrics.jsonl, args.json:
+    the decoding batches, the memory plan's on CUDA). accounting.json is written before training; results.json
+    holds it complete."""
     r = json.loads((run / "results.json").read_text())
     a = r["accounting"]
     losses = [m["loss"] for m in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "loss" in m]
-    plan = json.loads((run / "memory_plan.json").read_text())["settings"]
+    used = json.loads((run / "args.json").read_text())
     n = {"questions": a["questions"], "prefix_examples": a["prefix_examples"], "full_examples": a["full_examples"],
          "tokens_sampled": a["tokens_sampled"], "tokens_supervised": a["tokens_supervised"],
          "eval_questions": r["base"]["questions"], "base_accuracy": r["base"]["accuracy"],
          "tuned_accuracy": r["tuned"]["accuracy"], "losses": losses,
          "sampling_seconds": a["sampling_seconds"], "training_seconds": a["training_seconds"],
-         "wall_seconds": r["wall_seconds"], "sample_batch": plan["sample_batch"], "eval_batch": plan["eval_batch"]}
+         "wall_seconds": r["wall_seconds"], "sample_batch": used["sample_batch_size"], "eval_batch": used["eval_batch_size"]}
     for k in ("base", "tuned"):
         if r.get(f"{k}_sampled"):
             n[f"{k}_sampled_accuracy"] = r[f"{k}_sampled"]["accuracy"]

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import plan as P  # noqa: E402
+from launch import plan as P  # noqa: E402
 from model import Config  # noqa: E402
 
 # config.json shape fields of the three checkpoints (Hugging Face hub, as published)

@@ -26,11 +26,50 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch starts OpenM
 import torch  # noqa: E402
 
 import toy  # noqa: E402
-from data import (Tokenizer, UpftError, chat_prompt, load_rows, read_jsonl, sampling_filters,  # noqa: E402
-                  show_example)
+from data import (IGNORE, Tokenizer, UpftError, chat_prompt, load_rows, read_jsonl, sampling_filters,  # noqa: E402
+                  supervised_count)
 from grader import extract_answer, is_equiv  # noqa: E402
 from model import Transformer, generate  # noqa: E402
 from upft import make_example  # noqa: E402
+
+_MARKS = ("\x1b[30;42m", "\x1b[30;46m")  # supervised tokens: black on green / on cyan, alternating
+_DIM, _RESET = "\x1b[2m", "\x1b[0m"
+
+
+def show_example(tok: Tokenizer, example: dict, color: bool | None = None) -> str:
+    """One training example as text, with the tokens it is trained on marked: each supervised token in
+    [brackets] (or, with color, on an alternating green/cyan background, the prompt dimmed), so token
+    boundaries, the prefix length and the supervised EOS are visible. A newline inside a supervised
+    token is shown as `\\n`, and the line breaks after the token's closing mark (`[.\\n]`, then the
+    newline). color None: colour when stdout is a terminal and NO_COLOR is unset. The first line says
+    how many tokens there are and how many are supervised.
+
+    example: {"input_ids", "labels"} with labels aligned to input_ids (IGNORE = not trained), as
+    upft.make_example returns it and train_examples.jsonl stores it; "kind" is shown when present.
+    """
+    if color is None:
+        color = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+    ids, labels = example["input_ids"], example["labels"]
+    n_sup = supervised_count(labels)  # what the loss trains
+    how = "on a coloured background" if color else "each [in brackets]"
+    out = [f"{example.get('kind', 'training')} example: {len(ids)} tokens, {n_sup} supervised, {how}\n"]
+    plain, k = [], 0
+    for t, (i, y) in enumerate(zip(ids, labels)):
+        if y == IGNORE or t == 0:
+            plain.append(i)
+            continue
+        if plain:
+            text = tok.decode(plain)
+            out.append(f"{_DIM}{text}{_RESET}" if color else text)
+            plain = []
+        text = tok.decode([i])
+        piece = text.replace("\n", "\\n")
+        out.append((f"{_MARKS[k % 2]}{piece}{_RESET}" if color else f"[{piece}]") + "\n" * text.count("\n"))
+        k += 1
+    if plain:
+        text = tok.decode(plain)
+        out.append(f"{_DIM}{text}{_RESET}" if color else text)
+    return "".join(out)
 
 
 def from_run(run: Path, index, color):

@@ -42,6 +42,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from unittest import mock
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch starts OpenMP: docs/performance.md, "A busy machine"
 
@@ -49,7 +50,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-import cli  # noqa: E402
+from launch.cli import cpu_bf16  # noqa: E402
 import train  # noqa: E402
 from data import Tokenizer, UpftError, read_jsonl, supervised_count  # noqa: E402
 from model import Transformer, generate  # noqa: E402
@@ -263,15 +264,15 @@ def bench_upft_step(ours, ref, tok, rows, args):
     ours.train()
     ref.train()
 
-    def hf_loss(model, ids, labels):  # transformers' own loss: the mean over the micro-batch's tokens
+    def hf_loss(model, ids, labels, **_):  # transformers' own loss (the micro-batch's token mean), as a sum
         n = sum(supervised_count(row) for row in labels.tolist())
-        return model(ids, labels=labels).loss * n, n
+        return model(ids, labels=labels).loss * n
 
-    def step(model, loss_sum, amp, record):
+    def step(model, loss_sum, amp, record):  # the same loop (accumulate_grads) around either loss
         def fn():
             model.zero_grad(set_to_none=True)
-            with PeakRSS() as mem:
-                loss, _ = train.accumulate_grads(model, exs, mb, pad, loss_sum, total, amp())
+            with PeakRSS() as mem, mock.patch.object(train, "micro_batch_loss", loss_sum):
+                loss, _ = train.accumulate_grads(model, exs, mb, pad, total, amp())
             record.setdefault("rss", []).append(mem.rise)
             record["loss"] = loss
             return None
@@ -384,8 +385,8 @@ def main():
     if min(args.upft_step) < 0 or args.micro_batch < 1 or args.train_batch < 0 or args.train_len < 2:
         ap.error("--upft-step counts must be >= 0, --micro-batch >= 1, --train-batch >= 0, --train-len >= 2")
     args.upft_step = args.upft_step if sum(args.upft_step) else None
-    if args.autocast_bf16 and not cli.cpu_bf16()[0]:
-        print(f"note: {cli.cpu_bf16()[1]}: the bf16 rows run emulated, many times slower than fp32",
+    if args.autocast_bf16 and not cpu_bf16()[0]:
+        print(f"note: {cpu_bf16()[1]}: the bf16 rows run emulated, many times slower than fp32",
               file=sys.stderr)
     dtype = getattr(torch, args.dtype)
     try:

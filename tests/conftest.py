@@ -9,6 +9,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(1, str(ROOT / "scripts"))  # the toy world builder and the statistics (toy.py, paired.py)
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
 

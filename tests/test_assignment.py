@@ -199,7 +199,7 @@ def test_make_grade_solve_round_trip(tmp_path):
     copied = assignment.source_files(dest)
     assert copied == [f for f in files if f not in assignment.INSTRUCTOR_ONLY]
     # the copy imports and everything that is not an exercise runs
-    q = subprocess.run([sys.executable, "-c", "import model, upft, train, grader, eval, toy, data"], cwd=dest,
+    q = subprocess.run([sys.executable, "-c", "import model, upft, train, grader, eval, data, launch.run"], cwd=dest,
                        capture_output=True, text=True, timeout=120)
     assert q.returncode == 0, q.stderr
     q = subprocess.run([sys.executable, "train.py", "--help"], cwd=dest, capture_output=True, text=True, timeout=120)

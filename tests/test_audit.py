@@ -9,7 +9,7 @@ import torch
 import upft
 from data import IGNORE, Tokenizer, chat_prompt, read_jsonl
 from test_train import _question_texts, _questions, _run, random_examples, tiny_model  # noqa: F401 (fixture)
-from train import accumulate_grads, micro_batch_loss, parse_args, run
+from train import accumulate_grads, parse_args, run
 from upft import PREFIX_INSTRUCTION
 
 
@@ -17,7 +17,7 @@ from upft import PREFIX_INSTRUCTION
 
 def _entropy_grads(model, examples, micro):
     model.zero_grad(set_to_none=True)
-    accumulate_grads(model, examples, micro, 0, functools.partial(micro_batch_loss, entropy=True))
+    accumulate_grads(model, examples, micro, 0, entropy=True)
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
@@ -51,7 +51,7 @@ def test_em_trains_on_sft_samples_with_the_entropy_loss(tiny_dir, tmp_path):
 # ----------------------------------------------------------------------------- majority vote
 
 class _FakeTok:
-    """Just enough tokenizer for upft.sample_vote: a response is a list of character codes."""
+    """Just enough tokenizer for upft.vote_rollouts: a response is a list of character codes."""
     eos_ids = [0]
 
     def apply_chat_template(self, messages, add_generation_prompt=True):
@@ -76,14 +76,14 @@ def test_vote_picks_majority_and_records_shares(monkeypatch):
         assert n == 5
         return [[tok.encode(t) for t in samples[q]] for q in questions]
     monkeypatch.setattr(upft, "generate_answers", fake_answers)
-    rollouts, sampled, dropped = upft.sample_vote(None, tok, ["q0", "q1", "q2"], num_samples=5, max_new_tokens=99)
+    rollouts, sampled, dropped = upft.vote_rollouts(None, tok, ["q0", "q1", "q2"], num_samples=5, max_new_tokens=99)
     assert dropped == 1 and [r["index"] for r in rollouts] == [0, 2]
     r0, r2 = rollouts
     assert tok.decode(r0["response_ids"]) == "\\boxed{7}"  # the FIRST sample that reaches the majority
     assert r0["pseudo_label"] == "7" and r0["vote_share"] == pytest.approx(3 / 5)  # "{ 7 }" counts too
     assert tok.decode(r2["response_ids"]) == "\\boxed{1}" and r2["vote_share"] == pytest.approx(2 / 5)
     assert sampled == sum(len(t) + 1 for g in samples.values() for t in g)
-    assert "gold" not in upft.sample_vote.__code__.co_varnames  # takes no label at all
+    assert "gold" not in upft.vote_rollouts.__code__.co_varnames  # takes no label at all
 
 
 def _boxed_sampler(tok):
@@ -218,11 +218,15 @@ def test_eval_every_records_accuracy_and_leaves_training_unchanged(tiny_dir, tmp
     from safetensors.torch import load_file
     q = _questions(tmp_path / "q.jsonl", n=20)
 
-    def go(name, *extra):
-        args = parse_args(["--model", str(tiny_dir), "--data", str(q), "--eval-data", str(q), "--prefix-len", "4",
-                           "--max-new-tokens", "12", "--eval-max-new-tokens", "8", "--lr", "1e-3",
-                           "--batch-size", "4", "--epochs", "2", "--out", str(tmp_path / name), *extra])
-        return run(args, log=lambda *_: None)
+    from launch import cli, run as launched
+
+    def go(name, *extra):  # with launch/'s flags through launch/, the plain run through train.py alone
+        argv = ["--model", str(tiny_dir), "--data", str(q), "--eval-data", str(q), "--prefix-len", "4",
+                "--max-new-tokens", "12", "--eval-max-new-tokens", "8", "--lr", "1e-3",
+                "--batch-size", "4", "--epochs", "2", "--out", str(tmp_path / name), *extra]
+        if extra:
+            return launched.run(cli.parse_args(argv), log=lambda *_: None)
+        return run(parse_args(argv), log=lambda *_: None)
     go("plain")
     go("evaluated", "--eval-every", "3", "--eval-subset", "6")
     a = load_file(tmp_path / "plain" / "model" / "model.safetensors")

@@ -36,12 +36,13 @@ import torch
 
 from conftest import LLAMA, ROOT, wait_for_checkpoint
 from data import supervised_count
-from fsdp import Launch
-from model import Config, Transformer, shard_rows
-
-import cli
-import plan as P
+from launch.fsdp import Launch
+from launch.runfolder import FitExtras
 import train as T
+from launch import cli
+from launch import plan as P
+from launch.plan import shard_rows
+from model import Config, Transformer
 
 QWEN_MATH_7B = dict(model_type="qwen2", vocab_size=152064, hidden_size=3584, intermediate_size=18944,
                     num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,
@@ -352,7 +353,7 @@ import json, os, sys
 import torch.distributed as dist
 sys.path.insert(0, sys.argv[1])
 from data import UpftError
-from fsdp import check_shared_folder
+from launch.fsdp import check_shared_folder
 dist.init_process_group("gloo")
 rank = dist.get_rank()
 path = sys.argv[2 + rank]  # a folder per rank: a filesystem per machine
@@ -446,8 +447,8 @@ def test_plan_static_figures_one_process_in_process(tmp_path):
     torch.manual_seed(0)
     model = Transformer(cfg).init_weights(0.1)
     ex = [{"input_ids": list(range(1, 9)), "labels": [-100] * 3 + list(range(4, 9))}] * 2
-    T.fit(model, ex, T.TrainConfig(lr=1e-3, epochs=1, batch_size=2, micro_batch_size=2), out=tmp_path,
-          log=lambda *_: None)
+    T.fit(model, ex, T.TrainConfig(lr=1e-3, epochs=1, batch_size=2, micro_batch_size=2),
+          hooks=FitExtras(tmp_path, log=lambda *_: None))
     measured = json.loads((tmp_path / "memory_measured.json").read_text())["ranks"][0]
     plan = P.memory_plan(cfg)
     assert {k: plan[k] for k in STATIC} == measured
@@ -518,7 +519,7 @@ def test_smallest_fix_names_the_first_change_that_fits():
 def test_sampling_batch_from_the_memory_budget(qwen7b_dir, tmp_path):
     """On CUDA, with no --sample-batch-size: the largest batch whose KV cache fits (R1-style 16k budget)."""
     q = _questions(tmp_path / "q.jsonl", 4)
-    args = T.parse_args(["--model", str(qwen7b_dir), "--data", str(q), "--device", "cuda", "--gpu-mem", "80",
+    args = cli.parse_args(["--model", str(qwen7b_dir), "--data", str(q), "--device", "cuda", "--gpu-mem", "80",
                          "--max-new-tokens", "16384", "--grad-ckpt", "--micro-batch-size", "1", "--plan", "8"])
     assert args.sample_batch_size is None
     cfg = Config.from_json(qwen7b_dir / "config.json")

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import toy
-from cli import TOY_NOTE
+from train import TOY_NOTE
 from conftest import ROOT
 
 pytestmark = pytest.mark.slow

@@ -13,6 +13,7 @@ import pytest
 
 import eval as E
 import model as M
+from launch import analyses as A
 from conftest import LLAMA, ROOT, build_hf
 from data import Tokenizer, load_rows
 from tests.util_tok import make_tokenizer_dir
@@ -210,7 +211,7 @@ def test_cli_decoding_beyond_memory_is_refused_before_loading(tiny, data_file, t
 
 
 def _decoding_bytes(d, batch, tokens):
-    from plan import memory_plan
+    from launch.plan import memory_plan
     return memory_plan(M.Config.from_json(d / "config.json"), sample_batch=batch, sample_tokens=tokens)["sample_total"]
 
 
@@ -221,7 +222,7 @@ def test_memory_check_comes_before_the_model_is_loaded(tiny, data_file, tmp_path
         raise AssertionError("the model was loaded before the memory plan refused the decoding")
     monkeypatch.setattr(E.Transformer, "from_pretrained", no_load)
     capacity = _decoding_bytes(d, 2, 100_000)  # room for 2 sequences of 512 + 100,000 tokens
-    monkeypatch.setattr(E, "usable_bytes", lambda cuda, device: capacity)
+    monkeypatch.setattr(A, "usable_bytes", lambda cuda, device: capacity)
     argv = ["--model", str(d), "--data", str(data_file), "--out", str(tmp_path / "p.jsonl"), "--max-new-tokens"]
     with pytest.raises(SystemExit) as e:  # 3 questions x 4 samples; a smaller batch decodes one question's 4
         E.main(argv + ["100000", "--n", "4", "--temperature", "1"])
@@ -245,7 +246,7 @@ def test_a_model_path_that_is_no_checkpoint_is_one_line(data_file, tmp_path, cap
 
 
 def test_decoding_fix_names_the_largest_batch_that_fits(tiny):
-    from plan import decoding_fix
+    from launch.plan import decoding_fix
     d = tiny[0]
     cfg, cap = M.Config.from_json(d / "config.json"), _decoding_bytes(d, 7, 100_000)
     assert decoding_fix(cfg, cap, 7, 100_000) is None
@@ -262,7 +263,7 @@ def test_decoding_fix_names_the_largest_batch_that_fits(tiny):
 def test_prefix_consistency_real_model(tiny, data_file):
     _, model, tok = tiny
     rows = load_rows(data_file)
-    res = E.prefix_consistency(model, tok, rows, num_samples=4, max_new_tokens=8, temperature=1.0)
+    res = A.prefix_consistency(model, tok, rows, num_samples=4, max_new_tokens=8, temperature=1.0)
     assert res["prefix_len"] == [1, 2, 4, 8]                # grid capped at the longest sample
     assert all(1 <= v <= 4 for v in res["avg_samples_per_prefix"])
     assert res["avg_samples_per_prefix"] == sorted(res["avg_samples_per_prefix"], reverse=True)
@@ -274,7 +275,7 @@ def test_prefix_consistency_counts(tiny, monkeypatch):
     a, b = list(range(10, 18)), list(range(20, 28))
     samples = [a, a, a[:2] + b[2:], b]
     monkeypatch.setattr(M, "generate", lambda *args, **kw: [samples])  # one question, its 4 samples
-    res = E.prefix_consistency(model, tok, [{"question": "q", "gold": "1"}], num_samples=4, max_new_tokens=8)
+    res = A.prefix_consistency(model, tok, [{"question": "q", "gold": "1"}], num_samples=4, max_new_tokens=8)
     assert res["prefix_len"] == [1, 2, 4, 8] and res["avg_samples_per_prefix"] == [2, 2, 4 / 3, 4 / 3]
 
 
@@ -284,7 +285,7 @@ def test_error_position_scripted(tiny, data_file, monkeypatch):
     # Every question gets a correct sample 0 and an incorrect sample 1; rollouts alternate the same way,
     # so each success rate is exactly 1/2 (a rollout's answer is the last box, i.e. the continuation's).
     monkeypatch.setattr(M, "generate", scripted(tok, ["step one step two \\boxed{5}", "wrong \\boxed{4}"]))
-    res = E.error_position(model, tok, rows, num_samples=2, rollouts=4, max_new_tokens=64)
+    res = A.error_position(model, tok, rows, num_samples=2, rollouts=4, max_new_tokens=64)
     assert res["questions_used"] == 1                       # question 2's gold 1/2 is never produced
     for kind in ("correct", "incorrect"):
         assert res[kind]["prefix_len"][0] == 0 and all(t < 20 for t in res[kind]["prefix_len"])
@@ -293,7 +294,7 @@ def test_error_position_scripted(tiny, data_file, monkeypatch):
 
 def test_error_position_real_model_and_cli(tiny, data_file, tmp_path):
     d, model, tok = tiny
-    res = E.error_position(model, tok, load_rows(data_file), num_samples=2, rollouts=2, max_new_tokens=4)
+    res = A.error_position(model, tok, load_rows(data_file), num_samples=2, rollouts=2, max_new_tokens=4)
     assert res["questions_used"] == 0 and res["correct"]["prefix_len"] == []   # random model: never right
     out = tmp_path / "pc.json"
     r = subprocess.run([sys.executable, str(ROOT / "eval.py"), "--model", str(d), "--data", str(data_file),

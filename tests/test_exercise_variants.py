@@ -97,8 +97,10 @@ PREFIX_PROMPT = "chat_prompt(tok, question, instruction)"
 ALWAYS_INSTRUCTION = (PREFIX_PROMPT, "chat_prompt(tok, question, PREFIX_INSTRUCTION)")
 ALWAYS_EOS = (PREFIX_TARGET, "target = list(response_ids[:prefix_len]) + [tok.eos_id]")
 NO_PAD_FAST_PATH = "if not self.any_pad and (self.pos == 0 or T == 1):"
-MB_LOSS = ("loss, _ = loss_sum(model, ids.to(device), labels.to(device))\n"
-           "        (loss / total).backward()")
+MB_LOSS = ("loss_sum = micro_batch_loss(model, ids.to(device), labels.to(device), **loss)\n"
+           "        (loss_sum / total).backward()")
+MB_COUNT = ("loss_sum = micro_batch_loss(model, ids.to(device), labels.to(device), **loss)\n"
+            "        n_mb = int((labels[:, 1:] != IGNORE).sum())\n")
 LR_WARM = "max(1, math.ceil(tc.warmup_ratio * total_steps))"
 
 VARIANTS = [  # (exercise, the usual mistake, patches)
@@ -254,13 +256,12 @@ VARIANTS = [  # (exercise, the usual mistake, patches)
                                  "logits = (rows if head is None else head(rows)).float()[keep]"))),
     # --- gradient accumulation (§4)
     ("accumulate_grads", "each micro-batch divided by its own count",
-     sub("train.accumulate_grads", (MB_LOSS, "loss, n_mb = loss_sum(model, ids.to(device), labels.to(device))\n"
-                                             "        (loss / n_mb).backward()"))),
+     sub("train.accumulate_grads", (MB_LOSS, MB_COUNT + "        (loss_sum / n_mb).backward()"))),
     ("accumulate_grads", "average of the micro-batch means",
-     sub("train.accumulate_grads", (MB_LOSS, "loss, n_mb = loss_sum(model, ids.to(device), labels.to(device))\n"
-                                             "        (loss / n_mb / math.ceil(len(examples) / micro_batch_size)).backward()"))),
+     sub("train.accumulate_grads", (MB_LOSS, MB_COUNT + "        (loss_sum / n_mb / math.ceil(len(examples) / "
+                                                       "micro_batch_size)).backward()"))),
     ("accumulate_grads", "normaliser = batch size",
-     sub("train.accumulate_grads", ("(loss / total).backward()", "(loss / len(examples)).backward()"))),
+     sub("train.accumulate_grads", ("(loss_sum / total).backward()", "(loss_sum / len(examples)).backward()"))),
     ("accumulate_grads", "normaliser = sequence length (every token of the step)",
      sub("train.accumulate_grads", ('total = sum(supervised_count(e["labels"]) for e in examples)',
                                     'total = sum(len(e["input_ids"]) for e in examples)'))),

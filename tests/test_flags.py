@@ -3,9 +3,9 @@ the run finishes, or is refused in one line (`error: ...`, exit 2) before any mo
 leaves nothing behind. The smallest valid value is where bugs hide (`--eval-samples 1` once ended a run
 with a KeyError after its base evaluation; a temperature of 1e-40 with an IndexError).
 
-The flags come from the parsers themselves (cli.build_parser, eval.build_parser): a new numeric flag is
+The flags come from the parsers themselves (launch/cli.build_parser: train.py's and launch/'s; eval.build_parser): a new numeric flag is
 covered as soon as it exists. Each is tried, in order, at -1, 0 and 1 (an integer) or at -1, 0, the
-smallest positive float (5e-324) and the smallest temperature the flags take (1e-6, cli.MIN_TEMPERATURE)
+smallest positive float (5e-324) and the smallest temperature the flags take (1e-6, MIN_TEMPERATURE)
 (a float), until a value runs to the end: every value before it must be refused in one line, before any
 work. So a flag with no lower bound (--seed) runs at -1, one that must be positive at 1, a float that
 must be above 0 at 5e-324, a temperature at 0 (greedy) or 1e-6. A flag refused at every value tried
@@ -15,11 +15,12 @@ import math
 
 import pytest
 
-import cli
 import eval as E
 import train as T
+from launch import cli
+from model import MIN_TEMPERATURE
 
-TRIES = {int: (-1, 0, 1), float: (-1.0, 0.0, math.ulp(0.0), cli.MIN_TEMPERATURE)}
+TRIES = {int: (-1, 0, 1), float: (-1.0, 0.0, math.ulp(0.0), MIN_TEMPERATURE)}
 
 # A tiny toy run: 2 training questions, 1 held-out question (greedy and one sampled answer), 6 new tokens,
 # one step. The flag under test comes after these, so it overrides them.
@@ -102,7 +103,7 @@ def test_eval_flag_at_its_smallest_valid_value(flag, tmp_path, monkeypatch, caps
     (E.main, ["--model", "m", "--data", "d.jsonl", "--temperature", "nan"])])
 def test_a_temperature_too_small_to_divide_by_is_refused(main, argv, tmp_path, capsys):
     """Sampling divides the logits by the temperature in fp32: 1e-40 made them inf and ended a run with an
-    IndexError. Below cli.MIN_TEMPERATURE (1e-6) it is refused in one line, before anything is read."""
+    IndexError. Below MIN_TEMPERATURE (1e-6) it is refused in one line, before anything is read."""
     with pytest.raises(SystemExit) as e:
         main([*argv, "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err

@@ -16,9 +16,9 @@ import functools
 import pytest
 import torch
 
-import cli
 import model as M
 import train
+from launch import cli as launch_cli
 from conftest import LLAMA, QWEN2, build_hf
 from data import IGNORE
 
@@ -71,6 +71,12 @@ def assert_close(got, want, what):
     assert err <= 1e-5 * want.abs().max().item(), f"{what}: max |difference| {err:.2e}, largest {want.abs().max():.2e}"
 
 
+def loss_and_count(m, ids, labels, per_sample=False, entropy=False, chunk=0):
+    """train.micro_batch_loss, and the normaliser fit divides it by: train.step_count of the same rows."""
+    count = train.step_count([{"labels": row.tolist()} for row in labels], "sample" if per_sample else "token")
+    return train.micro_batch_loss(m, ids, labels, per_sample=per_sample, entropy=entropy, chunk=chunk), count
+
+
 def grads(m, fn):
     m.zero_grad(set_to_none=True)
     loss, n = fn()
@@ -89,7 +95,7 @@ def test_plain_and_chunked_equal_transformers(name, tmp_path):
     loss = lambda m: m(ids, labels=labels).loss * 21  # noqa: E731  (its labels are shifted inside, like ours)
     want, _, g_hf = grads(hf, lambda: (loss(hf), 21))
     for chunk in (0, 1, 4, 13, 1024):
-        got, n, g = grads(ours, lambda: train.micro_batch_loss(ours, ids, labels, chunk=chunk))
+        got, n, g = grads(ours, lambda: loss_and_count(ours, ids, labels, chunk=chunk))
         assert n == 21 and got.item() == pytest.approx(want.item(), rel=1e-5), chunk
         for k in g:
             assert_close(g[k], g_hf[k], f"chunk {chunk} {k}")
@@ -102,7 +108,7 @@ def test_loss_and_every_gradient_equal_the_full_logits(name, objective, per_samp
     m = tiny(CONFIGS[name]).train()
     ids, labels = batch()
     want, n_want, g_want = grads(m, lambda: reference(m(ids), labels, objective, per_sample))
-    got, n_got, g_got = grads(m, lambda: train.micro_batch_loss(m, ids, labels, per_sample=per_sample,
+    got, n_got, g_got = grads(m, lambda: loss_and_count(m, ids, labels, per_sample=per_sample,
                                                                 entropy=objective == "entropy", chunk=chunk))
     assert n_got == n_want == (4 if per_sample else 21)
     assert got.item() == pytest.approx(want.item(), rel=1e-6)
@@ -114,13 +120,14 @@ def test_uneven_micro_batches_through_accumulate_grads():
     m = tiny(CONFIGS["llama-tied"], seed=2).train()
     ids, labels = batch(1)
     examples = [{"input_ids": i.tolist(), "labels": l.tolist()} for i, l in zip(ids, labels)]
-    full_logits = lambda model, ids, labels: train.masked_ce_sum(model(ids), labels)  # noqa: E731
-    out = {}
-    for path, fn in (("full logits", full_logits), ("supervised rows", train.micro_batch_loss),
-                     ("5 rows at a time", functools.partial(train.micro_batch_loss, chunk=5))):
+    m.zero_grad(set_to_none=True)
+    loss_sum, n = train.masked_ce_sum(m(ids), labels)  # the reference: the full logits of the whole batch
+    (loss_sum / n).backward()
+    out = {("full logits", 6): ((loss_sum / n).item(), n, {k: p.grad.clone() for k, p in m.named_parameters()})}
+    for path, options in (("supervised rows", {}), ("5 rows at a time", {"chunk": 5})):
         for micro in (6, 4, 1):
             m.zero_grad(set_to_none=True)
-            loss, n = train.accumulate_grads(m, examples, micro, 0, loss_sum=fn)
+            loss, n = train.accumulate_grads(m, examples, micro, 0, **options)
             out[path, micro] = (loss, n, {k: p.grad.clone() for k, p in m.named_parameters()})
     ref_loss, ref_n, ref_g = out["full logits", 6]
     for key, (loss, n, g) in out.items():
@@ -134,7 +141,7 @@ def test_nothing_supervised_is_zero_not_nan():
     ids, _ = batch()
     for chunk in (0, 4):
         m.zero_grad(set_to_none=True)
-        loss, n = train.micro_batch_loss(m, ids, torch.full_like(ids, IGNORE), chunk=chunk)
+        loss, n = loss_and_count(m, ids, torch.full_like(ids, IGNORE), chunk=chunk)
         loss.backward()
         assert n == 0 and loss.item() == 0.0
         assert all(p.grad is None or (p.grad == 0).all() for p in m.parameters())
@@ -148,11 +155,11 @@ def test_the_head_sees_supervised_rows_only(monkeypatch):
     rows = []
     real = m.head
     monkeypatch.setattr(m, "head", lambda h: rows.append(h.shape[0]) or real(h))
-    loss, _ = train.micro_batch_loss(m, ids, labels)
+    loss = train.micro_batch_loss(m, ids, labels)
     loss.backward()
     assert rows == [21]
     rows.clear()
-    loss, _ = train.micro_batch_loss(m, ids, labels, chunk=12)
+    loss = train.micro_batch_loss(m, ids, labels, chunk=12)
     loss.backward()
     assert max(rows) <= 12 and sum(rows) == 2 * 21 and len(rows) == 2 * 7  # 13 positions: 7 windows
 
@@ -163,8 +170,8 @@ def test_bf16_autocast_on_cpu_chunked_equals_plain():
     m = tiny(CONFIGS["llama-untied"], seed=3).train()
     ids, labels = batch(2)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        want, _, g_want = grads(m, lambda: train.micro_batch_loss(m, ids, labels))
-        got, _, g_got = grads(m, lambda: train.micro_batch_loss(m, ids, labels, chunk=3))
+        want, _, g_want = grads(m, lambda: loss_and_count(m, ids, labels))
+        got, _, g_got = grads(m, lambda: loss_and_count(m, ids, labels, chunk=3))
     assert got.item() == pytest.approx(want.item(), rel=2e-2)
     for k in g_want:
         cos = torch.nn.functional.cosine_similarity(g_got[k].flatten(), g_want[k].flatten(), dim=0)
@@ -175,7 +182,7 @@ def test_bf16_autocast_on_cpu_chunked_equals_plain():
 
 def test_bf16_flags_are_refused_on_a_cpu_without_fast_bf16(tiny_dir, tmp_path, monkeypatch, capsys):
     from test_train import _questions
-    monkeypatch.setattr(cli, "cpu_bf16", lambda: (False, "this CPU has no AVX512-BF16, AMX-BF16 or Arm bf16"))
+    monkeypatch.setattr(launch_cli, "cpu_bf16", lambda: (False, "this CPU has no AVX512-BF16, AMX-BF16 or Arm bf16"))
     monkeypatch.setattr(train.Transformer, "from_pretrained", lambda *a, **k: pytest.fail("model loaded"))
     for flag in ("--autocast-bf16", "--decode-bf16"):
         with pytest.raises(SystemExit) as e:
@@ -190,13 +197,13 @@ def test_bf16_run_where_the_cpu_has_it(tiny_dir, tmp_path, monkeypatch):
     """With fast bf16 (here pretended: the tiny model is fast either way) a run trains under bf16 autocast
     with fp32 master weights and decodes with a bf16 copy; the saved model stays fp32."""
     from test_train import _questions
-    monkeypatch.setattr(cli, "cpu_bf16", lambda: (True, "avx512_bf16"))
+    monkeypatch.setattr(launch_cli, "cpu_bf16", lambda: (True, "avx512_bf16"))
     seen = []
     real = train.accumulate_grads
 
-    def spy(model, examples, micro, pad_id, loss_sum, normaliser, autocast):
+    def spy(model, examples, micro, pad_id, normaliser, autocast, **loss):
         seen.append((autocast is not None and autocast.fast_dtype, next(model.parameters()).dtype))
-        return real(model, examples, micro, pad_id, loss_sum, normaliser, autocast)
+        return real(model, examples, micro, pad_id, normaliser, autocast, **loss)
     monkeypatch.setattr(train, "accumulate_grads", spy)
     decoded = []
     real_generate = M.generate
@@ -205,10 +212,11 @@ def test_bf16_run_where_the_cpu_has_it(tiny_dir, tmp_path, monkeypatch):
         decoded.append(next(model.parameters()).dtype)
         return real_generate(model, *a, **kw)
     monkeypatch.setattr(M, "generate", gen_spy)  # every decoding goes through it
-    args = train.parse_args(["--model", str(tiny_dir), "--data", str(_questions(tmp_path / "q.jsonl")),
-                             "--prefix-len", "4", "--max-new-tokens", "8", "--batch-size", "4", "--no-eval",
-                             "--autocast-bf16", "--decode-bf16", "--device", "cpu", "--out", str(tmp_path / "run")])
-    train.run(args, log=lambda *_: None)
+    from launch.run import run  # the bf16 CPU options are launch/'s
+    args = launch_cli.parse_args(["--model", str(tiny_dir), "--data", str(_questions(tmp_path / "q.jsonl")),
+                                  "--prefix-len", "4", "--max-new-tokens", "8", "--batch-size", "4", "--no-eval",
+                                  "--autocast-bf16", "--decode-bf16", "--device", "cpu", "--out", str(tmp_path / "run")])
+    run(args, log=lambda *_: None)
     assert seen and set(seen) == {(torch.bfloat16, torch.float32)}
     assert decoded and set(decoded) == {torch.bfloat16}
     assert M.Transformer.from_pretrained(tmp_path / "run" / "model").lm_head.weight.dtype == torch.float32
@@ -219,7 +227,7 @@ def test_bf16_run_where_the_cpu_has_it(tiny_dir, tmp_path, monkeypatch):
 def test_the_plan_turns_the_windows_on_for_long_sequences():
     """--loss-chunk not given: all rows at once when no sequence can be longer than plan.LOSS_CHUNK, else at
     most LOSS_CHUNK rows of logits at a time (the R1 plan's 16k-token traces); given, as given."""
-    import plan as P
+    from launch import plan as P
     cfg = M.Config.from_dict(QWEN2)
     plan = functools.partial(P.plan_run, cfg, 2**40, sample_batch=1, eval_batch=1)
     short, long, given = plan(max_len=512), plan(max_len=16384), plan(max_len=16384, loss_chunk=0)

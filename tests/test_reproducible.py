@@ -17,8 +17,8 @@ import pytest
 import torch
 
 import model as model_module
-import plan
-import runfolder
+from launch import plan
+from launch import runfolder
 import toy
 import train
 import upft
@@ -149,7 +149,7 @@ def test_rft_keeps_the_first_matching_sample_and_never_a_wrong_one(tiny_dir, mon
     def fake_generate(model, ps, max_new_tokens, num_samples, **kw):
         return [[tok.encode(t) for t in texts[prompts[tuple(p)]]] for p in ps]
     monkeypatch.setattr(model_module, "generate", fake_generate)
-    rollouts, sampled, dropped = upft.sample_rft(None, tok, list(texts), ["7", "9", "4"], num_samples=4)
+    rollouts, sampled, dropped = upft.rft_rollouts(None, tok, list(texts), ["7", "9", "4"], num_samples=4)
     assert dropped == 1 and [r["index"] for r in rollouts] == [0, 2]
     assert [tok.decode(r["response_ids"]) for r in rollouts] == ["so \\boxed{7}", "it is \\boxed{4}"]
 
@@ -272,8 +272,8 @@ def test_cpu_memory_plan_refuses_what_cannot_fit(tiny_dir, tmp_path, capsys, mon
 def test_cpu_memory_plan_of_two_machines_shares_one_machine_among_its_own_processes(tmp_path, monkeypatch):
     """torchrun --nnodes 2 --nproc-per-node 2 (WORLD_SIZE 4, LOCAL_WORLD_SIZE 2): each machine's memory is
     shared by its own 2 processes, not by all 4 (the other machine's use the other machine's memory)."""
-    import cli
-    from fsdp import Launch
+    from launch import cli
+    from launch.fsdp import Launch
     monkeypatch.setattr(plan, "available_memory", lambda: 8 * 2**30)
     args = cli.parse_args(["--device", "cpu", "--out", str(tmp_path / "run")])
     cfg = cli.plan_config(args)

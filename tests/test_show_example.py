@@ -1,4 +1,4 @@
-"""data.show_example and scripts/show_example.py: the supervised tokens of a training example, marked."""
+"""scripts/show_example.py (show_example): the supervised tokens of a training example, marked."""
 import json
 import re
 import subprocess
@@ -7,13 +7,15 @@ import sys
 import pytest
 
 from conftest import ROOT
-from data import IGNORE, Tokenizer, load_rows, show_example
+from data import IGNORE, Tokenizer, load_rows
 from grader import extract_answer, is_equiv
 from upft import PREFIX_INSTRUCTION, make_example
 from util_tok import make_tokenizer_dir
 
 sys.path.insert(0, str(ROOT / "scripts"))
 import show_example as script  # noqa: E402  (scripts/show_example.py)
+
+show_example = script.show_example
 
 VERDICT = re.compile(r"the sampled answer: (.+) \(gold (.+): (right|wrong)\)")
 

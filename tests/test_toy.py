@@ -14,7 +14,8 @@ import torch
 
 import toy
 from conftest import ROOT
-from data import Tokenizer, UpftError, cache_dir, write_jsonl
+from data import Tokenizer, UpftError, write_jsonl
+from fetch_model import cache_dir
 from model import Config, Transformer
 from upft import PREFIX_INSTRUCTION
 

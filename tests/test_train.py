@@ -40,8 +40,7 @@ def random_examples(n, seed=0, vocab=50):
 
 def _grads(model, examples, micro, norm="token"):
     model.zero_grad(set_to_none=True)
-    loss_sum = functools.partial(micro_batch_loss, per_sample=norm == "sample")
-    accumulate_grads(model, examples, micro, 0, loss_sum, step_count(examples, norm))
+    accumulate_grads(model, examples, micro, 0, step_count(examples, norm), per_sample=norm == "sample")
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
@@ -78,14 +77,14 @@ def test_fully_masked_micro_batch_no_nan():
     model.zero_grad(set_to_none=True)
     loss, n = accumulate_grads(model, masked, 2, pad_id=0)  # a whole step with nothing supervised
     assert n == 0 and all(p.grad is None for p in model.parameters())
-    hist = fit(model, masked + ex, TrainConfig(lr=1e-3, epochs=1, batch_size=3, micro_batch_size=1), log=lambda *_: None)
+    hist = fit(model, masked + ex, TrainConfig(lr=1e-3, epochs=1, batch_size=3, micro_batch_size=1))
     assert all(torch.isfinite(p).all() for p in model.parameters()) and len(hist) == 2
 
 
 def test_fit_lowers_loss():
     model = tiny_model()
     ex = random_examples(8, seed=3)
-    hist = fit(model, ex, TrainConfig(lr=3e-3, epochs=40, batch_size=8, micro_batch_size=4), log=lambda *_: None)
+    hist = fit(model, ex, TrainConfig(lr=3e-3, epochs=40, batch_size=8, micro_batch_size=4))
     assert hist[-1]["loss"] < 0.5 * hist[0]["loss"]
     assert hist[0]["lr"] < hist[-1]["lr"] == 3e-3  # warmup, then constant
 
@@ -129,7 +128,7 @@ def _run(tiny_dir, tmp_path, *extra):
                        "--prefix-len", "4", "--structure-ratio", "0.25", "--max-new-tokens", "12",
                        "--lr", "1e-3", "--batch-size", "4", "--micro-batch-size", "2", "--no-eval",
                        "--out", str(tmp_path / "run"), *extra])
-    return run(args, log=lambda *_: None)
+    return run(args)
 
 
 def test_train_examples_prefix_and_full(tiny_dir, tmp_path):
@@ -199,7 +198,7 @@ def test_tuned_checkpoint_loads_in_transformers(tiny_dir, tmp_path):
 
 
 def test_failed_checkpoint_write_leaves_no_temp_folder(tmp_path, monkeypatch):
-    import runfolder
+    from launch import runfolder
     model = tiny_model()
     opt = torch.optim.AdamW(model.parameters())
 

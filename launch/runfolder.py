@@ -19,14 +19,16 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
+import time
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 
+import train
 from data import UpftError, UpftFault, atomic_dir, read_jsonl, write_json
-from fsdp import (all_reduce, check_shared_folder, checkpoint_world, is_sharded, load_sharded_checkpoint, part_of_step, rank_and_world,
-                  record_state_bytes, save_sharded_checkpoint)
+from launch.fsdp import (all_reduce, check_shared_folder, checkpoint_world, is_sharded, load_sharded_checkpoint,
+                         part_of_step, rank_and_world, record_state_bytes, save_sharded_checkpoint)
 from model import save_safetensors
 
 # ----------------------------------------------------------------------------- the run folder
@@ -76,7 +78,8 @@ def run_folder(args, launch, records, log):
                 if name != "args.json" or not (out / name).is_file():
                     write_json(out / name, record)
         if launch.sharded:  # every rank sees the folder (several machines: a shared filesystem; a barrier)
-            check_shared_folder(out, f"--out {args.out}", required=bool(args.save_every or args.resume or args.base_from))
+            check_shared_folder(out, f"--out {args.out}",
+                                required=bool(args.save_every or args.resume or args.base_from))
         yield out
     except BaseException as e:
         fault = clean_up(out, launch.writes, e, log)  # the folder goes, unless it holds something to resume from
@@ -180,47 +183,51 @@ def load_state(path: Path, model, opt):
 
 # ----------------------------------------------------------------------------- fit's extras
 
-class FitExtras:
-    """What train.fit does besides training, each in one fenced line of the loop: metrics.jsonl and a
-    resumable checkpoint every tc.save_every steps in `out`; `evaluate(model) -> dict` before the first
-    step, every tc.eval_every steps and after the last (in eval mode; it must not draw from the training's
-    random streams); memory_measured.json after the first update; under torchrun each process's part of
-    every step. Without `out` and `evaluate`, on one process, each method does nothing or passes its input on."""
+class FitExtras(train.Hooks):
+    """train.fit's hooks under launch/: metrics.jsonl and a resumable checkpoint every `save_every` steps in
+    `out` (with `resume`, fit starts from it); `evaluate(model) -> dict` before the first step, every
+    `eval_every` steps and after the last (in eval mode; it must not draw from the training's random
+    streams); memory_measured.json after the first update; under torchrun each process's part of every step;
+    `cpu_bf16`: bf16 autocast on CPU."""
 
-    def __init__(self, model, opt, tc, out=None, evaluate=None, log=print):
-        self.model, self.opt, self.tc, self.evaluate, self.log = model, opt, tc, evaluate, log
+    def __init__(self, out=None, resume=False, save_every=0, evaluate=None, eval_every=0, log=print, cpu_bf16=False):
+        self.out, self.resume, self.save_every, self.log, self.cpu_bf16 = out, resume, save_every, log, cpu_bf16
+        self.evaluate, self.eval_every = evaluate, eval_every
+        self.eval_seconds = 0.0
+
+    def first_step(self, model, opt, total_steps):
+        """0, or with `resume` the step of the checkpoint in `out`; the evaluation before the first step."""
+        self.model, self.opt, out = model, opt, self.out
         self.sharded = is_sharded(model)
         self.rank, self.world = rank_and_world(model)
-        self.writes = self.rank == 0
-        self.metrics = Path(out) / "metrics.jsonl" if out and self.writes else None  # process 0 writes them
+        self.metrics = Path(out) / "metrics.jsonl" if out and self.rank == 0 else None  # process 0 writes them
         self.checkpoint = Path(out) / "checkpoint" if out else None
         self.measure = Path(out) / "memory_measured.json" if out else None
-
-    def first_step(self, resume, total_steps):
-        """0, or with `resume` the step of the checkpoint in `out`; the evaluation before the first step."""
         start = 0
-        if resume and self.checkpoint and self.checkpoint.is_dir():
+        if self.resume and self.checkpoint and self.checkpoint.is_dir():
             start = load_state(self.checkpoint, self.model, self.opt)
             self.log(f"resumed from {self.checkpoint} at step {start}/{total_steps}")
         elif self.metrics and self.metrics.exists():
             self.metrics.unlink()
-        if self.evaluate and self.tc.eval_every and start == 0:
+        if self.evaluate and self.eval_every and start == 0:
             self.evaluate_now(0)
         return start
 
-    def share(self, examples, pad_id):
+    def part_of_step(self, batch, micro_batch_size, pad_id):
         """This process's part of a step's examples (all of them on one process)."""
-        if not self.sharded:
-            return examples
-        return part_of_step(examples, self.rank, self.world, self.tc.micro_batch_size, pad_id)
+        return part_of_step(batch, self.rank, self.world, micro_batch_size, pad_id) if self.sharded else batch
 
     def step_loss(self, loss, n):
         """The step's mean loss: under torchrun each process returned its part of it."""
         return all_reduce([loss], "sum", torch.float64)[0] if self.sharded and n > 0 else loss
 
-    def norm(self, grad_norm):
+    def grad_norm(self, norm):
         """The gradient norm clip_grad_norm_ returned, as a float (under torchrun: over every shard)."""
-        return float(grad_norm.full_tensor() if self.sharded else grad_norm)
+        return float(norm.full_tensor() if self.sharded else norm)
+
+    def autocast(self, device):
+        """--autocast-bf16 on CPU; a sharded model on CUDA: none (FSDP's mixed-precision policy casts instead)."""
+        return None if self.sharded and device.type == "cuda" else train.autocast_for(device, self.cpu_bf16)
 
     def after_update(self):
         """After the first optimizer step: the plan's static figures, measured (memory_measured.json)."""
@@ -231,22 +238,23 @@ class FitExtras:
     def after_step(self, rec, stop):
         """The step's metrics; the evaluation and the checkpoint when they are due."""
         self.append(rec)
-        step, tc = rec["step"], self.tc
-        if self.evaluate and tc.eval_every and (step % tc.eval_every == 0 or step == stop):
+        step = rec["step"]
+        if self.evaluate and self.eval_every and (step % self.eval_every == 0 or step == stop):
             self.evaluate_now(step)
-        if self.checkpoint and tc.save_every and step % tc.save_every == 0 and step < stop:
+        if self.checkpoint and self.save_every and step % self.save_every == 0 and step < stop:
             save_state(self.checkpoint, self.model, self.opt, step)
 
     def evaluate_now(self, step):
         """The held-out evaluation at `step` (the rise-then-fall of self-training, §7): in eval mode, then
         back to training; logged and appended to the metrics."""
-        training = self.model.training
+        training, started = self.model.training, time.time()
         self.model.train(False)
         rec = {"step": step, **self.evaluate(self.model)}
         self.log(f"step {step}: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
                                               for k, v in rec.items() if k != "step"))
         self.append(rec)
         self.model.train(training)
+        self.eval_seconds += time.time() - started
 
     def append(self, rec):
         """One line of metrics.jsonl (on the process that writes them)."""

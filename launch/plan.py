@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from model import Config, Transformer, shard_rows
+from model import Config, Transformer
 
 GiB = 2 ** 30
 PROMPT_TOKENS = 512     # prompt slots assumed per decoded sequence (chat template + a MATH-style question)
@@ -108,6 +108,13 @@ def memory_plan(cfg, world=1, rank=0, sharded=False, cuda=False, master_bytes=4,
         plan[f"{phase}_kv"], plan[f"{phase}_prefill"] = batch * kv, batch * prefill
         plan[f"{phase}_total"] = plan["weights"] + plan["decode_weights"] + batch * (kv + prefill)
     return plan
+
+
+def shard_rows(d0: int, world: int, rank: int) -> tuple:
+    """(first row, number of rows) of rank's dim-0 shard of a d0-row tensor (FSDP2's Shard(0))."""
+    chunk = -(-d0 // world)
+    start = min(rank * chunk, d0)
+    return start, max(0, min(chunk, d0 - start))
 
 
 def shard_rows_of(shape, world, rank):

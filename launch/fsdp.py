@@ -9,8 +9,9 @@ used and `python train.py` is unchanged.
   Launch, init_distributed             this process's place (rank of world); join the process group (NCCL on
                                        CUDA, gloo on CPU); Launch() alone is plain python's one process
   is_sharded                           is a model sharded
-  load_sharded_model, save_gathered    the model on the meta device, sharded, then only this rank's rows read;
-                                       and back: the full weights gathered, written by rank 0
+  load_sharded_model, save_gathered    the model on the meta device, sharded, then only this rank's rows read
+                                       (load_shards); and back: the full weights gathered (gather_full),
+                                       written by rank 0
   part_of_step                         a rank's part of a step, in micro-batches that pair up across ranks
   all_reduce, all_gather_json          numbers summed or maxed over ranks; JSON gathered (no pickle)
   gather_rollouts                      every rank's rollouts on every rank
@@ -23,16 +24,18 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 from data import IGNORE, UpftError, atomic_dir, resolve, write_json
-from model import Config, Transformer, gather_full, load_shards, save_safetensors, shard_rows
-from plan import state_bytes
+from launch.plan import shard_rows, state_bytes
+from model import Config, Transformer, check_tensors, rope_inv_freq, safetensors_files, save_safetensors
 
 
 @dataclass
@@ -54,11 +57,6 @@ class Launch:
     def writes(self):
         """Only rank 0 writes files and logs."""
         return self.rank == 0
-
-    @property
-    def share(self):
-        """(rank, world) for the decoding functions that spread questions over ranks, None on one process."""
-        return (self.rank, self.world) if self.sharded else None
 
     def barrier(self):
         if self.sharded:
@@ -103,10 +101,10 @@ def part_of_step(examples, rank, world, micro_batch_size, pad_id):
     that every rank runs as many micro-batches as the busiest (rank 0): FSDP's all-gathers and
     reduce-scatters must pair up across ranks. A masked row's loss and gradient are exactly 0 (no NaN),
     and FSDP sums the ranks' gradients, so any split over ranks equals one big batch."""
-    mine = examples[rank::world]
+    own = examples[rank::world]
     n_micro = -(-len(examples[0::world]) // micro_batch_size)
-    short = max(0, (n_micro - 1) * micro_batch_size + 1 - len(mine))
-    return mine + [{"input_ids": [pad_id, pad_id], "labels": [IGNORE, IGNORE]}] * short
+    short = max(0, (n_micro - 1) * micro_batch_size + 1 - len(own))
+    return own + [{"input_ids": [pad_id, pad_id], "labels": [IGNORE, IGNORE]}] * short
 
 
 def load_sharded_model(model_dir, device, dtype):
@@ -139,6 +137,50 @@ def load_sharded_model(model_dir, device, dtype):
     cfg.torch_dtype = str(dtype).removeprefix("torch.")
     model.source_dir = path
     return model.eval()
+
+
+@torch.no_grad()
+def load_shards(model, path: Path, dtype=torch.float32) -> None:
+    """Fill a sharded model (built on the meta device, fully_shard-ed, then `to_empty`) from a checkpoint:
+    each rank reads only its own rows of each tensor (safetensors slices of the mmap'd files), so no rank
+    ever holds the full weights. The RoPE buffer is recomputed."""
+    with ExitStack() as stack:
+        where = {}
+        for f in safetensors_files(path):
+            try:
+                sf = stack.enter_context(safe_open(f, framework="pt", device="cpu"))
+                where.update({k: (f, sf) for k in sf.keys()})
+            except Exception as e:
+                raise UpftError(f"{f}: cannot read safetensors file ({type(e).__name__}: {e})") from None
+        check_tensors(path, model.config, {k: sf.get_slice(k).get_shape() for k, (_, sf) in where.items()})
+        for name, p in model.named_parameters():  # a tied head appears once, as the embedding
+            local = p.to_local()
+            start, rows = shard_rows(p.shape[0], p.device_mesh.size(), p.device_mesh.get_local_rank())
+            assert local.shape[0] == rows, (name, local.shape, rows)  # FSDP2 cuts as torch.chunk does
+            f, sf = where[name]
+            try:
+                local.copy_(sf.get_slice(name)[start:start + rows].to(dtype))
+            except Exception as e:
+                raise UpftError(f"{f}: cannot read tensor {name} ({type(e).__name__}: {e})") from None
+    model.inv_freq = rope_inv_freq(model.config).to(model.inv_freq.device)
+
+
+@torch.no_grad()
+def gather_full(model, dtype, device, keep=True):
+    """The full weights of a sharded model as a plain Transformer of `dtype` on `device`. Every rank must
+    call it (each tensor is all-gathered in turn, so the transient peak is one full fp32 tensor);
+    a rank with keep=False takes part in the gathers and returns None."""
+    state = {}
+    for name, p in model.named_parameters():
+        t = p.full_tensor()
+        if keep:
+            state[name] = t.to(device=device, dtype=dtype)
+        del t
+    if not keep:
+        return None
+    full = Transformer.from_state_dict(model.config, state, device)
+    full.source_dir = model.source_dir
+    return full
 
 
 def save_gathered(model, dtype, path, rank):
@@ -185,8 +227,8 @@ def gather_rollouts(rollouts, sampled, dropped):
 
 def record_state_bytes(path, model, opt, rank):
     """Write every rank's plan.state_bytes to `path` (rank 0 writes; all ranks must call when sharded)."""
-    mine = state_bytes(model, opt)
-    ranks = all_gather_json(mine) if is_sharded(model) else [mine]
+    own = state_bytes(model, opt)
+    ranks = all_gather_json(own) if is_sharded(model) else [own]
     if rank == 0:
         write_json(path, {"ranks": ranks})
 

@@ -68,6 +68,7 @@ from tokenizers import Regex, Tokenizer as HFTokenizer, decoders, models, pre_to
 
 from data import Tokenizer, UpftError, atomic_dir, chat_prompt, read_jsonl, write_json, write_jsonl
 from grader import extract_answer, is_equiv
+from launch.runfolder import FitExtras
 from model import Config, Transformer, generate
 from upft import PREFIX_INSTRUCTION, make_example
 
@@ -503,7 +504,7 @@ def model_config(vocab_size: int | None = None) -> dict:
 # The built world ships with the code (assets/toy: the model in HF layout, ~3.5 MB, and its question
 # files), so the first `python train.py` needs no pretraining. scripts/build_toy.py rebuilds it with
 # build_world below and checks the result against the shipped one.
-WORLD_DIR = Path(__file__).resolve().parent / "assets" / "toy"
+WORLD_DIR = Path(__file__).resolve().parents[1] / "assets" / "toy"
 
 # The questions UPFT trains on and the held-out test questions take 4-6 steps, one more than the model
 # was pretrained on at the top end: harder than its training data, as MATH500/AIME are for the paper's
@@ -559,9 +560,9 @@ _DECISION = dict(n_pretrain=16_000, tasks={"first": 0.16, "two": 0.06, "answer":
 WORLDS["decision"] = World("decision", "toy-v5-decision", careful_share=0.6, **_DECISION)
 WORLDS["mirror"] = World("mirror", "toy-v5-mirror", careful_share=0.4, **_DECISION)
 DEFAULT_WORLD = "instruct"
-WORLD_DIRS = {"instruct": Path(__file__).resolve().parent / "assets" / "toy",
-              "decision": Path(__file__).resolve().parent / "assets" / "toy-decision",
-              "mirror": Path(__file__).resolve().parent / "assets" / "toy-mirror"}
+WORLD_DIRS = {"instruct": Path(__file__).resolve().parents[1] / "assets" / "toy",
+              "decision": Path(__file__).resolve().parents[1] / "assets" / "toy-decision",
+              "mirror": Path(__file__).resolve().parents[1] / "assets" / "toy-mirror"}
 
 # Recipe log of the instruct world: pilot builds on 2 shared CPU cores, gates of scripts/gates.py on the
 # first 500 held-out questions (toy-v4 on its first 200: opening 2.71 nats/token under the instruction,
@@ -659,7 +660,7 @@ def build_world(out_dir, fit, train_config, world=DEFAULT_WORLD, max_steps=None,
                 **sizes) -> dict:
     """Build the toy world `world` (a WORLDS name) into `out_dir` (atomically) and return its build record.
 
-    `fit(model, examples, tc, pad_id=..., desc=..., log=...)` is the trainer (train.fit, passed in so that
+    `fit(model, examples, tc, pad_id=..., desc=..., hooks=...)` is the trainer (train.fit, passed in so that
     the toy world does not depend on the trainer): pretraining is the project's own masked cross-entropy
     loop run on the corpus's targets, chat prompt masked, the same code path UPFT trains with.
     `train_config` builds its config from the recipe's pretrain settings (train.TrainConfig). max_steps
@@ -688,7 +689,7 @@ def build_world(out_dir, fit, train_config, world=DEFAULT_WORLD, max_steps=None,
             model = Transformer(Config.from_dict(model_config(len(tok)))).init_weights(0.02)
         # every example is the chat prompt over its user turn + the whole target + end of turn
         examples = [make_example(tok, e["prompt"], tok.encode(e["target"]), "full", prefix_len=0) for e in corpus]
-        tc = train_config(**w.pretrain, max_steps=max_steps, eval_every=eval_every)
+        tc = train_config(**w.pretrain, max_steps=max_steps)
         curve = []
 
         def accuracy(m):  # shows where the model learns to copy and to add (the transition noted at PRETRAIN)
@@ -696,8 +697,8 @@ def build_world(out_dir, fit, train_config, world=DEFAULT_WORLD, max_steps=None,
             outs = generate(m, [chat_prompt(tok, r["question"]) for r in rows], 256, stop_ids=tok.eos_ids)
             curve.append(sum(is_equiv(extract_answer(tok.decode(o)), r["answer"]) for o, r in zip(outs, rows)) / len(rows))
             return {"accuracy": curve[-1]}
-        hist = fit(model, examples, tc, pad_id=tok.pad_id, desc=f"pretrain toy ({w.name})", log=log,
-                   evaluate=accuracy if eval_every else None)
+        hooks = FitExtras(evaluate=accuracy if eval_every else None, eval_every=eval_every, log=log)
+        hist = fit(model, examples, tc, pad_id=tok.pad_id, desc=f"pretrain toy ({w.name})", hooks=hooks)
         model.save_pretrained(tmp / "model", tokenizer_dir=tmp / "tokenizer")
         shutil.rmtree(tmp / "tokenizer")
         write_jsonl(tmp / "train.jsonl", upft_rows)

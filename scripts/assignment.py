@@ -271,9 +271,10 @@ def wrap(text: str, indent: int) -> str:
 
 
 def shown(path) -> str:
-    """A path as short as it can be written from the current folder."""
-    rel = os.path.relpath(path)
-    return min(rel, str(Path(path).resolve()), key=len)
+    """A path as the kit prints it: "." for the current folder, else absolute, so that what it says does not
+    depend on where the repository or the copy lies relative to the current folder."""
+    path = Path(path).resolve()
+    return "." if path == Path.cwd().resolve() else str(path)
 
 
 def rerun_command(dest: Path, name: str) -> str:

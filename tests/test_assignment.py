@@ -101,8 +101,8 @@ def _rows(stdout):
     return {row.split()[0]: row for row in rows}
 
 
-def _grade(dest):
-    p = subprocess.run(KIT + ["grade", str(dest)], capture_output=True, text=True, timeout=900)
+def _grade(dest, cwd=None):
+    p = subprocess.run(KIT + ["grade", str(dest)], capture_output=True, text=True, timeout=900, cwd=cwd)
     return p, _rows(p.stdout)
 
 
@@ -145,12 +145,13 @@ def demo_copy(tmp_path):
 
 def test_grade_prints_whole_messages_and_how_to_rerun(demo_copy):
     here, name = demo_copy.parent, demo_copy.name       # run from the folder above: DIR is `name`
+    named = shlex.quote(str(demo_copy.resolve()))          # the kit names it by its absolute path
     p = subprocess.run(KIT + ["grade", name], cwd=here, capture_output=True, text=True, timeout=120)
     assert p.returncode == 1, p.stdout + p.stderr
     row = _rows(p.stdout)["demo"]
     assert " FAILED " in row and " 1/3 " in row
     assert row.endswith("test_one: AssertionError: one: " + "a long message " * 20 + "END-OF-ONE"), row
-    assert p.stdout.splitlines()[-1].endswith(f"grade {name} NAME"), "the footer names `grade DIR NAME`"
+    assert p.stdout.splitlines()[-1].endswith(f"grade {named} NAME"), "the footer names `grade DIR NAME`"
 
     p = subprocess.run(KIT + ["grade", name, "demo"], cwd=here, capture_output=True, text=True, timeout=120)
     assert p.returncode == 1, p.stdout + p.stderr
@@ -160,7 +161,7 @@ def test_grade_prints_whole_messages_and_how_to_rerun(demo_copy):
         assert f"test_{test}: AssertionError: {test}: " + "a long message " * 20 + f"END-OF-{test.upper()}" in out
     assert "test_fine" not in out
     rerun = p.stdout.splitlines()[-1]
-    assert rerun == f"rerun its tests: cd {name} && python -m pytest tests/exercises/test_demo.py"
+    assert rerun == f"rerun its tests: cd {named} && python -m pytest tests/exercises/test_demo.py"
     cmd = rerun.split(": ", 1)[1].replace("python -m pytest", f"{shlex.quote(sys.executable)} -m pytest")
     q = subprocess.run(cmd, shell=True, cwd=here, capture_output=True, text=True, timeout=120)
     assert q.returncode == 1 and "2 failed, 1 passed" in q.stdout, q.stdout + q.stderr
@@ -188,10 +189,12 @@ def test_grade_without_pytest_says_how_to_install_it(tmp_path):
 
 
 @pytest.mark.slow
-def test_make_grade_solve_round_trip(tmp_path):
+@pytest.mark.parametrize("where", ["student", "a path with spaces/student copy"])
+def test_make_grade_solve_round_trip(tmp_path, where):
     """Untouched student copy: every exercise fails (on its stub); reference bodies copied back: every one
-    passes, and the copy is the reference again, byte for byte."""
-    dest = tmp_path / "student"
+    passes, and the copy is the reference again, byte for byte. Wherever the copy lies and whatever the current
+    folder (the repository, or a folder beside the copy), the kit names it the same way: by its absolute path."""
+    dest = tmp_path / where
     p = subprocess.run(KIT + ["make", str(dest)], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     names = assignment.ORDER
@@ -208,15 +211,15 @@ def test_make_grade_solve_round_trip(tmp_path):
                        capture_output=True, text=True, timeout=120)
     assert q.stdout.strip() == "True", q.stderr
 
-    p, rows = _grade(dest)
-    print(p.stdout)
-    assert p.returncode == 1, p.stdout + p.stderr
-    assert list(rows) == names
-    for name, line in rows.items():
-        assert " FAILED " in line and f"NotImplementedError: exercise {name}:" in line, line
-        assert line.endswith("; see its docstring and docs/teaching.md"), line   # the whole message
-    assert p.stdout.splitlines()[-2] == f"0/{len(names)} exercises pass"
-    assert p.stdout.splitlines()[-1].endswith(f"grade {dest} NAME")
+    for cwd in (None, tmp_path):  # from the repository (the tests' folder) and from beside the copy
+        p, rows = _grade(dest, cwd)
+        assert p.returncode == 1, p.stdout + p.stderr
+        assert list(rows) == names
+        for name, line in rows.items():
+            assert " FAILED " in line and f"NotImplementedError: exercise {name}:" in line, line
+            assert line.endswith("; see its docstring and docs/teaching.md"), line   # the whole message
+        assert p.stdout.splitlines()[-2] == f"0/{len(names)} exercises pass"
+        assert p.stdout.splitlines()[-1].endswith(f"grade {shlex.quote(str(dest.resolve()))} NAME"), p.stdout
 
     p = subprocess.run(KIT + ["solve", str(dest)], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr

@@ -133,11 +133,10 @@ def atomic_dir(path):
 
 
 def load_rows(path, limit=None, require_answer=True) -> list[dict]:
-    """Question/answer JSONL -> [{"question", "gold", "dataset"}], for training and evaluation alike.
-    question: `question` or `problem`. gold: `answer` (GSM8K text ending in `#### n` -> n, else the value as
-    a string) or `expected_answer` (MATH500); dataset is "gsm8k" for `####` answers, else None. A row without
-    a question, or without an answer when require_answer, raises UpftError naming the file and line; training
-    questions may omit answers (gold None) unless the method needs them."""
+    """Question/answer JSONL -> [{"question", "gold", "dataset"}], for training and evaluation alike. question:
+    `question` or `problem`; gold: `answer` (GSM8K's `#### n` -> n, else the value as a string) or `expected_answer`
+    (MATH500); dataset "gsm8k" for `####` answers. A row without a question, or without an answer when
+    require_answer (else gold None), raises UpftError naming the file and line."""
     require(limit is None or limit >= 1, f"limit must be a positive number of rows, got {limit}")
     out = []
     for i, row in enumerate(read_jsonl(path)[:limit]):

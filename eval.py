@@ -89,8 +89,7 @@ def summarize(records, n, max_new_tokens, sampled=None):
     mean = sum(per_q) / N
     half = 1.96 * math.sqrt(sum((x - mean) ** 2 for x in per_q) / max(N - 1, 1) / N)
     any_ok = sum(any(r["sample_correct"]) for r in records)
-    # one sample per question: pass@1 is a share of questions, as pass@n and maj@n (then all three equal)
-    one = n == 1
+    one = n == 1  # one sample per question: pass@1 is a share of questions, as pass@n and maj@n (all three equal)
     return {"accuracy": mean, "pass@1": mean, "pass@1_ci95": wilson(any_ok, len(records)) if one else
             [max(0.0, mean - half), min(1.0, mean + half)],
             "pass@n": any_ok / N, "pass@n_ci95": wilson(any_ok, len(records)),
@@ -183,6 +182,7 @@ def run(args):
     require((args.temperature == 0 or args.temperature >= MIN_TEMPERATURE) and 0 < args.top_p <= 1, f"--temperature "
             f"must be 0 (greedy) or at least {MIN_TEMPERATURE:g}, and --top-p in (0, 1]; got {args.temperature} and "
             f"{args.top_p}")
+    require(args.model or not args.data, "--data needs --model (the toy world's model is evaluated on its test split)")
     wrapped = extension(args)  # (a real --model, --analysis: before the toy world's defaults)
     args.model, args.data = args.model or str(TOY_WORLD / "model"), args.data or str(TOY_WORLD / "test.jsonl")
     out = Path(args.out) if args.out else default_out(args.model, args.data, args.analysis)

@@ -383,8 +383,7 @@ def load_safetensors(path: Path, device="cpu", dtype=torch.float32) -> dict:
 
 # ----------------------------------------------------------------------------- generation
 class Progress:
-    """A tqdm bar on a terminal; when stderr is not one (a log file), one line every `every` seconds
-    instead (`train: 40/126 steps, loss 0.4810, 25 s`), so a long phase still says it is alive."""
+    """A tqdm bar on a terminal; in a log file a line every `every` s (`train: 40/126 steps, loss 0.4810, 25 s`)."""
 
     def __init__(self, total, desc, unit, initial=0, enabled=True, every=30.0):
         self.tty, self.enabled, self.every = sys.stderr.isatty(), enabled, every

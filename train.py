@@ -50,6 +50,7 @@ HYPERPARAMETERS = {
     "eval_batch_size":     (512, 64, "sequences decoded together while evaluating (speed only)"),
 }
 WARMUP_RATIO, MAX_GRAD_NORM, ADAM_BETAS = 0.03, 1.0, (0.9, 0.95)  # §4: the paper's warmup, the official code's clip
+LOSS_CHUNK = 1024  # --loss-chunk's default when a sequence may be longer (1024 rows x 152k vocab x fp32: 0.6 GB)
 TOY_NOTE = ("toy world: one run, one seed (the intervals above cover the questions, not the seed); what each "
             "method does here over 3 seeds and 2,000 held-out questions: docs/results.md")
 METHODS = ("upft", "sft", "rft", "em", "vote")
@@ -169,8 +170,7 @@ def step_batches(n, tc: TrainConfig):
 
 
 class Hooks:
-    """What fit does besides training: here nothing (a set of dummy implementations). launch/'s FitExtras:
-    checkpoints and --resume, metrics, evaluation during training, each process's part of a step (torchrun)."""
+    """What fit does besides training: nothing (launch/'s FitExtras: checkpoints, resume, evaluations, torchrun)."""
     eval_seconds = 0.0                                              # spent evaluating during training
     def first_step(self, model, opt, total_steps): return 0         # or the step a checkpoint was at
     def part_of_step(self, batch, micro_batch_size, pad_id): return batch   # the examples this process trains on
@@ -466,7 +466,8 @@ def check_flags(args, planned=False):
             setattr(args, k, real if args.model else toy)
     if args.num_samples is None:
         args.num_samples = 16 if args.method in ("rft", "vote") else 1
-    args.loss_chunk = args.loss_chunk if args.loss_chunk is not None or planned else 0
+    if args.loss_chunk is None and not planned:  # (launch/: the memory plan's, by the same rule)
+        args.loss_chunk = LOSS_CHUNK if args.max_len > LOSS_CHUNK else 0
     require(args.prefix_len >= 1, f"--prefix-len must be a positive number of tokens, got {args.prefix_len}")
     require(0.0 <= args.structure_ratio <= 1.0, f"--structure-ratio must be in [0, 1], got {args.structure_ratio}")
     require(args.num_samples >= 1, f"--num-samples must be >= 1, got {args.num_samples}")
@@ -536,25 +537,27 @@ def load_inputs(args):
 
 def launcher(argv):
     """The one door to launch/ (imported here only), for what it adds: torchrun, a flag this parser does not know
-    (--resume, --plan, ...), a real checkpoint's or a GPU's memory plan. None: run the method here."""
+    (--resume, --plan, ...), a real checkpoint's or a GPU's memory plan, an interrupted run at --out. None: here."""
     args, unknown = build_parser(add_help=False).parse_known_args(argv)  # --help: launch/'s, with its flags
-    if not (unknown or args.model or args.device.startswith("cuda") or "LOCAL_RANK" in os.environ):
+    interrupted = args.out and Path(args.out.rstrip("/") + ".partial").exists()
+    if not (unknown or args.model or args.device.startswith("cuda") or "LOCAL_RANK" in os.environ or interrupted):
         return None
     try:
         import launch.run
     except ModuleNotFoundError as e:
         if e.name != "launch":
             raise
+        require("LOCAL_RANK" not in os.environ, "torchrun needs launch/, which this copy does not have")
         return None
     return launch.run
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    wrapped = launcher(argv)
-    if wrapped:
-        return wrapped.main(argv)
     try:
+        wrapped = launcher(argv)
+        if wrapped:
+            return wrapped.main(argv)  # (which prints its own errors)
         run(parse_args(argv))
     except UpftError as e:  # exit 2: bad input; 1: the machine (UpftFault)
         print(f"error: {e}", file=sys.stderr)

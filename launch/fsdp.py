@@ -109,7 +109,7 @@ def part_of_step(examples, rank, world, micro_batch_size, pad_id):
 
 def load_sharded_model(model_dir, device, dtype):
     """Build the model on the meta device (no memory), shard every decoder layer and then the root with
-    fully_shard, allocate only this rank's shards and read them from the checkpoint (model.load_shards).
+    fully_shard, allocate only this rank's shards and read them from the checkpoint (load_shards).
 
     On CUDA the policy is bf16 compute with fp32 master weights and an fp32 gradient reduce-scatter
     (what ZeRO-3 with bf16 does); on CPU everything stays in `dtype` (fp32) and gloo carries it."""
@@ -184,7 +184,7 @@ def gather_full(model, dtype, device, keep=True):
 
 
 def save_gathered(model, dtype, path, rank):
-    """The sharded model's full weights in HF layout at `path`: gathered tensor by tensor (model.gather_full;
+    """The sharded model's full weights in HF layout at `path`: gathered tensor by tensor (gather_full;
     every rank calls), rank 0 keeps them on the CPU and writes."""
     full = gather_full(model, dtype, "cpu", keep=rank == 0)
     if rank == 0:

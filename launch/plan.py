@@ -26,13 +26,13 @@ from dataclasses import dataclass
 import torch
 
 from model import Config, Transformer
+from train import LOSS_CHUNK  # the loss's rows of logits at a time for long sequences (the core's rule)
 
 GiB = 2 ** 30
 PROMPT_TOKENS = 512     # prompt slots assumed per decoded sequence (chat template + a MATH-style question)
 USABLE = 0.9            # share of a GPU's memory the plan may fill (CUDA context, NCCL, fragmentation)
 PLAN_GPU_GIB = 79.0     # --plan without a GPU: about what an "80 GB" A100 / H100 reports
 MAX_DECODE_BATCH = 1024
-LOSS_CHUNK = 1024       # rows of logits at a time in the loss of long sequences (1024 x 152k vocab x fp32: 0.6 GB)
 
 
 @functools.lru_cache(maxsize=8)

@@ -12,7 +12,7 @@ eval_{base,tuned}[_sampled].json[l], results.json and model/ (HF layout).
   copy_base_eval, read_examples    what a run reuses: --base-from's base evaluation, --resume's examples
   save_state, load_state       fit's resumable checkpoint: weights, AdamW moments, step, RNG (safetensors
                                and JSON, no pickle); under torchrun each process its shards (fsdp.py)
-  FitExtras                    what train.fit calls in its fenced lines
+  FitExtras                    train.fit's hooks (a train.Hooks): metrics, checkpoints, resume, evaluations
 """
 from __future__ import annotations
 

@@ -68,7 +68,6 @@ from tokenizers import Regex, Tokenizer as HFTokenizer, decoders, models, pre_to
 
 from data import Tokenizer, UpftError, atomic_dir, chat_prompt, read_jsonl, write_json, write_jsonl
 from grader import extract_answer, is_equiv
-from launch.runfolder import FitExtras
 from model import Config, Transformer, generate
 from upft import PREFIX_INSTRUCTION, make_example
 
@@ -697,6 +696,7 @@ def build_world(out_dir, fit, train_config, world=DEFAULT_WORLD, max_steps=None,
             outs = generate(m, [chat_prompt(tok, r["question"]) for r in rows], 256, stop_ids=tok.eos_ids)
             curve.append(sum(is_equiv(extract_answer(tok.decode(o)), r["answer"]) for o, r in zip(outs, rows)) / len(rows))
             return {"accuracy": curve[-1]}
+        from launch.runfolder import FitExtras  # (here: reading a built world imports no trainer)
         hooks = FitExtras(evaluate=accuracy if eval_every else None, eval_every=eval_every, log=log)
         hist = fit(model, examples, tc, pad_id=tok.pad_id, desc=f"pretrain toy ({w.name})", hooks=hooks)
         model.save_pretrained(tmp / "model", tokenizer_dir=tmp / "tokenizer")

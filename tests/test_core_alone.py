@@ -29,6 +29,7 @@ def alone(tmp_path_factory):
 
 def _python(cwd, *argv, timeout=600):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # nothing of the checkout on the path
+    env["PYTHONDONTWRITEBYTECODE"] = "1"  # (the last check: nothing written beside the code)
     return subprocess.run([sys.executable, *map(str, argv)], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=timeout)
 
@@ -80,5 +81,29 @@ def test_eval_alone_and_what_the_core_refuses(alone, tmp_path):
     assert r.returncode == 2 and r.stderr.startswith("error: --analysis: ") and len(r.stderr.splitlines()) == 1
     r = _python(alone, "train.py", "--resume", "--out", tmp_path / "r")
     assert r.returncode == 2 and "unrecognized arguments: --resume" in r.stderr
+    r = subprocess.run([sys.executable, "train.py"], cwd=alone, capture_output=True, text=True, timeout=120,
+                       env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"LOCAL_RANK": "0"})
+    assert r.returncode == 2 and r.stderr == "error: torchrun needs launch/, which this copy does not have\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p.jsonl", "p.summary.json"]
-    assert sorted(p.name for p in alone.iterdir()) == sorted(CORE + ["assets"])  # nothing written beside the code
+    assert sorted(p.name for p in alone.iterdir() if p.name != "__pycache__") == sorted(CORE + ["assets"])
+
+
+def test_the_core_takes_launch_s_rules_where_they_would_differ(tmp_path, capsys):
+    """The plain toy run goes through train.py alone; where launch/ would decide otherwise, it doesn't differ: the
+    loss windows follow the memory plan's rule (a result: the windowed sum is not the plain sum to the last bit),
+    and an interrupted run at --out takes launch/'s way, which refuses to start afresh beside it."""
+    import train
+    from launch import cli, plan
+    for max_len in (512, 2048):
+        argv = ["--max-len", str(max_len), "--out", str(tmp_path / f"r{max_len}")]
+        core = train.parse_args(argv)
+        launched = cli.parse_args(argv + ["--save-every", "0"])
+        planned = plan.plan_run(train.Config.from_json(train.TOY_WORLD / "model" / "config.json"), 2**40,
+                                max_len=max_len, loss_chunk=launched.loss_chunk, sample_batch=1, eval_batch=1)
+        assert core.loss_chunk == planned.loss_chunk == (train.LOSS_CHUNK if max_len > train.LOSS_CHUNK else 0)
+    (tmp_path / "run.partial").mkdir()
+    with pytest.raises(SystemExit) as e:
+        train.main(["--limit", "2", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("error: ") and "holds an interrupted run" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.partial"]

@@ -303,3 +303,11 @@ def test_error_position_real_model_and_cli(tiny, data_file, tmp_path):
     assert r.returncode == 0, r.stderr
     saved = json.loads(out.read_text())
     assert saved["prefix_len"] == [1, 2, 4] and saved["args"]["temperature"] == 0.6
+
+
+def test_data_without_model_is_refused(data_file, tmp_path, capsys):
+    """Without --model eval.py evaluates the toy world's model on its own test split; --data alone would quietly
+    grade the toy model on other questions: refused in one line."""
+    with pytest.raises(SystemExit) as e:
+        E.main(["--data", str(data_file), "--out", str(tmp_path / "p.jsonl")])
+    assert e.value.code == 2 and capsys.readouterr().err.startswith("error: --data needs --model")

@@ -44,6 +44,10 @@ DEF = re.compile(r"^(?P<indent>[ \t]*)(?:async[ \t]+)?(?:def|class)[ \t]+(?P<nam
 # The order of docs/teaching.md (the method's own order, docs/method.md §3-§6); `list` and `grade` use it.
 ORDER = ["split_questions", "sample_next", "kv_cache_update", "kv_cache_positions_mask", "prefix_vote",
          "make_example", "masked_ce_sum", "accumulate_grads", "lr_at", "extract_answer"]
+# Each exercise's points in the total of 100 (docs/teaching.md's table): all or nothing, by its contract tests.
+POINTS = {"split_questions": 5, "sample_next": 12, "kv_cache_update": 8, "kv_cache_positions_mask": 12,
+          "prefix_vote": 8, "make_example": 12, "masked_ce_sum": 15, "accumulate_grads": 12, "lr_at": 6,
+          "extract_answer": 10}
 TESTS = Path("tests") / "exercises"
 # Never copied into a student copy, because each would hand out answers (tests/test_assignment.py's leak
 # test checks that no other file does):
@@ -243,8 +247,8 @@ def run_tests(dest: Path, timeout=900, paths=(TESTS,)) -> tuple[dict[str, list[d
             bad = next((c for c in case if c.tag in ("failure", "error")), None)
             skipped = next((c for c in case if c.tag == "skipped"), None)
             results.setdefault(module, []).append(
-                {"test": case.get("name") if case.get("classname") else "(import)", "ok": bad is None and skipped is None,
-                 "message": _message(bad if bad is not None else skipped)})
+                {"test": case.get("name") if case.get("classname") else "(import)",
+                 "ok": bad is None and skipped is None, "message": _message(bad if bad is not None else skipped)})
         return results, p.stdout + p.stderr
 
 
@@ -316,13 +320,16 @@ def grade(dest=ROOT, name=None, timeout=900, log=print) -> bool:
 
 
 def table(dest, outcome, log) -> bool:
+    """One row per exercise (its result, checks passed, points, first failing check), then the score."""
     w = max(len(n) for n in outcome)
-    log(f"{'exercise':<{w}}  {'result':<6}  {'checks':>6}  first failing check")
+    log(f"{'exercise':<{w}}  {'result':<6}  {'checks':>6}  {'points':>6}  first failing check")
     for name, (ok, checks, failed) in outcome.items():
-        first = "" if ok else wrap(f"{failed[0]['test']}: {failed[0]['message']}", w + 18)
-        log(f"{name:<{w}}  {'passed' if ok else 'FAILED':<6}  {checks:>6}  {first}".rstrip())
+        points = f"{POINTS.get(name, 0) if ok else 0}/{POINTS.get(name, 0)}"
+        first = "" if ok else wrap(f"{failed[0]['test']}: {failed[0]['message']}", w + 26)
+        log(f"{name:<{w}}  {'passed' if ok else 'FAILED':<6}  {checks:>6}  {points:>6}  {first}".rstrip())
     passed = sum(ok for ok, _, _ in outcome.values())
-    log(f"{passed}/{len(outcome)} exercises pass")
+    score = sum(POINTS.get(name, 0) for name, (ok, _, _) in outcome.items() if ok)
+    log(f"{score} / {sum(POINTS.get(name, 0) for name in outcome)} points ({passed}/{len(outcome)} exercises pass)")
     if passed < len(outcome):
         where = "" if shown(dest) == "." else f" {shlex.quote(shown(dest))}"
         log(f"every failing check of one exercise, and how to rerun its tests: "

@@ -68,6 +68,9 @@ def test_bad_markers_are_refused(bad, msg):
 def test_reference_exercises():
     ex = assignment.exercises(ROOT)
     assert list(ex) == assignment.ORDER and 8 <= len(ex) <= 10
+    assert list(assignment.POINTS) == assignment.ORDER and sum(assignment.POINTS.values()) == 100  # one score of 100
+    table = re.findall(r"^\| \d+ \| `(\w+)` \|.*\| (\d+) \|$", (ROOT / "docs" / "teaching.md").read_text(), re.M)
+    assert {name: int(points) for name, points in table} == assignment.POINTS  # the guide's table says the same
     where = {n: [f"{r.file}:{r.func}" for r in rs] for n, rs in ex.items()}
     assert where["sample_next"] == ["model.py:sample_next"]
     assert where["kv_cache_positions_mask"] == ["model.py:KVCache.positions", "model.py:KVCache.mask"]
@@ -91,7 +94,7 @@ def test_make_refuses_a_non_empty_or_inner_folder(tmp_path):
 def _rows(stdout):
     """The table's rows, {exercise: its row}, a wrapped message joined back into one line."""
     lines = stdout.splitlines()
-    end = next(i for i, line in enumerate(lines) if line.endswith(" exercises pass"))
+    end = next(i for i, line in enumerate(lines) if line.endswith(" exercises pass)"))
     rows = []
     for line in lines[1:end]:
         if line.startswith(" "):
@@ -218,7 +221,8 @@ def test_make_grade_solve_round_trip(tmp_path, where):
         for name, line in rows.items():
             assert " FAILED " in line and f"NotImplementedError: exercise {name}:" in line, line
             assert line.endswith("; see its docstring and docs/teaching.md"), line   # the whole message
-        assert p.stdout.splitlines()[-2] == f"0/{len(names)} exercises pass"
+        assert p.stdout.splitlines()[-2] == f"0 / 100 points (0/{len(names)} exercises pass)"
+        assert all(line.split()[3] == f"0/{assignment.POINTS[name]}" for name, line in rows.items())
         assert p.stdout.splitlines()[-1].endswith(f"grade {shlex.quote(str(dest.resolve()))} NAME"), p.stdout
 
     p = subprocess.run(KIT + ["solve", str(dest)], capture_output=True, text=True, timeout=120)
@@ -229,7 +233,8 @@ def test_make_grade_solve_round_trip(tmp_path, where):
     print(p.stdout)
     assert p.returncode == 0, p.stdout + p.stderr
     assert list(rows) == names and all(" passed " in line for line in rows.values())
-    assert p.stdout.splitlines()[-1] == f"{len(names)}/{len(names)} exercises pass"
+    assert p.stdout.splitlines()[-1] == f"100 / 100 points ({len(names)}/{len(names)} exercises pass)"
+    assert all(line.split()[3] == f"{assignment.POINTS[name]}/{assignment.POINTS[name]}" for name, line in rows.items())
 
 
 BLOCK_TRANSFORMERS = """

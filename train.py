@@ -249,12 +249,13 @@ class Run:
     def write(self, name, content):  # a JSON (.json) or JSONL (.jsonl) file of the run, written atomically
         (write_jsonl if name.endswith(".jsonl") else write_json)(self.folder / name, content)
 
-    # launch/ changes these too: a bf16 or a gathered copy to decode with, what an interrupted run holds
-    # (--resume, --base-from), fit's hooks, saving a sharded model
+    # launch/ changes these too: a bf16 or a gathered copy to decode with, what --resume / --base-from find,
+    # fit's hooks, saving a sharded model, metrics.jsonl (there written step by step, evaluations too)
     def for_decoding(self, model): return model
     def saved(self, name): return None
     def hooks(self, eval_rows): return Hooks()
     def save_model(self, model, path): model.save_pretrained(path)
+    def write_metrics(self, history): self.write("metrics.jsonl", history)  # each step's loss, LR, norm, count
 
 
 def upft_steps(run, model_dir, rows, eval_rows, t0):
@@ -270,8 +271,7 @@ def upft_steps(run, model_dir, rows, eval_rows, t0):
     saved, started = run.saved("train_examples.jsonl"), time.time()  # (an interrupted run's, under launch/)
     rollouts, accounting = self_generate(run, decoding_model, rows) if saved is None else (None, None)
     del decoding_model
-    if "cuda" in args.device:
-        torch.cuda.empty_cache()  # the decoding copy and its cache, before training
+    torch.cuda.empty_cache()  # the decoding copy and its cache, before training (a no-op without CUDA)
     # 4. the training examples: prompt (+ the prefix instruction), the sampled tokens, EOS
     examples, accounting = saved or make_examples(run, rows, rollouts, accounting, started)
     # 5. train: fit, the masked cross-entropy loop
@@ -359,7 +359,7 @@ def finetune(run, model, examples, rows, eval_rows, accounting):
     order = {i: k for k, i in enumerate(upft.canonical_order([r["question"] for r in rows]))}
     examples = sorted(examples, key=lambda e: order[e["index"]])
     history = fit(model, examples, tc, pad_id=run.tok.pad_id, desc=args.method, hooks=hooks, progress=run.verbose)
-    run.write("metrics.jsonl", history)  # each step's loss, learning rate, gradient norm and count
+    run.write_metrics(history)
     accounting["training_seconds"] = time.time() - started - hooks.eval_seconds  # without evaluations during it
     accounting["eval_during_training_seconds"] = hooks.eval_seconds
 

@@ -16,13 +16,12 @@ from pathlib import Path
 import torch
 
 import train
-from data import TOY_WORLD, UpftError
+from data import TOY_WORLD, UpftError, require
 from launch.fsdp import Launch
 from launch.plan import PLAN_GPU_GIB, Plan, format_plan, plan_run, usable_bytes
 from launch.runfolder import partial_dir
 from model import Config
 
-require = train.require
 
 # launch/'s defaults that depend on the model: (the toy world, a real checkpoint via --model).
 LAUNCH_DEFAULTS = {"save_every": (20, 50), "eval_subset": (100, 100)}

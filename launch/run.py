@@ -102,8 +102,11 @@ class LaunchedRun(train.Run):
         return super().save_model(model, path)
 
     def write(self, name, content):
-        if self.launch.writes and name != "metrics.jsonl":  # (FitExtras writes it step by step, evaluations too)
+        if self.launch.writes:
             super().write(name, content)
+
+    def write_metrics(self, history):  # FitExtras has written metrics.jsonl step by step, evaluations too
+        pass
 
 
 def dtype_copy(model, dtype):

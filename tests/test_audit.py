@@ -1,6 +1,5 @@
 """The audit of UPFT (docs/method.md §7): the EM-FT and majority-vote baselines, the controls that take
 UPFT apart (checked on the train_examples.jsonl they write), and accuracy during training."""
-import functools
 import json
 
 import pytest

@@ -1,5 +1,4 @@
 """The masked cross-entropy loop, prefix voting, UPFT's training examples, resume, and bad input."""
-import functools
 import json
 import os
 import signal
@@ -14,7 +13,7 @@ from conftest import LLAMA, ROOT, wait_for_checkpoint
 from data import IGNORE, UpftError
 import model as model_module
 from model import Config, Transformer
-from train import TrainConfig, accumulate_grads, fit, masked_ce_sum, micro_batch_loss, parse_args, step_count
+from train import TrainConfig, accumulate_grads, fit, masked_ce_sum, parse_args, step_count
 import upft
 from upft import PREFIX_INSTRUCTION, prefix_vote, split_questions
 

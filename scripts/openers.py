@@ -3,6 +3,7 @@ world (docs/experiments.md §2; the course lab in docs/teaching.md).
 
     python train.py --world assets/toy-decision --prefix-len 8 --eval-samples 4 --out runs/lab-decision
     python scripts/openers.py runs/lab-decision
+    python scripts/openers.py runs/lab-decision --json    # the numbers of the course lab's answers/lab.json
 
 Reads the run's sampled evaluations (eval_base_sampled.jsonl, eval_tuned_sampled.jsonl) and prints, for
 the base and the tuned model: the careful-opener share of the sampled answers, the sampled accuracy, and
@@ -10,6 +11,7 @@ the accuracy of the answers of each opener (their count in parentheses); then th
 share with its 95% interval over the questions (one run: the question-level interval, docs/method.md §6.1).
 """
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -20,18 +22,34 @@ from decision_table import careful_share, conditional  # noqa: E402
 from results_table import _forms, _records  # noqa: E402
 
 
+def summary(run):
+    """{"base", "tuned"}: each {"careful_share", "sampled_accuracy"} of the run's sampled answers (fractions)."""
+    out = {}
+    for tag in ("base", "tuned"):
+        f = _forms(_records(run, tag, True), True)
+        out[tag] = {"careful_share": float(careful_share(f).mean()),
+                    "sampled_accuracy": sum(ch.isupper() for x in f for ch in x) / sum(len(x) for x in f)}
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run", help="a finished train.py run folder with --eval-samples >= 2")
+    ap.add_argument("--json", action="store_true", help="print the two shares and accuracies as JSON (the lab's "
+                    "answers/lab.json takes them)")
     args = ap.parse_args(argv)
     run = Path(args.run)
     if not (run / "eval_tuned_sampled.jsonl").is_file() or not (run / "eval_base_sampled.jsonl").is_file():
         sys.exit(f"error: {run}: no sampled evaluations here (run train.py with --eval-samples 4 to the end)")
+    if args.json:
+        print(json.dumps(summary(run), indent=1))
+        return
     forms = {tag: _forms(_records(run, tag, True), True) for tag in ("base", "tuned")}
+    numbers = summary(run)
     for tag, f in forms.items():
         c = conditional(f)
-        right = sum(ch.isupper() for x in f for ch in x) / sum(len(x) for x in f)
-        print(f"{tag:5s}  careful share {100 * careful_share(f).mean():5.1f}%   sampled accuracy {100 * right:5.1f}%   "
+        print(f"{tag:5s}  careful share {100 * numbers[tag]['careful_share']:5.1f}%   "
+              f"sampled accuracy {100 * numbers[tag]['sampled_accuracy']:5.1f}%   "
               f"careful answers right {100 * c['careful'][0]:5.1f}% ({c['careful'][1]})   "
               f"hasty answers right {100 * c['hasty'][0]:5.1f}% ({c['hasty'][1]})")
     iv = paired.seed_question_interval((careful_share(forms["tuned"]) - careful_share(forms["base"]))[None, :])

@@ -167,6 +167,9 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(self.H * self.D, cfg.hidden_size, bias=cfg.attention_bias)
 
     def forward(self, x, cos, sin, cache=None, layer=0, mask=None):
+        """x (B, T, C) -> (B, T, C): causal grouped-query attention of the T new tokens, RoPE (cos, sin: (B, T, D))
+        on queries and keys; with a cache, over every cached key too (`layer`'s slots), under `mask` (B, 1, T, S)."""
+        # >>> exercise: attention
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.H, self.D).transpose(1, 2)  # (B, H, T, D)
         k = self.k_proj(x).view(B, T, self.K, self.D).transpose(1, 2)  # (B, K, T, D)
@@ -180,6 +183,7 @@ class Attention(nn.Module):
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and T > 1,
                                            enable_gqa=self.H != self.K)  # (B, H, T, D)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.H * self.D))
+        # <<< exercise: attention
 
 
 class MLP(nn.Module):
@@ -421,35 +425,32 @@ class KVCache:
 
     def update(self, layer, k, v):
         """Write one layer's keys and values of the T new tokens (B, K, T, D) at slots pos .. pos + T - 1;
-        return that layer's keys and values so far, (B, K, pos + T, D). `pos` advances in forward, once.
-        Exercise: docs/teaching.md, "The contracts"."""
-        # >>> exercise: kv_cache_update
+        return that layer's keys and values so far, (B, K, pos + T, D). `pos` advances in forward, once."""
+        # >>> exercise: attention
         T = k.shape[2]
         self.k[layer, :, :, self.pos:self.pos + T] = k
         self.v[layer, :, :, self.pos:self.pos + T] = v
         return self.k[layer, :, :, :self.pos + T], self.v[layer, :, :, :self.pos + T]
-        # <<< exercise: kv_cache_update
+        # <<< exercise: attention
 
     def positions(self, T):
-        """Position ids (B, T) of the T tokens about to be written: slot - pad[b], pad slots 0.
-        Exercise kv_cache_positions_mask: docs/teaching.md, "The contracts"."""
-        # >>> exercise: kv_cache_positions_mask
+        """Position ids (B, T) of the T tokens about to be written: slot - pad[b], pad slots 0."""
+        # >>> exercise: attention
         slots = torch.arange(self.pos, self.pos + T, device=self.pad.device)
         return (slots[None, :] - self.pad[:, None]).clamp(min=0)  # (B, T)
-        # <<< exercise: kv_cache_positions_mask
+        # <<< exercise: attention
 
     def mask(self, T):
         """Attention mask (B, 1, T, pos + T) of the T new queries, True = may attend: causal, never a pad
-        key, a pad query sees itself; None where SDPA's own paths are exact.
-        Exercise kv_cache_positions_mask: docs/teaching.md, "The contracts"."""
-        # >>> exercise: kv_cache_positions_mask
+        key, a pad query sees itself; None where SDPA's own paths are exact."""
+        # >>> exercise: attention
         if not self.any_pad and (self.pos == 0 or T == 1):
             return None
         q = torch.arange(self.pos, self.pos + T, device=self.pad.device)[:, None]  # (T, 1)
         s = torch.arange(self.pos + T, device=self.pad.device)[None, :]            # (1, S)
         valid = (s <= q) & (s >= self.pad[:, None, None])                          # (B, T, S)
         return (valid | (s == q)).unsqueeze(1)                                     # (B, 1, T, S)
-        # <<< exercise: kv_cache_positions_mask
+        # <<< exercise: attention
 
     def select(self, keep):
         """Keep only the rows where `keep` (B,) is True (finished rows leave the batch)."""
@@ -465,8 +466,7 @@ class KVCache:
 def sample_next(logits, temperature=0.0, top_k=0, top_p=1.0, generator=None, u=None):
     """logits (B, V) -> next ids (B,): temperature, then top-k, then top-p (keeping the most likely token),
     then one draw per row by inverse transform of `u` (B,) or of torch.rand with `generator`. UPFT samples
-    at 0.6 with the checkpoint's top-p/top-k (§3.2); why the temperature is its signal: §2.1.
-    Exercise: docs/teaching.md, "The contracts"."""
+    at 0.6 with the checkpoint's top-p/top-k (§3.2); why the temperature is its signal: §2.1."""
     # >>> exercise: sample_next
     if temperature is None or temperature <= 0:
         return logits.argmax(-1)
@@ -558,6 +558,7 @@ def default_device():  # the --device default of train.py and eval.py
 def _generate_chunk(model, prompts, *, max_new_tokens, num_samples, temperature, top_k, top_p, stop_ids, keys):
     """One left-padded batch: returns, per prompt, its num_samples samples (lists of new token ids).
     keys: the random stream of every row (stream_keys), or None (torch's global generator)."""
+    # >>> exercise: generate_loop
     n, device = num_samples, model.device
     B, Tmax = len(prompts), max(len(p) for p in prompts)
     if max_new_tokens == 0:
@@ -593,3 +594,4 @@ def _generate_chunk(model, prompts, *, max_new_tokens, num_samples, temperature,
     stops = set(stop_ids)
     rows = [row[:next((i for i, t in enumerate(row) if t in stops), len(row))] for row in outs]
     return [rows[b * n:(b + 1) * n] for b in range(B)]  # row b * n + j is sample j of prompt b
+    # <<< exercise: generate_loop

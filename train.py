@@ -61,7 +61,7 @@ def masked_ce_sum(h, labels, head=None, entropy=False):
     """(Sum of next-token cross-entropy over the supervised positions, their count): Eq. 8's log-likelihoods.
     h (B, T, C) with head(rows) -> logits, or h = the logits (B, T, V) themselves (head None); labels (B, T)
     aligned with input_ids, IGNORE where not trained. entropy (EM-FT, §7): the target is the model's own
-    distribution, so each term is its entropy H(p) = CE(p, p). Exercise: docs/teaching.md, "The contracts"."""
+    distribution, so each term is its entropy H(p) = CE(p, p)."""
     # >>> exercise: masked_ce_sum
     rows, targets = h[:, :-1], labels[:, 1:]                   # position t predicts labels[t + 1]: the shift
     keep = targets != IGNORE                                   # (B, T-1): the supervised positions
@@ -112,7 +112,7 @@ def step_count(examples, loss_norm="token"):
 def accumulate_grads(model, examples, micro_batch_size, pad_id, normaliser=None, autocast=None, **loss):
     """Backward over one optimizer step's examples in micro-batches, adding to .grad the gradient of
     (sum of the step's losses) / normaliser (default: its supervised tokens), however the step is split.
-    loss: micro_batch_loss's options. Returns (that mean loss, normaliser). Exercise: docs/teaching.md."""
+    loss: micro_batch_loss's options. Returns (that mean loss, normaliser)."""
     # >>> exercise: accumulate_grads
     total = sum(supervised_count(e["labels"]) for e in examples) if normaliser is None else normaliser
     if total == 0:
@@ -149,8 +149,7 @@ class TrainConfig:
 
 def lr_at(step, total_steps, tc: TrainConfig):
     """The learning rate of 0-based `step`: linear warmup over the first tc.warmup_ratio of the steps, then
-    constant (the paper's constant_with_warmup), or (toy pretraining) cosine to 10% of the peak.
-    Exercise: docs/teaching.md, "The contracts"."""
+    constant (the paper's constant_with_warmup), or (toy pretraining) cosine to 10% of the peak."""
     # >>> exercise: lr_at
     warm = max(1, math.ceil(tc.warmup_ratio * total_steps))
     if step < warm or tc.schedule == "constant":
@@ -183,6 +182,7 @@ class Hooks:
 
 def fit(model, examples, tc: TrainConfig, pad_id=0, desc="train", hooks=None, progress=True):
     """Train `model` in place on examples ({"input_ids", "labels"}); returns the per-step metrics."""
+    # >>> exercise: fit
     hooks = hooks or Hooks()
     device = next(model.parameters()).device
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=ADAM_BETAS, weight_decay=0.0,
@@ -218,6 +218,7 @@ def fit(model, examples, tc: TrainConfig, pad_id=0, desc="train", hooks=None, pr
     bar.close()
     model.eval()
     return history
+    # <<< exercise: fit
 
 
 def autocast_for(device, cpu_bf16=False):
@@ -351,9 +352,8 @@ def make_examples(run, rows, rollouts, accounting, started):
 def finetune(run, model, examples, rows, eval_rows, accounting):
     """Step 5: fit, the examples in canonical order (upft.canonical_order: a shuffled file gives the same run)."""
     args = run.args
-    tc = TrainConfig(lr=args.lr, epochs=args.epochs, batch_size=args.batch_size,
-                     micro_batch_size=args.micro_batch_size, loss_norm=args.loss_norm, seed=args.seed,
-                     grad_ckpt=args.grad_ckpt,
+    tc = TrainConfig(lr=args.lr, epochs=args.epochs, batch_size=args.batch_size, micro_batch_size=args.micro_batch_size,
+                     loss_norm=args.loss_norm, seed=args.seed, grad_ckpt=args.grad_ckpt,
                      objective="entropy" if args.method == "em" else "ce", loss_chunk=args.loss_chunk)
     started, hooks = time.time(), run.hooks(eval_rows)
     order = {i: k for k, i in enumerate(upft.canonical_order([r["question"] for r in rows]))}

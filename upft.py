@@ -33,8 +33,7 @@ PREFIX_INSTRUCTION = (" Please provide the initial step towards resolving the qu
 # ----------------------------------------------------------------------------- the paper's steps
 def split_questions(n, p, seed):
     """Which questions get a full trace (D_f of Eq. 8, the paper's p = 0.1 of them): n bools, True = full
-    trace, a seeded random round(p * n) (§3.1; the official code takes the first ones in file order).
-    Exercise: docs/teaching.md, "The contracts"."""
+    trace, a seeded random round(p * n) (§3.1; the official code takes the first ones in file order)."""
     # >>> exercise: split_questions
     if not 0.0 <= p <= 1.0:
         raise UpftError(f"--structure-ratio must be in [0, 1], got {p}")
@@ -47,9 +46,8 @@ def split_questions(n, p, seed):
 
 def prefix_vote(samples, L):
     """(the most frequent L-token prefix among N samples of one question, its share of the samples); a tie
-    goes to the prefix drawn first (§3.3: prefix self-consistency, Fig. 2a, as a training signal).
-    Exercise: docs/teaching.md, "The contracts"."""
-    # >>> exercise: prefix_vote
+    goes to the prefix drawn first (§3.3: prefix self-consistency, Fig. 2a, as a training signal)."""
+    # >>> exercise: upft_rollouts
     if not samples:
         raise ValueError("prefix_vote needs at least one sample")
     prefixes = [tuple(s[:L]) for s in samples]
@@ -57,7 +55,7 @@ def prefix_vote(samples, L):
     best = max(counts.values())
     winner = next(p for p in prefixes if counts[p] == best)  # first drawn among the tied
     return list(winner), best / len(prefixes)
-    # <<< exercise: prefix_vote
+    # <<< exercise: upft_rollouts
 
 
 def majority_vote(answers):
@@ -77,6 +75,7 @@ def upft_rollouts(model, tok, questions, full, prefix_len, num_samples=1, max_ne
     most frequent wins). sampling: temperature, top_p, top_k, progress. A question's own random streams (model.generate)
     make its samples independent of the batch size and of the other questions, and its prefix the opening of the full
     trace it would get. prefixes=False (the full-trace-only control, §7.1) skips the D_p sampling, same full traces."""
+    # >>> exercise: upft_rollouts
     require(prefix_len >= 1, f"--prefix-len must be a positive number of tokens, got {prefix_len}")
     d_f = [i for i, f in enumerate(full) if f]      # D_f: a full trace each
     d_p = [i for i, f in enumerate(full) if not f]  # D_p: L tokens each
@@ -93,6 +92,7 @@ def upft_rollouts(model, tok, questions, full, prefix_len, num_samples=1, max_ne
                          "finished": len(winner) < prefix_len})
     sampled = sampled_tokens(full_outs, max_new_tokens) + sampled_tokens(pre_outs, prefix_len)
     return sorted(rollouts, key=lambda r: r["index"]), sampled
+    # <<< exercise: upft_rollouts
 
 
 def canonical_order(questions):
@@ -114,8 +114,7 @@ def make_example(tok, question, response_ids, kind, prefix_len, max_len=None, fi
                  instruction=PREFIX_INSTRUCTION, eos=True):
     """One training example {"kind", "input_ids", "labels"} (labels aligned, IGNORE on the prompt), or None
     when even the prompt does not fit max_len: Eq. 8's prefix term (chat(question + instruction) + L
-    sampled tokens + EOS) or full term (chat(question) + the whole trace + EOS if it finished) (§3.4).
-    Exercise: docs/teaching.md, "The contracts"."""
+    sampled tokens + EOS) or full term (chat(question) + the whole trace + EOS if it finished) (§3.4)."""
     # >>> exercise: make_example
     if kind == "prefix":
         prompt = chat_prompt(tok, question, instruction)

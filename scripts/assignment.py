@@ -1,23 +1,29 @@
 """The course kit: a student copy of upft made from the reference code, and its grader.
 
-    python scripts/assignment.py list                   # the exercises, in teaching order, and where they are
-    python scripts/assignment.py make DIR               # write a student copy of the repository into DIR
-    python scripts/assignment.py grade [DIR]            # run the contract tests in DIR (default: this copy)
-    python scripts/assignment.py grade [DIR] NAME       # every failing check of exercise NAME, and how to rerun it
-    python scripts/assignment.py solve DIR [NAME ...]   # put the reference bodies back into DIR (all or some)
+    python scripts/assignment.py list                      # the problems, in the handout's order, and where they are
+    python scripts/assignment.py make DIR                  # write a student copy of the repository into DIR
+    python scripts/assignment.py grade [DIR]               # each problem's points and the total, N / 100
+    python scripts/assignment.py grade [DIR] NAME          # every failing check of problem NAME, and how to rerun it
+    python scripts/assignment.py grade DIR --tier instructor   # ... with the instructor tests too (reference only)
+    python scripts/assignment.py solve DIR [NAME ...]      # put the reference answers back into DIR (all or some)
+    python scripts/assignment.py key                       # the answer key: every reference body, where it goes
 
-An exercise is a function body (or several) between two marker comments in the reference code, a
-line `# >>> exercise: NAME` after the docstring and a line `# <<< exercise: NAME` after the body, both
-at the body's indentation. The docstring above is the exercise's full contract.
+The problems are the handout's (docs/assignment.md): eleven exercises and the lab. An exercise is a function
+body (or several) between two marker comments in the reference code, a line `# >>> exercise: NAME` after the
+docstring and a line `# <<< exercise: NAME` after the body, both at the body's indentation. The lab's answers
+are two files, answers/lab.json (the numbers of two runs) and answers/lab.md (the written answers).
 
 `make` copies every file of the repository (git's tracked and untracked-but-not-ignored files, or a
-walk that skips .git, runs/ and caches) except the instructor-only ones below, and replaces what lies
-between the markers by `raise NotImplementedError(...)`; docstrings, signatures, markers and all other
-code stay, so the copy imports and everything that is not an exercise runs. The contract tests of
-exercise NAME are tests/exercises/test_NAME.py; `grade` runs them with pytest in DIR and prints one row
-per exercise with its first failing check (exit 0 only when every exercise passes); `grade DIR NAME`
-prints every failing check of NAME and the pytest command that reruns its tests alone. Grading needs
-pytest (python -m pip install pytest). docs/teaching.md is the instructor's guide.
+walk that skips .git, runs/ and caches) except the instructor-only ones below, replaces what lies
+between the markers by `raise NotImplementedError(...)`, and writes blank answers/ files; docstrings,
+signatures, markers and all other code stay, so the copy imports and everything that is not an exercise
+runs. Two tiers of tests: the public ones, tests/exercises/test_NAME.py, in the copy; the instructor ones,
+tests/instructor/test_NAME_ref.py (against outputs the reference saved in tests/instructor/fixtures/), never
+copied. `grade` runs a tier with pytest in DIR and prints one row per problem with its points (all or
+nothing) and its first failing check, then the total `N / 100` (exit 0 only when every problem passes);
+`grade DIR NAME` prints every failing check of NAME and the pytest command that reruns its tests alone.
+Grading needs pytest (python -m pip install pytest). docs/teaching.md is the instructor's guide,
+docs/answer-key/ the answer key (written answers' key points, the lab's reference answers).
 
 Standard library only, so grading works whatever state a student's copy is in.
 """
@@ -25,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import os
 import re
 import shlex
@@ -41,14 +48,18 @@ ROOT = Path(__file__).resolve().parents[1]
 BEGIN = re.compile(r"^(?P<indent>[ \t]*)# >>> exercise: (?P<name>\w+)[ \t]*$")
 END = re.compile(r"^(?P<indent>[ \t]*)# <<< exercise: (?P<name>\w+)[ \t]*$")
 DEF = re.compile(r"^(?P<indent>[ \t]*)(?:async[ \t]+)?(?:def|class)[ \t]+(?P<name>\w+)")
-# The order of docs/teaching.md (the method's own order, docs/method.md §3-§6); `list` and `grade` use it.
-ORDER = ["split_questions", "sample_next", "kv_cache_update", "kv_cache_positions_mask", "prefix_vote",
-         "make_example", "masked_ce_sum", "accumulate_grads", "lr_at", "extract_answer"]
-# Each exercise's points in the total of 100 (docs/teaching.md's table): all or nothing, by its contract tests.
-POINTS = {"split_questions": 5, "sample_next": 12, "kv_cache_update": 8, "kv_cache_positions_mask": 12,
-          "prefix_vote": 8, "make_example": 12, "masked_ce_sum": 15, "accumulate_grads": 12, "lr_at": 6,
-          "extract_answer": 10}
+# The problems of the handout (docs/assignment.md), in its order (the method's own: split, sample, vote, build the
+# examples, train, evaluate; then the lab); `list` and `grade` use it. Every one but "lab" is a marked exercise.
+ORDER = ["split_questions", "attention", "sample_next", "generate_loop", "upft_rollouts", "make_example",
+         "masked_ce_sum", "accumulate_grads", "lr_at", "fit", "extract_answer", "lab"]
+# Each problem's points in the total of 100 (the handout's "(N points)"): all or nothing, by its tests.
+POINTS = {"split_questions": 4, "attention": 16, "sample_next": 10, "generate_loop": 12, "upft_rollouts": 12,
+          "make_example": 8, "masked_ce_sum": 10, "accumulate_grads": 8, "lr_at": 3, "fit": 8, "extract_answer": 4,
+          "lab": 5}
 TESTS = Path("tests") / "exercises"
+INSTRUCTOR_TESTS = Path("tests") / "instructor"
+KEY = Path("docs") / "answer-key"
+TIERS = ("public", "instructor")
 # Never copied into a student copy, because each would hand out answers (tests/test_assignment.py's leak
 # test checks that no other file does):
 INSTRUCTOR_ONLY = {
@@ -56,8 +67,29 @@ INSTRUCTOR_ONLY = {
     "tests/test_assignment.py",         # the make/grade/solve round trip and the leak test read the reference
     "tests/test_loss.py",               # it writes the masked_ce_sum exercise out (per sample, entropy)
 }
+INSTRUCTOR_DIRS = (f"{INSTRUCTOR_TESTS.as_posix()}/",  # the instructor tests and the reference's saved outputs
+                   f"{KEY.as_posix()}/")               # the answer key
+LAB_FILES = ("lab.json", "lab.md")       # answers/: what the lab hands in (blank in a fresh copy)
+LAB_QUESTIONS = 7
+LAB_BLANK = "(your answer)"
+
+
+def instructor_only(f: str) -> bool:
+    return f in INSTRUCTOR_ONLY or f.startswith(INSTRUCTOR_DIRS)
+
+
+def blank_lab() -> dict[str, str]:
+    """The answers/ files of a fresh copy: the lab's numbers to fill in, and one heading per question."""
+    world = {"run": None, "base": {"careful_share": None, "sampled_accuracy": None},
+             "tuned": {"careful_share": None, "sampled_accuracy": None}}
+    numbers = {"decision": {**world, "run": "runs/lab-decision"}, "mirror": {**world, "run": "runs/lab-mirror"}}
+    text = "# The lab: UPFT on the decision world and its mirror (docs/assignment.md, problem 12)\n\n" + "".join(
+        f"## Question {k}\n\n{LAB_BLANK}\n\n" for k in range(1, LAB_QUESTIONS + 1))
+    return {"lab.json": json.dumps(numbers, indent=1) + "\n", "lab.md": text}
+
+
 SKIP_DIRS = {".git", "runs", "__pycache__", ".pytest_cache", ".venv", ".whl", ".gl"}
-STUB = 'raise NotImplementedError("exercise {name}: {func} in {file}; see its docstring and docs/teaching.md")'
+STUB = 'raise NotImplementedError("exercise {name}: {func} in {file}; see its docstring and docs/assignment.md")'
 
 
 class KitError(Exception):
@@ -176,32 +208,47 @@ def make(dest, root: Path = ROOT, log=print) -> dict[str, list[Region]]:
     try:
         stubbed = {r.file for rs in ex.values() for r in rs}
         for f in source_files(root):
-            if f in INSTRUCTOR_ONLY:
+            if instructor_only(f):
                 continue
             (tmp / f).parent.mkdir(parents=True, exist_ok=True)
             if f in stubbed:
                 (tmp / f).write_text(stub_text((root / f).read_text(encoding="utf-8"), f), encoding="utf-8")
             else:
                 shutil.copy2(root / f, tmp / f)
+        (tmp / "answers").mkdir(exist_ok=True)
+        for name, text in blank_lab().items():  # the lab's hand-in, blank
+            (tmp / "answers" / name).write_text(text, encoding="utf-8")
         if dest.exists():
             dest.rmdir()
         os.replace(tmp, dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    log(f"student copy written to {dest}: {len(ex)} exercises stubbed "
-        f"({', '.join(ex)}); grade it with: python scripts/assignment.py grade {dest}")
+    log(f"student copy written to {dest}: {len(ex)} exercises stubbed ({', '.join(ex)}), the lab's answers/ "
+        f"blank; grade it with: python {shlex.quote(shown(__file__))} grade {shlex.quote(str(dest))}")
     return ex
 
 
+def problems(root: Path) -> list[str]:
+    """The handout's problems found in `root`: its marked exercises, in ORDER, then the lab."""
+    return [*exercises(root), *(["lab"] if (root / TESTS / "test_lab.py").is_file() else [])]
+
+
 def solve(dest, names=(), root: Path = ROOT, log=print) -> list[str]:
-    """Copy the reference bodies of the named exercises (default: all) into the copy at `dest`."""
+    """Copy the reference bodies of the named exercises, and for "lab" the answer key's answers/ files (default:
+    every problem), into the copy at `dest`."""
     dest = Path(dest)
     ref = exercises(root)
-    names = list(names) or list(ref)
-    if unknown := [n for n in names if n not in ref]:
-        raise KitError(f"unknown exercise(s): {', '.join(unknown)} (known: {', '.join(ref)})")
-    files = sorted({r.file for n in names for r in ref[n]})
+    names = list(names) or problems(root)
+    if unknown := [n for n in names if n not in ref and n != "lab"]:
+        raise KitError(f"unknown problem(s): {', '.join(unknown)} (known: {', '.join(problems(root))})")
+    if "lab" in names:
+        if not (root / KEY / "answers").is_dir():
+            raise KitError(f"{root / KEY}: no answer key here (solve runs in the reference repository)")
+        (dest / "answers").mkdir(exist_ok=True)
+        for name in LAB_FILES:
+            shutil.copyfile(root / KEY / "answers" / name, dest / "answers" / name)
+    files = sorted({r.file for n in names for r in ref.get(n, [])})
     for f in files:
         src = (root / f).read_text(encoding="utf-8").splitlines(keepends=True)
         out = (dest / f).read_text(encoding="utf-8").splitlines(keepends=True)
@@ -216,7 +263,7 @@ def solve(dest, names=(), root: Path = ROOT, log=print) -> list[str]:
                     raise KitError(f"{root / f}: exercise {a.name} is a stub here, not a reference body")
                 out[b.begin + 1:b.end] = body
         (dest / f).write_text("".join(out), encoding="utf-8")
-    log(f"reference bodies of {', '.join(names)} written into {dest}")
+    log(f"reference answers of {', '.join(names)} written into {dest}")
     return names
 
 
@@ -226,28 +273,43 @@ def check_pytest():
         raise KitError("grading needs pytest: python -m pip install pytest")
 
 
-def run_tests(dest: Path, timeout=900, paths=(TESTS,)) -> tuple[dict[str, list[dict]], str]:
-    """Run `paths` (default: tests/exercises) with pytest in `dest`; returns
-    ({test module: [{test, ok, message}]}, output)."""
+def run_tests(dest: Path, timeout=900, names=None, tier="public") -> tuple[dict[str, list[dict]], str]:
+    """Run the tests of problems `names` (default: all) of one tier with pytest in `dest`: the public ones
+    (dest/tests/exercises), and for tier "instructor" also this repository's tests/instructor, copied outside
+    both and pointed at `dest` (UPFT_GRADE_COPY). Returns ({test module: [{test, ok, message}]}, output)."""
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "report.xml"
+        paths = [TESTS] if names is None else [TESTS / f"test_{n}.py" for n in names
+                                               if (dest / TESTS / f"test_{n}.py").is_file()]
+        env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "UPFT_GRADE_COPY": str(dest)}
+        if tier == "instructor":
+            shutil.copytree(ROOT / INSTRUCTOR_TESTS, Path(tmp) / "instructor",
+                            ignore=shutil.ignore_patterns("__pycache__"))
+            paths += [Path(tmp) / "instructor" / f.name for f in sorted((ROOT / INSTRUCTOR_TESTS).glob("test_*_ref.py"))
+                      if names is None or f.stem.removeprefix("test_").removesuffix("_ref") in names]
+        if not paths:
+            return {}, ""
         cmd = [sys.executable, "-m", "pytest", *map(str, paths), "-q", "-p", "no:cacheprovider", "-m", "",
-               "--continue-on-collection-errors", f"--junitxml={report}", "-o", "junit_family=xunit2"]
+               "--rootdir", str(dest), "--continue-on-collection-errors", f"--junitxml={report}",
+               "-o", "junit_family=xunit1"]  # (xunit1 names each case's file: the copied instructor tests lie
+                                                 # outside --rootdir, where pytest gives no classname)
         try:
-            p = subprocess.run(cmd, cwd=dest, capture_output=True, text=True, timeout=timeout,
-                               env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+            p = subprocess.run(cmd, cwd=dest, capture_output=True, text=True, timeout=timeout, env=env)
         except subprocess.TimeoutExpired:
-            raise KitError(f"the exercise tests did not finish within {timeout}s (an endless loop?)") from None
+            raise KitError(f"the tests did not finish within {timeout}s (an endless loop?)") from None
         if not report.is_file():
             raise KitError(f"pytest wrote no report (exit {p.returncode}):\n{(p.stdout + p.stderr)[-2000:]}")
         results: dict[str, list[dict]] = {}
         for case in ET.parse(report).getroot().iter("testcase"):
             where = case.get("classname") or case.get("name") or ""
-            module = next((part for part in where.split(".") if part.startswith("test_")), where)
+            module = Path(case.get("file") or "").stem or \
+                next((part for part in where.split(".") if part.startswith("test_")), where)
             bad = next((c for c in case if c.tag in ("failure", "error")), None)
             skipped = next((c for c in case if c.tag == "skipped"), None)
-            results.setdefault(module, []).append(
-                {"test": case.get("name") if case.get("classname") else "(import)",
+            label = "ref: " if module.endswith("_ref") else ""
+            results.setdefault(module.removesuffix("_ref"), []).append(
+                {"test": label + (name if re.fullmatch(r"test\w*(\[.*\])?", name := case.get("name") or "")
+                                  else "(import)"),
                  "ok": bad is None and skipped is None, "message": _message(bad if bad is not None else skipped)})
         return results, p.stdout + p.stderr
 
@@ -281,8 +343,11 @@ def shown(path) -> str:
     return "." if path == Path.cwd().resolve() else str(path)
 
 
-def rerun_command(dest: Path, name: str) -> str:
-    """The shell command that runs the tests of exercise `name` alone, from the current folder."""
+def rerun_command(dest: Path, name: str, tier="public") -> str:
+    """The shell command that runs the tests of problem `name` alone, from the current folder."""
+    if tier == "instructor":
+        where = "" if shown(dest) == "." else f" {shlex.quote(shown(dest))}"
+        return f"python {shlex.quote(shown(__file__))} grade{where} {name} --tier instructor"
     cmd = f"python -m pytest {TESTS / f'test_{name}.py'}"
     where = shown(dest)
     return cmd if where == "." else f"cd {shlex.quote(where)} && {cmd}"
@@ -301,71 +366,91 @@ def outcomes(names, results) -> dict[str, tuple[bool, str, list[dict]]]:
     return out
 
 
-def grade(dest=ROOT, name=None, timeout=900, log=print) -> bool:
-    """Grade the copy at `dest`: one row per exercise, or with `name` every failing check of that
-    exercise; True when every graded exercise passes."""
+def grade(dest=ROOT, name=None, timeout=900, log=print, tier="public") -> bool:
+    """Grade the copy at `dest` on one tier: one row per problem, or with `name` every failing check of that
+    problem; True when every graded problem passes."""
     dest = Path(dest).resolve()
-    ex = exercises(dest)
-    if not ex:
+    if not exercises(dest):
         raise KitError(f"{dest}: no exercise markers found (is it a copy of upft?)")
-    if name is not None and name not in ex:
-        raise KitError(f"unknown exercise {name} (known: {', '.join(ex)})")
+    names = problems(dest)
+    if name is not None and name not in names:
+        raise KitError(f"unknown problem {name} (known: {', '.join(names)})")
+    if tier == "instructor" and not (ROOT / INSTRUCTOR_TESTS).is_dir():
+        raise KitError("--tier instructor needs the instructor tests: run the kit of the reference repository")
     check_pytest()
     if name is None:
-        results, _ = run_tests(dest, timeout)
-        return table(dest, outcomes(ex, results), log)
-    found = [TESTS / f"test_{name}.py"] if (dest / TESTS / f"test_{name}.py").is_file() else []
-    results, _ = run_tests(dest, timeout, found) if found else ({}, "")
-    return one_exercise(dest, name, outcomes([name], results)[name], log)
+        results, _ = run_tests(dest, timeout, tier=tier)
+        return table(dest, outcomes(names, results), log)
+    results, _ = run_tests(dest, timeout, [name], tier)
+    return one_exercise(dest, name, outcomes([name], results)[name], log, tier)
 
 
 def table(dest, outcome, log) -> bool:
     """One row per exercise (its result, checks passed, points, first failing check), then the score."""
     w = max(len(n) for n in outcome)
-    log(f"{'exercise':<{w}}  {'result':<6}  {'checks':>6}  {'points':>6}  first failing check")
+    log(f"{'problem':<{w}}  {'result':<6}  {'checks':>6}  {'points':>6}  first failing check")
     for name, (ok, checks, failed) in outcome.items():
         points = f"{POINTS.get(name, 0) if ok else 0}/{POINTS.get(name, 0)}"
         first = "" if ok else wrap(f"{failed[0]['test']}: {failed[0]['message']}", w + 26)
         log(f"{name:<{w}}  {'passed' if ok else 'FAILED':<6}  {checks:>6}  {points:>6}  {first}".rstrip())
     passed = sum(ok for ok, _, _ in outcome.values())
     score = sum(POINTS.get(name, 0) for name, (ok, _, _) in outcome.items() if ok)
-    log(f"{score} / {sum(POINTS.get(name, 0) for name in outcome)} points ({passed}/{len(outcome)} exercises pass)")
+    log(f"{score} / {sum(POINTS.get(name, 0) for name in outcome)} points ({passed}/{len(outcome)} problems pass)")
     if passed < len(outcome):
         where = "" if shown(dest) == "." else f" {shlex.quote(shown(dest))}"
-        log(f"every failing check of one exercise, and how to rerun its tests: "
+        log(f"every failing check of one problem, and how to rerun its tests: "
             f"python {shlex.quote(shown(__file__))} grade{where} NAME")
     return passed == len(outcome)
 
 
-def one_exercise(dest, name, outcome, log) -> bool:
+def one_exercise(dest, name, outcome, log, tier="public") -> bool:
     ok, checks, failed = outcome
     log(f"{name}: {'passed' if ok else 'FAILED'}, {checks} checks pass")
     for case in failed:
         log("  " + wrap(f"{case['test']}: {case['message']}", 4))
-    log(f"rerun its tests: {rerun_command(dest, name)}")
+    log(f"rerun its tests: {rerun_command(dest, name, tier)}")
     return ok
 
 
 def list_exercises(root: Path = ROOT, log=print):
-    for i, (name, regions) in enumerate(exercises(root).items(), 1):
-        where = ", ".join(f"{r.file}:{r.func}" for r in regions)
-        log(f"{i:2}. {name:<24} {where}")
+    ex = exercises(root)
+    for i, name in enumerate(problems(root), 1):
+        where = ", ".join(f"{r.file}:{r.func}" for r in ex[name]) if name in ex else "answers/lab.json, answers/lab.md"
+        log(f"{i:2}. {name:<18} {POINTS.get(name, 0):3} points  {where}")
+
+
+def key(root: Path = ROOT, log=print):
+    """The answer key's code: every problem's reference body, where it goes (the rest: docs/answer-key/)."""
+    if not (root / KEY).is_dir():
+        raise KitError(f"{root}: no answer key here (a student copy has none)")
+    ex = exercises(root)
+    log(f"# The reference answers, problem by problem (written answers, the lab: {shown(root / KEY)})")
+    for i, name in enumerate(problems(root), 1):
+        log(f"\n## {i}. {name} ({POINTS.get(name, 0)} points)")
+        for r in ex.get(name, []):
+            lines = (root / r.file).read_text(encoding="utf-8").splitlines()
+            log(f"\n{r.file}:{r.begin + 2}, in {r.func}:\n```python\n" + "\n".join(lines[r.begin + 1:r.end]) + "\n```")
+        if name == "lab":
+            log(f"\n{shown(root / KEY / 'answers')}: " + ", ".join(LAB_FILES))
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description="upft course kit: student copy and grader.")
+    ap = argparse.ArgumentParser(description="upft course kit: student copy, grader and answer key.")
     sub = ap.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("list", help="the exercises in teaching order")
-    p = sub.add_parser("make", help="write a student copy (exercise bodies stubbed) into DIR")
+    sub.add_parser("list", help="the problems in the handout's order, their points and where they are")
+    p = sub.add_parser("make", help="write a student copy (exercise bodies stubbed, the lab's answers blank) into DIR")
     p.add_argument("dir")
-    p = sub.add_parser("grade", help="run the exercise tests in DIR (default: this copy) and print one row per "
-                       "exercise; with NAME, every failing check of that exercise and how to rerun its tests")
+    p = sub.add_parser("grade", help="run the tests of DIR (default: this copy) and print each problem's points and "
+                       "the total; with NAME, every failing check of that problem and how to rerun its tests")
     p.add_argument("dir", nargs="?", default=str(ROOT))
-    p.add_argument("name", nargs="?", help="one exercise (grade NAME alone: in this copy)")
+    p.add_argument("name", nargs="?", help="one problem (grade NAME alone: in this copy)")
+    p.add_argument("--tier", choices=TIERS, default="public", help="public: the copy's own tests (the default); "
+                   "instructor: also the instructor tests, against the reference's saved outputs (reference only)")
     p.add_argument("--timeout", type=int, default=900, help="seconds for the whole test run (default: 900)")
-    p = sub.add_parser("solve", help="copy the reference bodies of the named exercises (default: all) into DIR")
+    p = sub.add_parser("solve", help="write the reference answers of the named problems (default: all) into DIR")
     p.add_argument("dir")
     p.add_argument("names", nargs="*")
+    sub.add_parser("key", help="print the answer key's code: every problem's reference body and where it goes")
     args = ap.parse_args(argv)
     try:
         if args.cmd == "list":
@@ -374,11 +459,13 @@ def main(argv=None):
             make(args.dir)
         elif args.cmd == "solve":
             solve(args.dir, args.names)
+        elif args.cmd == "key":
+            key()
         else:
             dest, name = args.dir, args.name
             if name is None and not Path(dest).is_dir() and re.fullmatch(r"\w+", dest):
-                dest, name = str(ROOT), dest      # `grade lr_at`: an exercise of this copy
-            sys.exit(0 if grade(dest, name, args.timeout) else 1)
+                dest, name = str(ROOT), dest      # `grade lr_at`: a problem of this copy
+            sys.exit(0 if grade(dest, name, args.timeout, tier=args.tier) else 1)
     except KitError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

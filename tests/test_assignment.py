@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -65,21 +66,77 @@ def test_bad_markers_are_refused(bad, msg):
         assignment.find_regions(bad, "bad.py")
 
 
-def test_reference_exercises():
+HANDOUT = ROOT / "docs" / "assignment.md"
+PROBLEM = re.compile(r"^## Problem (\d+): `(\w+)`.*\((\d+) points?\)$", re.M)
+
+
+def handout_sections():
+    """{problem: its section of the handout, heading to the next '## '}."""
+    text = HANDOUT.read_text()
+    heads = list(PROBLEM.finditer(text))
+    return {m[2]: text[m.start():(heads[k + 1].start() if k + 1 < len(heads) else text.index("\n## ", m.end()))]
+            for k, m in enumerate(heads)}
+
+
+def test_reference_problems():
+    """The handout's problems are the kit's: the same order and points (summing to 100), whole pieces to write
+    (attention with RoPE and the KV cache, sampling, the generation loop, UPFT's rollouts, the fit loop)."""
     ex = assignment.exercises(ROOT)
-    assert list(ex) == assignment.ORDER and 8 <= len(ex) <= 10
+    assert list(ex) + ["lab"] == assignment.problems(ROOT) == assignment.ORDER and len(ex) >= 7
     assert list(assignment.POINTS) == assignment.ORDER and sum(assignment.POINTS.values()) == 100  # one score of 100
-    table = re.findall(r"^\| \d+ \| `(\w+)` \|.*\| (\d+) \|$", (ROOT / "docs" / "teaching.md").read_text(), re.M)
-    assert {name: int(points) for name, points in table} == assignment.POINTS  # the guide's table says the same
+    marks = PROBLEM.findall(HANDOUT.read_text())
+    assert [(int(n), name) for n, name, _ in marks] == list(enumerate(assignment.ORDER, 1))
+    assert {name: int(points) for _, name, points in marks} == assignment.POINTS  # "(N points)" marks: the same
+    table = re.findall(r"^\| (\d+) \| `(\w+)`.*\| (\d+) \|$", HANDOUT.read_text(), re.M)
+    assert [(name, int(points)) for _, name, points in table] == list(assignment.POINTS.items())
+    guide = re.findall(r"^\| \d+ \| `(\w+)` \|.*\| (\d+) \|$", (ROOT / "docs" / "teaching.md").read_text(), re.M)
+    assert {name: int(points) for name, points in guide} == assignment.POINTS  # the guide's table says the same
     where = {n: [f"{r.file}:{r.func}" for r in rs] for n, rs in ex.items()}
+    assert where["attention"] == ["model.py:Attention.forward", "model.py:KVCache.update", "model.py:KVCache.positions",
+                                  "model.py:KVCache.mask"]
     assert where["sample_next"] == ["model.py:sample_next"]
-    assert where["kv_cache_positions_mask"] == ["model.py:KVCache.positions", "model.py:KVCache.mask"]
+    assert where["generate_loop"] == ["model.py:_generate_chunk"]
+    assert where["upft_rollouts"] == ["upft.py:prefix_vote", "upft.py:upft_rollouts"]
     assert where["accumulate_grads"] == ["train.py:accumulate_grads"]
     assert where["masked_ce_sum"] == ["train.py:masked_ce_sum"]  # one function, one file: the training path
+    assert where["fit"] == ["train.py:fit"]
     assert where["extract_answer"] == ["grader.py:_last_boxed", "grader.py:extract_answer"]
-    for rs in ex.values():
+    for name, rs in ex.items():
         for r in rs:
-            assert not assignment.is_stub((ROOT / r.file).read_text().splitlines()[r.begin + 1:r.end])
+            lines = (ROOT / r.file).read_text().splitlines()
+            assert not assignment.is_stub(lines[r.begin + 1:r.end])
+            # a whole piece: the region is the function's whole body after its docstring
+            assert lines[r.begin - 1].rstrip().endswith('"""'), f"{name}: the marker must follow {r.func}'s docstring"
+            after = next((line for line in lines[r.end + 1:] if line.strip()), "")
+            assert len(after) - len(after.lstrip()) < len(r.indent), f"{name}: code of {r.func} after the end marker"
+
+
+def _normalised(text):
+    return " ".join(text.split())
+
+
+def docstring_above(lines, begin):
+    """The docstring that ends on the line above a region's opening marker."""
+    end = begin - 1
+    if lines[end].count('"""') >= 2:
+        return lines[end]
+    start = next(i for i in range(end - 1, -1, -1) if '"""' in lines[i])
+    return "\n".join(lines[start:end + 1])
+
+
+def test_no_contract_contains_a_line_of_its_reference_body():
+    """A contract (the handout's section of the problem and the docstrings above its regions) says what to
+    build, not how: no line of the reference body (comments dropped, spaces collapsed, 12 characters or more)
+    appears in it."""
+    sections = handout_sections()
+    for name, regions in assignment.exercises(ROOT).items():
+        files = {r.file: (ROOT / r.file).read_text().splitlines() for r in regions}
+        text = _normalised(sections[name] + "\n".join(docstring_above(files[r.file], r.begin) for r in regions))
+        for r in regions:
+            for line in files[r.file][r.begin + 1:r.end]:
+                code = _normalised(line.split("  #")[0])
+                if len(code) >= 12 and not code.startswith("#"):
+                    assert code not in text, f"{name}: its contract contains the reference line {code!r}"
 
 
 def test_make_refuses_a_non_empty_or_inner_folder(tmp_path):
@@ -94,7 +151,7 @@ def test_make_refuses_a_non_empty_or_inner_folder(tmp_path):
 def _rows(stdout):
     """The table's rows, {exercise: its row}, a wrapped message joined back into one line."""
     lines = stdout.splitlines()
-    end = next(i for i, line in enumerate(lines) if line.endswith(" exercises pass)"))
+    end = next(i for i, line in enumerate(lines) if line.endswith(" problems pass)"))
     rows = []
     for line in lines[1:end]:
         if line.startswith(" "):
@@ -104,8 +161,9 @@ def _rows(stdout):
     return {row.split()[0]: row for row in rows}
 
 
-def _grade(dest, cwd=None):
-    p = subprocess.run(KIT + ["grade", str(dest)], capture_output=True, text=True, timeout=900, cwd=cwd)
+def _grade(dest, cwd=None, tier="public"):
+    p = subprocess.run(KIT + ["grade", str(dest), "--tier", tier], capture_output=True, text=True, timeout=900,
+                       cwd=cwd)
     return p, _rows(p.stdout)
 
 
@@ -170,7 +228,7 @@ def test_grade_prints_whole_messages_and_how_to_rerun(demo_copy):
     assert q.returncode == 1 and "2 failed, 1 passed" in q.stdout, q.stdout + q.stderr
 
     p = subprocess.run(KIT + ["grade", name, "nosuch"], cwd=here, capture_output=True, text=True, timeout=120)
-    assert p.returncode == 2 and p.stderr == "error: unknown exercise nosuch (known: demo)\n"
+    assert p.returncode == 2 and p.stderr == "error: unknown problem nosuch (known: demo)\n"
 
 
 def test_grade_name_alone_grades_this_copy():
@@ -191,11 +249,39 @@ def test_grade_without_pytest_says_how_to_install_it(tmp_path):
     assert (p.returncode, p.stdout, p.stderr) == (2, "", "error: grading needs pytest: python -m pip install pytest\n")
 
 
+def wrong_variant(dest, problem):
+    """Write one known wrong variant of `problem` into the (solved) copy at `dest`: the first of
+    tests/test_exercise_variants.py's VARIANTS whose substitutions are one-line, applied inside the problem's
+    marked body; for the lab, one written answer blanked. Returns the mistake's name."""
+    import test_exercise_variants as tv
+    if problem == "lab":
+        path = dest / "answers" / "lab.md"
+        text = path.read_text()
+        start = text.index("## Question 3\n") + len("## Question 3\n")
+        path.write_text(text[:start] + "\n" + assignment.LAB_BLANK + "\n\n" + text[text.index("## Question 4"):])
+        return "a written answer left blank"
+    mistake, patches = next((m, ps) for e, m, ps in tv.VARIANTS if e == problem and all(
+        p.func is None and p.subs and all("\n" not in old for old, _ in p.subs) for p in ps))
+    for patch in patches:
+        module, func = patch.target.split(".", 1)
+        path = dest / f"{module}.py"
+        lines = path.read_text().splitlines(keepends=True)
+        (r,) = [r for r in assignment.find_regions("".join(lines), path.name) if r.func == func]
+        body = "".join(lines[r.begin + 1:r.end])
+        for old, new in patch.subs:
+            assert body.count(old) == 1, (problem, old)
+            body = body.replace(old, new)
+        path.write_text("".join(lines[:r.begin + 1]) + body + "".join(lines[r.end:]))
+    return mistake
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("where", ["student", "a path with spaces/student copy"])
 def test_make_grade_solve_round_trip(tmp_path, where):
-    """Untouched student copy: every exercise fails (on its stub); reference bodies copied back: every one
-    passes, and the copy is the reference again, byte for byte. Wherever the copy lies and whatever the current
+    """make -> the copy imports and `train.py --help` works -> grade: 0 / 100, every problem failing (on its stub,
+    or the lab's blank answers) -> solve: the copy is the reference again (the answer key's answers/) -> grade:
+    100 / 100, in under 2 minutes, on both tiers -> known wrong variants of half the problems, then of the other
+    half: exactly those problems lose their points, and only those. Wherever the copy lies and whatever the current
     folder (the repository, or a folder beside the copy), the kit names it the same way: by its absolute path."""
     dest = tmp_path / where
     p = subprocess.run(KIT + ["make", str(dest)], capture_output=True, text=True, timeout=120)
@@ -203,7 +289,9 @@ def test_make_grade_solve_round_trip(tmp_path, where):
     names = assignment.ORDER
     files = assignment.source_files(ROOT)
     copied = assignment.source_files(dest)
-    assert copied == [f for f in files if f not in assignment.INSTRUCTOR_ONLY]
+    lab = [f"answers/{f}" for f in assignment.LAB_FILES]
+    assert copied == sorted([f for f in files if not assignment.instructor_only(f)] + lab)
+    assert not (dest / ".git").exists()
     # the copy imports and everything that is not an exercise runs
     q = subprocess.run([sys.executable, "-c", "import model, upft, train, grader, eval, data, launch.run"], cwd=dest,
                        capture_output=True, text=True, timeout=120)
@@ -219,22 +307,40 @@ def test_make_grade_solve_round_trip(tmp_path, where):
         assert p.returncode == 1, p.stdout + p.stderr
         assert list(rows) == names
         for name, line in rows.items():
+            if name == "lab":
+                assert " FAILED " in line and "should be a fraction in [0, 1], got None" in line, line
+                continue
             assert " FAILED " in line and f"NotImplementedError: exercise {name}:" in line, line
-            assert line.endswith("; see its docstring and docs/teaching.md"), line   # the whole message
-        assert p.stdout.splitlines()[-2] == f"0 / 100 points (0/{len(names)} exercises pass)"
+            assert line.endswith("; see its docstring and docs/assignment.md"), line   # the whole message
+        assert p.stdout.splitlines()[-2] == f"0 / 100 points (0/{len(names)} problems pass)"
         assert all(line.split()[3] == f"0/{assignment.POINTS[name]}" for name, line in rows.items())
         assert p.stdout.splitlines()[-1].endswith(f"grade {shlex.quote(str(dest.resolve()))} NAME"), p.stdout
 
     p = subprocess.run(KIT + ["solve", str(dest)], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     for f in copied:
-        assert (dest / f).read_bytes() == (ROOT / f).read_bytes(), f"{f} differs from the reference after solve"
-    p, rows = _grade(dest)
-    print(p.stdout)
-    assert p.returncode == 0, p.stdout + p.stderr
-    assert list(rows) == names and all(" passed " in line for line in rows.values())
-    assert p.stdout.splitlines()[-1] == f"100 / 100 points ({len(names)}/{len(names)} exercises pass)"
-    assert all(line.split()[3] == f"{assignment.POINTS[name]}/{assignment.POINTS[name]}" for name, line in rows.items())
+        want = ROOT / assignment.KEY / f if f in lab else ROOT / f
+        assert (dest / f).read_bytes() == want.read_bytes(), f"{f} differs from the reference after solve"
+    for tier in assignment.TIERS:
+        t = time.time()
+        p, rows = _grade(dest, tier=tier)
+        seconds = time.time() - t
+        print(tier, f"{seconds:.0f} s", p.stdout)
+        assert p.returncode == 0, p.stdout + p.stderr
+        assert list(rows) == names and all(" passed " in line for line in rows.values())
+        assert p.stdout.splitlines()[-1] == f"100 / 100 points ({len(names)}/{len(names)} problems pass)"
+        assert all(line.split()[3] == f"{assignment.POINTS[n]}/{assignment.POINTS[n]}" for n, line in rows.items())
+        assert seconds <= 120, f"grading the whole copy ({tier} tier) took {seconds:.0f} s (at most 120)"
+    if where != "student":
+        return   # the wrong variants once (the kit's behaviour does not depend on the place)
+    for half in (names[0::2], names[1::2]):
+        solved = tmp_path / f"solved-{half[0]}"
+        shutil.copytree(dest, solved)
+        mistakes = {problem: wrong_variant(solved, problem) for problem in half}
+        p, rows = _grade(solved, tier="instructor")
+        lost = {n for n, line in rows.items() if " FAILED " in line}
+        assert lost == set(half), f"wrong variants of {mistakes}: failing {sorted(lost)}\n{p.stdout}"
+        assert p.stdout.splitlines()[-2].startswith(f"{100 - sum(assignment.POINTS[n] for n in half)} / 100 points")
 
 
 BLOCK_TRANSFORMERS = """
@@ -351,3 +457,24 @@ def test_the_leak_test_finds_a_renamed_copy(student_copy, tmp_path):
                 + textwrap.indent(renamed, " " * 8) + "\n")
     found = leaks(copy, body_windows(ROOT))
     assert found and all(f.startswith("data.py:") and "accumulate_grads" in f for f in found), found
+
+
+def test_no_instructor_material_in_the_copy(student_copy):
+    """No answer key, instructor test, reference fixture or git history in a fresh student copy: none of their
+    files, no file with a fixture's bytes, and no line of the key's written answers (8 words or more) in any
+    text file."""
+    files = assignment.source_files(student_copy)
+    assert not (student_copy / ".git").exists()
+    assert not [f for f in files if assignment.instructor_only(f) or f.startswith(".git/")], "instructor files copied"
+    instructor = [f for f in assignment.source_files(ROOT) if f.startswith(assignment.INSTRUCTOR_DIRS)]
+    assert any(f.startswith("tests/instructor/fixtures/") for f in instructor)  # (so the checks below check)
+    assert any(f.startswith(f"{assignment.KEY.as_posix()}/answers/") for f in instructor)
+    secret = {(ROOT / f).read_bytes() for f in instructor}
+    assert not [f for f in files if (student_copy / f).read_bytes() in secret], "an instructor file's bytes"
+    key_lines = {_normalised(line) for f in instructor if f.startswith(assignment.KEY.as_posix()) and f.endswith(".md")
+                 for line in (ROOT / f).read_text().splitlines() if len(line.split()) >= 8}
+    for f in files:
+        if f.endswith((".py", ".md", ".json", ".txt")):
+            text = _normalised((student_copy / f).read_text(encoding="utf-8"))
+            found = [line for line in key_lines if line in text]
+            assert not found, f"{f} holds the answer key's lines: {found[:2]}"

@@ -30,7 +30,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 EXERCISE_TESTS = ROOT / "tests" / "exercises"
-for p in (ROOT, ROOT / "tests", EXERCISE_TESTS, ROOT / "scripts"):
+INSTRUCTOR_TESTS = ROOT / "tests" / "instructor"
+for p in (ROOT, ROOT / "tests", EXERCISE_TESTS, INSTRUCTOR_TESTS, ROOT / "scripts"):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 import assignment  # noqa: E402  (scripts/assignment.py)
@@ -142,53 +143,167 @@ VARIANTS = [  # (exercise, the usual mistake, patches)
      sub("model.sample_next", ("    if u is None:\n", "    if True:\n"))),
     ("sample_next", "inverse CDF with the first token whose mass REACHES u (a zero-probability token at u = 0)",
      sub("model.sample_next", (", right=True)", ")"))),
-    # --- the KV cache
-    ("kv_cache_update", "cache written at the wrong slot (always from slot 0)",
+    # --- attention: the KV cache (update, positions, mask)
+    ("attention", "cache written at the wrong slot (always from slot 0)",
      sub("model.KVCache.update", ("self.k[layer, :, :, self.pos:self.pos + T] = k", "self.k[layer, :, :, :T] = k"),
          ("self.v[layer, :, :, self.pos:self.pos + T] = v", "self.v[layer, :, :, :T] = v"))),
-    ("kv_cache_update", "cache written one slot late",
+    ("attention", "cache written one slot late",
      sub("model.KVCache.update", ("self.k[layer, :, :, self.pos:self.pos + T] = k",
                                   "self.k[layer, :, :, self.pos + 1:self.pos + T + 1] = k"),
          ("self.v[layer, :, :, self.pos:self.pos + T] = v", "self.v[layer, :, :, self.pos + 1:self.pos + T + 1] = v"),
          (RETURN_CACHE, "return self.k[layer, :, :, 1:self.pos + T + 1], self.v[layer, :, :, 1:self.pos + T + 1]"))),
-    ("kv_cache_update", "returns only the new keys/values",
+    ("attention", "returns only the new keys/values",
      sub("model.KVCache.update", (RETURN_CACHE, "return k, v"))),
-    ("kv_cache_update", "returns the whole preallocated buffer (unwritten slots included)",
+    ("attention", "returns the whole preallocated buffer (unwritten slots included)",
      sub("model.KVCache.update", (RETURN_CACHE, "return self.k[layer], self.v[layer]"))),
-    ("kv_cache_update", "update advances pos (once per layer)",
+    ("attention", "update advances pos (once per layer)",
      sub("model.KVCache.update", (RETURN_CACHE, "self.pos += T\n    " + RETURN_CACHE))),
-    ("kv_cache_update", "writes every layer at once",
+    ("attention", "writes every layer at once",
      sub("model.KVCache.update", ("self.k[layer, :, :, self.pos:self.pos + T] = k", "self.k[:, :, :, self.pos:self.pos + T] = k"))),
-    ("kv_cache_positions_mask", "positions that ignore left padding",
+    ("attention", "positions that ignore left padding",
      sub("model.KVCache.positions", ("return (slots[None, :] - self.pad[:, None]).clamp(min=0)",
                                      "return slots[None, :].expand(len(self.pad), T)"))),
-    ("kv_cache_positions_mask", "positions counted from 1",
+    ("attention", "positions counted from 1",
      sub("model.KVCache.positions", ("- self.pad[:, None]).clamp(min=0)", "- self.pad[:, None] + 1).clamp(min=0)"))),
-    ("kv_cache_positions_mask", "mask that lets queries see pad keys",
+    ("attention", "mask that lets queries see pad keys",
      sub("model.KVCache.mask", (VALID, "valid = (s <= q).expand(len(self.pad), -1, -1)"))),
-    ("kv_cache_positions_mask", "mask that is not causal",
+    ("attention", "mask that is not causal",
      sub("model.KVCache.mask", (VALID, "valid = (s >= self.pad[:, None, None]) & (q >= 0)"))),
-    ("kv_cache_positions_mask", "pad queries see nothing (all-masked rows: NaN)",
+    ("attention", "pad queries see nothing (all-masked rows: NaN)",
      sub("model.KVCache.mask", ("return (valid | (s == q)).unsqueeze(1)", "return valid.unsqueeze(1)"))),
-    ("kv_cache_positions_mask", "no mask whenever there is no padding (chunked prefill breaks)",
+    ("attention", "no mask whenever there is no padding (chunked prefill breaks)",
      sub("model.KVCache.mask", (NO_PAD_FAST_PATH, "if not self.any_pad:"))),
-    ("kv_cache_positions_mask", "no mask for one-token steps even with padding",
+    ("attention", "no mask for one-token steps even with padding",
      sub("model.KVCache.mask", (NO_PAD_FAST_PATH, "if T == 1 or (not self.any_pad and self.pos == 0):"))),
-    # --- prefix voting (§3.3)
-    ("prefix_vote", "ties broken by token id",
+    # --- attention: the layer's forward (RoPE, GQA, the cache)
+    ("attention", "no RoPE",
+     sub("model.Attention.forward", ("q = q * cos + rotate_half(q) * sin", "q = q"),
+         ("k = k * cos + rotate_half(k) * sin", "k = k"))),
+    ("attention", "RoPE on the queries only",
+     sub("model.Attention.forward", ("k = k * cos + rotate_half(k) * sin", "k = k"))),
+    ("attention", "RoPE with the wrong sign (a rotation by minus the angle)",
+     sub("model.Attention.forward", ("q = q * cos + rotate_half(q) * sin", "q = q * cos - rotate_half(q) * sin"),
+         ("k = k * cos + rotate_half(k) * sin", "k = k * cos - rotate_half(k) * sin"))),
+    ("attention", "RoPE on interleaved pairs (Meta's layout) with the rotate-half cos/sin",
+     sub("model.Attention.forward",
+         ("q = q * cos + rotate_half(q) * sin",
+          "q = q * cos + torch.stack((-q[..., 1::2], q[..., ::2]), -1).flatten(-2) * sin"),
+         ("k = k * cos + rotate_half(k) * sin",
+          "k = k * cos + torch.stack((-k[..., 1::2], k[..., ::2]), -1).flatten(-2) * sin"))),
+    ("attention", "the cache not used (only the new keys/values attended)",
+     sub("model.Attention.forward", ("k, v = cache.update(layer, k, v)", "pass"))),
+    ("attention", "never causal (is_causal always False)",
+     sub("model.Attention.forward", ("is_causal=mask is None and T > 1", "is_causal=False"))),
+    ("attention", "is_causal on one-token steps too (SDPA's triangle is top-left: the new token sees slot 0 only)",
+     sub("model.Attention.forward", ("is_causal=mask is None and T > 1", "is_causal=mask is None"))),
+    ("attention", "the cache's mask not passed to SDPA",
+     sub("model.Attention.forward", ("attn_mask=mask, is_causal=mask is None and T > 1",
+                                     "attn_mask=None, is_causal=T > 1"))),
+    ("attention", "softmax scale 1 instead of 1/sqrt(D)",
+     sub("model.Attention.forward", ("enable_gqa=self.H != self.K)", "enable_gqa=self.H != self.K, scale=1.0)"))),
+    ("attention", "heads split by view alone (no transpose: tokens and heads mixed)",
+     sub("model.Attention.forward",
+         ("self.q_proj(x).view(B, T, self.H, self.D).transpose(1, 2)", "self.q_proj(x).view(B, self.H, T, self.D)"),
+         ("self.k_proj(x).view(B, T, self.K, self.D).transpose(1, 2)", "self.k_proj(x).view(B, self.K, T, self.D)"),
+         ("self.v_proj(x).view(B, T, self.K, self.D).transpose(1, 2)", "self.v_proj(x).view(B, self.K, T, self.D)"),
+         ("y.transpose(1, 2).reshape(B, T, self.H * self.D)", "y.reshape(B, T, self.H * self.D)"))),
+    ("attention", "keys used as the values",
+     sub("model.Attention.forward", ("scaled_dot_product_attention(q, k, v,",
+                                     "scaled_dot_product_attention(q, k, k,"))),
+    ("attention", "key/value heads tiled over the query heads (repeat), not grouped (repeat_interleave)",
+     sub("model.Attention.forward", ("scaled_dot_product_attention(q, k, v,", "scaled_dot_product_attention("
+                                     "q, k.repeat(1, self.H // self.K, 1, 1), v.repeat(1, self.H // self.K, 1, 1),"))),
+    # --- the KV-cached generation loop
+    ("generate_loop", "the n samples share one row (the prefill neither expanded nor repeated)",
+     sub("model._generate_chunk", ("if n > 1:", "if False:"))),
+    ("generate_loop", "the prompts repeated n times before the prefill (n prefills per prompt, no expand)",
+     sub("model._generate_chunk", ("pad = torch.tensor([Tmax - len(p) for p in prompts])",
+                                   "pad = torch.tensor([Tmax - len(p) for p in prompts for _ in range(n)])"),
+         ("+ list(p) for p in prompts]", "+ list(p) for p in prompts for _ in range(n)]"),
+         ("cache = KVCache(model.config, B, ", "cache = KVCache(model.config, B * n, "), ("if n > 1:", "if False:"))),
+    ("generate_loop", "right padding",
+     sub("model._generate_chunk", ("[0] * (Tmax - len(p)) + list(p)", "list(p) + [0] * (Tmax - len(p))"))),
+    ("generate_loop", "the first token drawn from the prefill's first position",
+     sub("model._generate_chunk", ("model(ids.to(device), cache=cache, last_only=True)[:, -1]",
+                                   "model(ids.to(device), cache=cache)[:, 0]"))),
+    ("generate_loop", "prefill logits of every position (no last_only: B x T x V floats)",
+     sub("model._generate_chunk", ("model(ids.to(device), cache=cache, last_only=True)[:, -1]",
+                                   "model(ids.to(device), cache=cache)[:, -1]"))),
+    ("generate_loop", "the stop id kept in the sample",
+     sub("model._generate_chunk", ("next((i for i, t", "next((i + 1 for i, t"))),
+    ("generate_loop", "only the first stop id counts",
+     sub("model._generate_chunk", ("sorted(set(stop_ids))", "sorted(set(list(stop_ids)[:1]))"),
+         ("stops = set(stop_ids)", "stops = set(list(stop_ids)[:1])"))),
+    ("generate_loop", "stops one token early (max_new_tokens - 1 steps)",
+     sub("model._generate_chunk", ("for step in range(max_new_tokens):", "for step in range(max_new_tokens - 1):"))),
+    ("generate_loop", "decoding goes on after every row has stopped",
+     sub("model._generate_chunk", (" or bool(done.all())", ""))),
+    ("generate_loop", "finished rows never leave the batch",
+     sub("model._generate_chunk", ("if int(done.sum()) * 4 >= len(live):", "if False:"))),
+    ("generate_loop", "finished rows dropped from the cache but not from the row bookkeeping",
+     sub("model._generate_chunk", ("live = [r for r, k in zip(live, keep.tolist()) if k]", "pass"))),
+    ("generate_loop", "u drawn from the first rows' streams after rows finish (keys, not keys[live])",
+     sub("model._generate_chunk", ("stream_uniforms(keys[live], step)", "stream_uniforms(keys[:len(live)], step)"))),
+    ("generate_loop", "the streams' numbers counted from 1",
+     sub("model._generate_chunk", ("stream_uniforms(keys[live], step)", "stream_uniforms(keys[live], step + 1)"))),
+    ("generate_loop", "uniforms passed at temperature 0 (greedy)",
+     sub("model._generate_chunk", ("u = None if keys is None or not temperature or temperature <= 0 else",
+                                   "u = None if keys is None else"))),
+    ("generate_loop", "top-k and top-p not passed to sample_next",
+     sub("model._generate_chunk", ("sample_next(logits, temperature, top_k, top_p, u=u)",
+                                   "sample_next(logits, temperature, u=u)"))),
+    ("generate_loop", "samples grouped by sample index, not by prompt (row j * B + b)",
+     sub("model._generate_chunk", ("return [rows[b * n:(b + 1) * n] for b in range(B)]",
+                                   "return [rows[b::B] for b in range(B)]"))),
+    # --- UPFT's rollouts: prefix voting (§3.3)
+    ("upft_rollouts", "ties broken by token id",
      sub("upft.prefix_vote", ("winner = next(p for p in prefixes if counts[p] == best)",
                               "winner = min(p for p in prefixes if counts[p] == best)"))),
-    ("prefix_vote", "ties go to the prefix drawn last",
+    ("upft_rollouts", "ties go to the prefix drawn last",
      sub("upft.prefix_vote", ("winner = next(p for p in prefixes if counts[p] == best)",
                               "winner = [p for p in prefixes if counts[p] == best][-1]"))),
-    ("prefix_vote", "votes on whole samples, not on L-token prefixes",
+    ("upft_rollouts", "votes on whole samples, not on L-token prefixes",
      sub("upft.prefix_vote", ("prefixes = [tuple(s[:L]) for s in samples]", "prefixes = [tuple(s) for s in samples]"))),
-    ("prefix_vote", "prefix cut off by one (L + 1 tokens)",
+    ("upft_rollouts", "prefix cut off by one (L + 1 tokens)",
      sub("upft.prefix_vote", ("prefixes = [tuple(s[:L]) for s in samples]", "prefixes = [tuple(s[:L + 1]) for s in samples]"))),
-    ("prefix_vote", "agreement over the distinct prefixes instead of all samples",
+    ("upft_rollouts", "agreement over the distinct prefixes instead of all samples",
      sub("upft.prefix_vote", ("return list(winner), best / len(prefixes)", "return list(winner), best / len(counts)"))),
-    ("prefix_vote", "agreement as a vote count",
+    ("upft_rollouts", "agreement as a vote count",
      sub("upft.prefix_vote", ("return list(winner), best / len(prefixes)", "return list(winner), best"))),
+    # --- UPFT's rollouts: the D_p / D_f sampling (§3.2)
+    ("upft_rollouts", "D_p and D_f swapped (full[i] True read as a prefix question)",
+     sub("upft.upft_rollouts",
+         ("d_f = [i for i, f in enumerate(full) if f]", "d_f = [i for i, f in enumerate(full) if not f]"),
+         ("d_p = [i for i, f in enumerate(full) if not f]", "d_p = [i for i, f in enumerate(full) if f]"))),
+    ("upft_rollouts", "prefixes decoded with the full budget (max_new_tokens, then cut to L)",
+     sub("upft.upft_rollouts", ("for i in d_p], prefix_len, n=num_samples",
+                                "for i in d_p], max_new_tokens, n=num_samples"))),
+    ("upft_rollouts", "num_samples full traces per D_f question",
+     sub("upft.upft_rollouts", ("max_new_tokens, n=1, seed=seed", "max_new_tokens, n=num_samples, seed=seed"))),
+    ("upft_rollouts", "no vote: the first sample's prefix kept",
+     sub("upft.upft_rollouts", ("winner, agreement = prefix_vote(samples, prefix_len)",
+                                "winner, agreement = list(samples[0][:prefix_len]), 1.0"))),
+    ("upft_rollouts", "a prefix is never finished (not even when its sample stopped within L tokens)",
+     sub("upft.upft_rollouts", ('"finished": len(winner) < prefix_len', '"finished": False'))),
+    ("upft_rollouts", "a prefix of L tokens counted as finished",
+     sub("upft.upft_rollouts", ("len(winner) < prefix_len", "len(winner) <= prefix_len"))),
+    ("upft_rollouts", "rollouts not sorted by index (D_f's first)",
+     sub("upft.upft_rollouts", ('return sorted(rollouts, key=lambda r: r["index"]), sampled',
+                                "return rollouts, sampled"))),
+    ("upft_rollouts", "tokens sampled = the samples' lengths (stop tokens not counted)",
+     sub("upft.upft_rollouts", ("sampled = sampled_tokens(full_outs, max_new_tokens) + "
+                                "sampled_tokens(pre_outs, prefix_len)",
+                                "sampled = sum(len(s) for g in full_outs + pre_outs for s in g)"))),
+    ("upft_rollouts", "prefix samples counted against max_new_tokens (a stop token after every L-token prefix)",
+     sub("upft.upft_rollouts", ("sampled_tokens(pre_outs, prefix_len)", "sampled_tokens(pre_outs, max_new_tokens)"))),
+    ("upft_rollouts", "prefixes sampled when prefixes=False",
+     sub("upft.upft_rollouts", ("**sampling) if prefixes else []", "**sampling)"))),
+    ("upft_rollouts", "progress left in the sampling options (passed twice)",
+     sub("upft.upft_rollouts", ('sampling.pop("progress", True)', 'sampling.get("progress", True)'))),
+    ("upft_rollouts", "the seed not passed to the sampler",
+     sub("upft.upft_rollouts", (" n=1, seed=seed,", " n=1,"), ("n=num_samples, seed=seed,", "n=num_samples,"))),
+    ("upft_rollouts", "prefix_len 0 accepted",
+     sub("upft.upft_rollouts", ("require(prefix_len >= 1,", "require(prefix_len >= 0,"))),
     # --- training examples (§3.4)
     ("make_example", "no EOS after the prefix",
      sub("upft.make_example", (PREFIX_TARGET, "target = list(response_ids[:prefix_len])"))),
@@ -284,6 +399,44 @@ VARIANTS = [  # (exercise, the usual mistake, patches)
      sub("train.lr_at", (LR_WARM, "math.ceil(tc.warmup_ratio * total_steps)"))),
     ("lr_at", "cosine down to zero instead of 10%",
      sub("train.lr_at", ("(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))", "(0.5 * (1 + math.cos(math.pi * progress)))"))),
+    # --- the fit loop (§4)
+    ("fit", "no clipping",
+     sub("train.fit", ("clip_grad_norm_(model.parameters(), tc.max_grad_norm)",
+                       'clip_grad_norm_(model.parameters(), float("inf"))'))),
+    ("fit", "clipped after the optimizer step",
+     sub("train.fit", ("grad_norm = hooks.grad_norm(torch.nn.utils.clip_grad_norm_(model.parameters(), "
+                       "tc.max_grad_norm))\n            opt.step()",
+                       "opt.step()\n            grad_norm = hooks.grad_norm(torch.nn.utils.clip_grad_norm_("
+                       "model.parameters(), tc.max_grad_norm))"))),
+    ("fit", "the LR never set on the optimizer (tc.lr throughout)",
+     sub("train.fit", ('            g["lr"] = lr\n', "            pass\n"))),
+    ("fit", "lr_at called with step + 1",
+     sub("train.fit", ("lr = lr_at(step, len(steps), tc)", "lr = lr_at(step + 1, len(steps), tc)"))),
+    ("fit", "the schedule over max_steps instead of every epoch's steps",
+     sub("train.fit", ("lr = lr_at(step, len(steps), tc)", "lr = lr_at(step, stop, tc)"))),
+    ("fit", "no zero_grad (gradients add up across steps)",
+     sub("train.fit", ("        opt.zero_grad(set_to_none=True)\n", ""))),
+    ("fit", "an optimizer step even when nothing is supervised (n == 0)",
+     sub("train.fit", ("if n > 0:", "if True:"))),
+    ("fit", "weight decay 0.01 (AdamW's default)",
+     sub("train.fit", ("weight_decay=0.0,", "weight_decay=0.01,"))),
+    ("fit", "AdamW's default betas (0.9, 0.999)",
+     sub("train.fit", ("betas=ADAM_BETAS, ", ""))),
+    ("fit", "first_step's return ignored (a resumed run starts over)",
+     sub("train.fit", ("start = hooks.first_step(model, opt, len(steps))",
+                       "start = 0\n    hooks.first_step(model, opt, len(steps))"))),
+    ("fit", "max_steps ignored",
+     sub("train.fit", ("stop = min(len(steps), tc.max_steps or len(steps))", "stop = len(steps)"))),
+    ("fit", "the normaliser of this process's part only (torchrun)",
+     sub("train.fit", ("pad_id, n, autocast, **loss)", "pad_id, step_count(part, tc.loss_norm), autocast, **loss)"))),
+    ("fit", "step_loss's return ignored (under torchrun: one process's loss)",
+     sub("train.fit", ("mean = hooks.step_loss(mean, n)", "hooks.step_loss(mean, n)"))),
+    ("fit", "history's steps counted from 0",
+     sub("train.fit", ('"step": step + 1,', '"step": step,'))),
+    ("fit", "gradient checkpointing flag not set",
+     sub("train.fit", ("model.gradient_checkpointing = tc.grad_ckpt", "pass"))),
+    ("fit", "model left in train mode",
+     sub("train.fit", ("    model.eval()\n", ""))),
     # --- answer extraction (§6)
     ("extract_answer", r"the first \boxed{} instead of the last",
      sub("grader._last_boxed", (r'i = max(text.rfind("\\boxed"), text.rfind("\\fbox"))', r'i = text.find("\\boxed")'))),
@@ -305,11 +458,18 @@ VARIANTS = [  # (exercise, the usual mistake, patches)
 
 # ----------------------------------------------------------------------------- the harness
 
-def contract_tests(exercise):
-    """The exercise's contract tests, in file order: [(name, function)]."""
-    module = importlib.import_module(f"test_{exercise}")
-    tests = [(n, f) for n, f in vars(module).items() if n.startswith("test_") and inspect.isfunction(f)]
-    return sorted(tests, key=lambda t: t[1].__code__.co_firstlineno)
+def contract_tests(exercise, tiers=("public", "instructor")):
+    """The exercise's tests, in file order: [(name, function)]: its public contract tests
+    (tests/exercises/test_<exercise>.py), then its instructor tests (tests/instructor/test_<exercise>_ref.py,
+    named "ref: test_...")."""
+    out = []
+    for tier, module_name, label in (("public", f"test_{exercise}", ""), ("instructor", f"test_{exercise}_ref", "ref: ")):
+        if tier not in tiers or (tier == "instructor" and not (INSTRUCTOR_TESTS / f"{module_name}.py").is_file()):
+            continue
+        module = importlib.import_module(module_name)
+        tests = [(label + n, f) for n, f in vars(module).items() if n.startswith("test_") and inspect.isfunction(f)]
+        out += sorted(tests, key=lambda t: t[1].__code__.co_firstlineno)
+    return out
 
 
 def failing(exercise, patches, monkeypatch):
@@ -338,7 +498,8 @@ EXERCISES = list(assignment.exercises(ROOT))
 def test_every_exercise_has_contract_tests_and_variants():
     assert len(EXERCISES) >= 8, EXERCISES
     modules = sorted(p.stem.removeprefix("test_") for p in EXERCISE_TESTS.glob("test_*.py"))
-    assert modules == sorted(EXERCISES), "one tests/exercises/test_<name>.py per marked exercise, and no other"
+    assert modules == sorted(EXERCISES + ["lab"]), \
+        "one tests/exercises/test_<name>.py per marked exercise and the lab, and no other"
     assert {v[0] for v in VARIANTS} == set(EXERCISES), "every exercise lists its usual wrong variants"
     for ex in EXERCISES:
         tests = contract_tests(ex)
@@ -356,6 +517,18 @@ def test_reference_passes_and_stub_fails_every_check(exercise, monkeypatch):
     assert all("NotImplementedError" in msg for _, msg in stubbed)
 
 
+@pytest.mark.parametrize("exercise", EXERCISES)
+def test_no_other_problem_runs_this_exercise(exercise, monkeypatch):
+    """With this exercise stubbed, every OTHER exercise's tests (both tiers) still pass: they never run its code,
+    so a wrong variant of it can cost its own points only (grade's all-or-nothing points per problem)."""
+    with monkeypatch.context() as m:
+        for p in stub_patches(exercise):
+            owner, attr, fn = p.build()
+            m.setattr(owner, attr, fn)
+        broken = {other: failing(other, [], monkeypatch) for other in EXERCISES if other != exercise}
+    assert not any(broken.values()), {k: v for k, v in broken.items() if v}
+
+
 @pytest.mark.parametrize("exercise, mistake, patches", VARIANTS, ids=[f"{e}: {m}" for e, m, _ in VARIANTS])
 def test_wrong_variant_is_caught(exercise, mistake, patches, monkeypatch):
     caught = failing(exercise, patches, monkeypatch)
@@ -369,7 +542,7 @@ def table(markdown=True):
     for exercise, mistake, patches in VARIANTS:
         caught = failing(exercise, patches, mp)
         rows.append((exercise, mistake, ", ".join(n.removeprefix("test_") for n, _ in caught) or "NOT CAUGHT"))
-    lines = ["| exercise | usual wrong variant | caught by (tests/exercises/test_<exercise>.py) |", "|---|---|---|"]
+    lines = ["| problem | usual wrong variant | caught by (tests/exercises/test_<problem>.py; ref: tests/instructor/test_<problem>_ref.py) |", "|---|---|---|"]
     lines += [f"| `{e}` | {m.replace('|', '/')} | {c} |" for e, m, c in rows]
     return "\n".join(lines)
 

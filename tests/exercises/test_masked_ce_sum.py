@@ -1,4 +1,4 @@
-"""Contract of train.masked_ce_sum (docs/teaching.md, "The contracts"): the SUM of next-token cross-entropy
+"""Contract of train.masked_ce_sum (docs/assignment.md, problem 7): the SUM of next-token cross-entropy
 over the supervised positions (position t predicts labels[t + 1]) and the NUMBER of those positions (the
 normaliser); with a `head`, the head runs on those positions' rows only (the training path: train.py's
 micro_batch_loss passes the model's last hidden states and its head); with entropy=True, each term is the
@@ -7,7 +7,6 @@ import torch
 
 import train
 from data import IGNORE
-from helpers import TINY, tiny_model
 
 I = IGNORE
 # B = 3 rows, T = 7 positions. Supervised targets after the shift: 3 + 2 + 3 = 8, which is none of
@@ -79,19 +78,23 @@ def test_loss_is_fp32_for_low_precision_logits():
 def test_the_head_runs_on_the_supervised_rows_only():
     """The training path: hidden states (B, T, C) and a head; the head sees the 8 rows that predict a
     supervised token, in order (row b, then position t), and the sum and count equal the full logits'."""
-    net = tiny_model(seed=8)
-    ids = torch.randint(0, TINY["vocab_size"], LABELS.shape, generator=torch.Generator().manual_seed(8))
+    g = torch.Generator().manual_seed(8)
+    h = torch.randn(*LABELS.shape, 16, generator=g)      # hidden states (B, T, C), C = 16
+    proj = torch.nn.Linear(16, V, bias=False)
+    with torch.no_grad():
+        proj.weight.copy_(torch.randn(V, 16, generator=g))
     seen = []
 
     def head(rows):
         seen.append(rows.shape[0])
-        return net.head(rows)
+        return proj(rows)
     with torch.no_grad():
-        loss, n = train.masked_ce_sum(net(ids, hidden=True), LABELS, head)
-        want, count = by_hand(net(ids), LABELS)
+        loss, n = train.masked_ce_sum(h, LABELS, head)
+        want, count = by_hand(proj(h), LABELS)
     assert seen == [8], f"the head must run once, on the 8 supervised rows only, got row counts {seen}"
     assert n == count == 8, f"expected 8 supervised (shifted) positions, got {n}"
-    assert abs(float(loss) - want) < 1e-4, f"expected the SUM of the 8 shifted token losses {want:.5f}, got {float(loss):.5f}"
+    assert abs(float(loss) - want) < 1e-4, \
+        f"expected the SUM of the 8 shifted token losses {want:.5f}, got {float(loss):.5f}"
 
 
 def test_entropy_is_the_models_own_distribution():

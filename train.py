@@ -174,7 +174,7 @@ class Hooks:
     def first_step(self, model, opt, total_steps): return 0         # or the step a checkpoint was at
     def part_of_step(self, batch, micro_batch_size, pad_id): return batch   # the examples this process trains on
     def step_loss(self, loss, n): return loss                       # the step's mean loss
-    def grad_norm(self, norm): return float(norm)                   # the clipped gradient's norm
+    def grad_norm(self, norm): return float(norm)                   # the gradient's norm, before clipping
     def autocast(self, device): return autocast_for(device)         # bf16 on CUDA (launch/: CPUs with fast bf16)
     def after_update(self): pass                                    # the optimizer stepped; gradients still there
     def after_step(self, record, stop): pass                        # the step's metrics are in `record`

@@ -66,6 +66,7 @@ INSTRUCTOR_ONLY = {
     "tests/test_exercise_variants.py",  # its variants are pieces of the reference bodies
     "tests/test_assignment.py",         # the make/grade/solve round trip and the leak test read the reference
     "tests/test_loss.py",               # it writes the masked_ce_sum exercise out (per sample, entropy)
+    "docs/teaching.md",                 # the instructor's guide: the usual mistakes, what the public tests miss
 }
 INSTRUCTOR_DIRS = (f"{INSTRUCTOR_TESTS.as_posix()}/",  # the instructor tests and the reference's saved outputs
                    f"{KEY.as_posix()}/")               # the answer key
@@ -76,6 +77,19 @@ LAB_BLANK = "(your answer)"
 
 def instructor_only(f: str) -> bool:
     return f in INSTRUCTOR_ONLY or f.startswith(INSTRUCTOR_DIRS)
+
+
+MD_LINK = re.compile(r"(!?)\[([^\]]*)\]\(([^)\s#]*)(#[^)\s]*)?\)")
+
+
+def unlinked(text: str, file: str) -> str:
+    """A markdown file of the student copy: every link to an instructor-only file (the guide, the answer key)
+    becomes its plain text, since the copy does not have the file."""
+    def plain(m):
+        target = os.path.normpath(os.path.join(os.path.dirname(file), m[3])).replace(os.sep, "/") if m[3] else ""
+        hidden = target and (instructor_only(target) or instructor_only(target + "/"))
+        return m[2] if hidden and not m[1] else m[0]
+    return MD_LINK.sub(plain, text)
 
 
 def blank_lab() -> dict[str, str]:
@@ -213,6 +227,8 @@ def make(dest, root: Path = ROOT, log=print) -> dict[str, list[Region]]:
             (tmp / f).parent.mkdir(parents=True, exist_ok=True)
             if f in stubbed:
                 (tmp / f).write_text(stub_text((root / f).read_text(encoding="utf-8"), f), encoding="utf-8")
+            elif f.endswith(".md"):
+                (tmp / f).write_text(unlinked((root / f).read_text(encoding="utf-8"), f), encoding="utf-8")
             else:
                 shutil.copy2(root / f, tmp / f)
         (tmp / "answers").mkdir(exist_ok=True)
@@ -240,6 +256,8 @@ def solve(dest, names=(), root: Path = ROOT, log=print) -> list[str]:
     dest = Path(dest)
     ref = exercises(root)
     names = list(names) or problems(root)
+    if not (dest / "train.py").is_file() or not (dest / TESTS).is_dir():
+        raise KitError(f"{dest}: not a student copy of upft (no train.py or {TESTS} there)")
     if unknown := [n for n in names if n not in ref and n != "lab"]:
         raise KitError(f"unknown problem(s): {', '.join(unknown)} (known: {', '.join(problems(root))})")
     if "lab" in names:
@@ -248,6 +266,8 @@ def solve(dest, names=(), root: Path = ROOT, log=print) -> list[str]:
         (dest / "answers").mkdir(exist_ok=True)
         for name in LAB_FILES:
             shutil.copyfile(root / KEY / "answers" / name, dest / "answers" / name)
+        for run in sorted((root / KEY / "runs").iterdir()):   # the reference's two runs, what answers/ names
+            shutil.copytree(run, dest / "runs" / run.name, dirs_exist_ok=True)
     files = sorted({r.file for n in names for r in ref.get(n, [])})
     for f in files:
         src = (root / f).read_text(encoding="utf-8").splitlines(keepends=True)
@@ -273,30 +293,43 @@ def check_pytest():
         raise KitError("grading needs pytest: python -m pip install pytest")
 
 
-def run_tests(dest: Path, timeout=900, names=None, tier="public") -> tuple[dict[str, list[dict]], str]:
-    """Run the tests of problems `names` (default: all) of one tier with pytest in `dest`: the public ones
-    (dest/tests/exercises), and for tier "instructor" also this repository's tests/instructor, copied outside
-    both and pointed at `dest` (UPFT_GRADE_COPY). Returns ({test module: [{test, ok, message}]}, output)."""
+class GradeTimeout(KitError):
+    """The tests did not finish in time."""
+
+
+def run_tests(dest: Path, timeout=240, names=None, tier="public") -> tuple[dict[str, list[dict]], str]:
+    """Run the tests of problems `names` (default: all) of one tier with pytest, on the code of `dest`. Public: the
+    copy's own tests/exercises. Instructor: this repository's tests/exercises and tests/instructor, copied outside
+    both and pointed at `dest` (UPFT_GRADE_COPY), so that a copy whose tests or conftest.py were edited is graded by
+    the reference's. Returns ({test module: [{test, ok, message}]}, output); GradeTimeout past `timeout` s."""
     with tempfile.TemporaryDirectory() as tmp:
-        report = Path(tmp) / "report.xml"
-        paths = [TESTS] if names is None else [TESTS / f"test_{n}.py" for n in names
-                                               if (dest / TESTS / f"test_{n}.py").is_file()]
+        tmp = Path(tmp)
+        report = tmp / "report.xml"
         env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "UPFT_GRADE_COPY": str(dest)}
         if tier == "instructor":
-            shutil.copytree(ROOT / INSTRUCTOR_TESTS, Path(tmp) / "instructor",
-                            ignore=shutil.ignore_patterns("__pycache__"))
-            paths += [Path(tmp) / "instructor" / f.name for f in sorted((ROOT / INSTRUCTOR_TESTS).glob("test_*_ref.py"))
-                      if names is None or f.stem.removeprefix("test_").removesuffix("_ref") in names]
+            for folder in (TESTS, INSTRUCTOR_TESTS):
+                shutil.copytree(ROOT / folder, tmp / folder, ignore=shutil.ignore_patterns("__pycache__"))
+            shutil.copy2(ROOT / "tests" / "util_tok.py", tmp / "tests" / "util_tok.py")  # (the tests' tokenizer,
+            shutil.copytree(ROOT / "tests" / "fixtures", tmp / "tests" / "fixtures")     # its chat templates)
+            (tmp / "pytest.ini").write_text("[pytest]\nmarkers =\n    slow\n    real\n")
+            env["PYTHONPATH"] = os.pathsep.join([str(dest), *filter(None, [os.environ.get("PYTHONPATH")])])
+            base, rootdir = tmp, ["--rootdir", str(tmp), "-c", str(tmp / "pytest.ini")]
+        else:
+            base, rootdir = dest, ["--rootdir", str(dest)]
+        paths = [base / TESTS / f"test_{n}.py" for n in names] if names is not None else [base / TESTS]
+        if tier == "instructor":
+            paths += [base / INSTRUCTOR_TESTS / f"test_{n}_ref.py" for n in names] if names is not None \
+                else [base / INSTRUCTOR_TESTS]
+        paths = [str(x) for x in paths if x.exists()]
         if not paths:
             return {}, ""
-        cmd = [sys.executable, "-m", "pytest", *map(str, paths), "-q", "-p", "no:cacheprovider", "-m", "",
-               "--rootdir", str(dest), "--continue-on-collection-errors", f"--junitxml={report}",
-               "-o", "junit_family=xunit1"]  # (xunit1 names each case's file: the copied instructor tests lie
-                                                 # outside --rootdir, where pytest gives no classname)
+        cmd = [sys.executable, "-m", "pytest", *paths, "-q", "-p", "no:cacheprovider", "-m", "", *rootdir,
+               "--continue-on-collection-errors", f"--junitxml={report}",
+               "-o", "junit_family=xunit1"]  # (xunit1 names each case's file: the classname can be empty)
         try:
             p = subprocess.run(cmd, cwd=dest, capture_output=True, text=True, timeout=timeout, env=env)
         except subprocess.TimeoutExpired:
-            raise KitError(f"the tests did not finish within {timeout}s (an endless loop?)") from None
+            raise GradeTimeout(f"the tests did not finish within {timeout}s (an endless loop?)") from None
         if not report.is_file():
             raise KitError(f"pytest wrote no report (exit {p.returncode}):\n{(p.stdout + p.stderr)[-2000:]}")
         results: dict[str, list[dict]] = {}
@@ -312,6 +345,28 @@ def run_tests(dest: Path, timeout=900, names=None, tier="public") -> tuple[dict[
                                   else "(import)"),
                  "ok": bad is None and skipped is None, "message": _message(bad if bad is not None else skipped)})
         return results, p.stdout + p.stderr
+
+
+def run_each(dest: Path, names, timeout, tier) -> dict[str, list[dict]]:
+    """run_tests of every problem at once; if that hangs, of each problem alone, a hung one failing on its own."""
+    try:
+        return run_tests(dest, 2 * timeout, names, tier)[0]
+    except GradeTimeout:
+        results = {}
+        for n in names:
+            try:
+                results.update(run_tests(dest, timeout, [n], tier)[0])
+            except GradeTimeout as e:
+                results[f"test_{n}"] = [{"test": "(all)", "ok": False, "message": str(e)}]
+        return results
+
+
+def expected_tests(names, tier) -> dict[str, int]:
+    """How many test functions each problem has in this repository's files of the tier (its floor in a report)."""
+    files = {n: [ROOT / TESTS / f"test_{n}.py"] + ([ROOT / INSTRUCTOR_TESTS / f"test_{n}_ref.py"]
+                                                  if tier == "instructor" else []) for n in names}
+    return {n: sum(len(re.findall(r"^def test_\w+\(", f.read_text(encoding="utf-8"), re.M)) for f in fs if f.is_file())
+            for n, fs in files.items()}
 
 
 def _message(node) -> str:
@@ -343,18 +398,24 @@ def shown(path) -> str:
     return "." if path == Path.cwd().resolve() else str(path)
 
 
+def kit_dir(dest) -> str:
+    """How `grade` names the copy in a command it prints: not at all when it is this kit's own repository (what
+    `grade NAME` grades), else its path (absolute, or "." for the current folder)."""
+    return "" if Path(dest).resolve() == ROOT else f" {shlex.quote(shown(dest))}"
+
+
 def rerun_command(dest: Path, name: str, tier="public") -> str:
     """The shell command that runs the tests of problem `name` alone, from the current folder."""
     if tier == "instructor":
-        where = "" if shown(dest) == "." else f" {shlex.quote(shown(dest))}"
-        return f"python {shlex.quote(shown(__file__))} grade{where} {name} --tier instructor"
+        return f"python {shlex.quote(shown(__file__))} grade{kit_dir(dest)} {name} --tier instructor"
     cmd = f"python -m pytest {TESTS / f'test_{name}.py'}"
     where = shown(dest)
     return cmd if where == "." else f"cd {shlex.quote(where)} && {cmd}"
 
 
-def outcomes(names, results) -> dict[str, tuple[bool, str, list[dict]]]:
-    """{exercise: (passed, "k/n" checks passed, its failing checks)}; no tests at all is a failure."""
+def outcomes(names, results, expected=None) -> dict[str, tuple[bool, str, list[dict]]]:
+    """{problem: (passed, "k/n" checks passed, its failing checks)}; no tests at all, or (expected: {problem: the
+    number of its tests}) fewer than expected, is a failure."""
     out = {}
     for name in names:
         cases = results.get(f"test_{name}", [])
@@ -362,27 +423,46 @@ def outcomes(names, results) -> dict[str, tuple[bool, str, list[dict]]]:
         checks = f"{len(cases) - len(failed)}/{len(cases)}"
         if not cases:
             failed = [{"test": "no tests found", "message": str(TESTS / f"test_{name}.py")}]
+        elif expected and len(cases) < expected.get(name, 0):
+            failed.append({"test": "tests missing", "message": f"{len(cases)} of its {expected[name]} tests ran"})
         out[name] = (not failed, checks, failed)
     return out
 
 
-def grade(dest=ROOT, name=None, timeout=900, log=print, tier="public") -> bool:
-    """Grade the copy at `dest` on one tier: one row per problem, or with `name` every failing check of that
-    problem; True when every graded problem passes."""
-    dest = Path(dest).resolve()
-    if not exercises(dest):
+def graded_problems(dest: Path) -> list[str]:
+    """What `grade` scores: in a copy of upft (train.py there) every problem of ORDER, whatever markers the copy
+    still has, so that deleting or breaking one changes nothing but that problem's own tests; elsewhere (another
+    kit's copy) the exercises its markers name, and the lab if it has its tests."""
+    found = []
+    for f in python_files(dest):
+        try:
+            found += [r.name for r in find_regions((dest / f).read_text(encoding="utf-8"), f)]
+        except (KitError, UnicodeDecodeError):
+            pass  # a broken marker: the file's problems are graded by their tests all the same
+    if (dest / "train.py").is_file():
+        return list(ORDER) + sorted(set(found) - set(ORDER))
+    names = list(dict.fromkeys(found)) + (["lab"] if (dest / TESTS / "test_lab.py").is_file() else [])
+    if not names:
         raise KitError(f"{dest}: no exercise markers found (is it a copy of upft?)")
-    names = problems(dest)
+    return names
+
+
+def grade(dest=ROOT, name=None, timeout=120, log=print, tier="public") -> bool:
+    """Grade the copy at `dest` on one tier: one row per problem, or with `name` every failing check of that
+    problem; True when every graded problem passes. timeout: seconds per problem (an endless loop fails its own)."""
+    dest = Path(dest).resolve()
+    if not dest.is_dir():
+        raise KitError(f"{dest}: no such folder")
+    names = graded_problems(dest)
     if name is not None and name not in names:
         raise KitError(f"unknown problem {name} (known: {', '.join(names)})")
     if tier == "instructor" and not (ROOT / INSTRUCTOR_TESTS).is_dir():
         raise KitError("--tier instructor needs the instructor tests: run the kit of the reference repository")
     check_pytest()
-    if name is None:
-        results, _ = run_tests(dest, timeout, tier=tier)
-        return table(dest, outcomes(names, results), log)
-    results, _ = run_tests(dest, timeout, [name], tier)
-    return one_exercise(dest, name, outcomes([name], results)[name], log, tier)
+    chosen = names if name is None else [name]
+    expected = expected_tests(chosen, tier) if tier == "instructor" else None
+    found = outcomes(chosen, run_each(dest, chosen, timeout, tier), expected)
+    return table(dest, found, log) if name is None else one_exercise(dest, name, found[name], log, tier)
 
 
 def table(dest, outcome, log) -> bool:
@@ -397,9 +477,8 @@ def table(dest, outcome, log) -> bool:
     score = sum(POINTS.get(name, 0) for name, (ok, _, _) in outcome.items() if ok)
     log(f"{score} / {sum(POINTS.get(name, 0) for name in outcome)} points ({passed}/{len(outcome)} problems pass)")
     if passed < len(outcome):
-        where = "" if shown(dest) == "." else f" {shlex.quote(shown(dest))}"
         log(f"every failing check of one problem, and how to rerun its tests: "
-            f"python {shlex.quote(shown(__file__))} grade{where} NAME")
+            f"python {shlex.quote(shown(__file__))} grade{kit_dir(dest)} NAME")
     return passed == len(outcome)
 
 
@@ -446,7 +525,8 @@ def main(argv=None):
     p.add_argument("name", nargs="?", help="one problem (grade NAME alone: in this copy)")
     p.add_argument("--tier", choices=TIERS, default="public", help="public: the copy's own tests (the default); "
                    "instructor: also the instructor tests, against the reference's saved outputs (reference only)")
-    p.add_argument("--timeout", type=int, default=900, help="seconds for the whole test run (default: 900)")
+    p.add_argument("--timeout", type=int, default=120, help="seconds per problem: a problem whose tests run longer "
+                   "(an endless loop?) fails alone (default: 120)")
     p = sub.add_parser("solve", help="write the reference answers of the named problems (default: all) into DIR")
     p.add_argument("dir")
     p.add_argument("names", nargs="*")

@@ -227,6 +227,9 @@ def test_grade_prints_whole_messages_and_how_to_rerun(demo_copy):
     q = subprocess.run(cmd, shell=True, cwd=here, capture_output=True, text=True, timeout=120)
     assert q.returncode == 1 and "2 failed, 1 passed" in q.stdout, q.stdout + q.stderr
 
+    p = subprocess.run(KIT + ["grade", "."], cwd=demo_copy, capture_output=True, text=True, timeout=120)
+    assert p.stdout.splitlines()[-1].endswith("grade . NAME"), "from inside a copy, this kit's hint names it"
+
     p = subprocess.run(KIT + ["grade", name, "nosuch"], cwd=here, capture_output=True, text=True, timeout=120)
     assert p.returncode == 2 and p.stderr == "error: unknown problem nosuch (known: demo)\n"
 
@@ -279,7 +282,8 @@ def wrong_variant(dest, problem):
 @pytest.mark.parametrize("where", ["student", "a path with spaces/student copy"])
 def test_make_grade_solve_round_trip(tmp_path, where):
     """make -> the copy imports and `train.py --help` works -> grade: 0 / 100, every problem failing (on its stub,
-    or the lab's blank answers) -> solve: the copy is the reference again (the answer key's answers/) -> grade:
+    or the lab's blank answers) -> solve: the copy is the reference again (the answer key's answers/ and runs) ->
+    grade:
     100 / 100, in under 2 minutes, on both tiers -> known wrong variants of half the problems, then of the other
     half: exactly those problems lose their points, and only those. Wherever the copy lies and whatever the current
     folder (the repository, or a folder beside the copy), the kit names it the same way: by its absolute path."""
@@ -318,9 +322,10 @@ def test_make_grade_solve_round_trip(tmp_path, where):
 
     p = subprocess.run(KIT + ["solve", str(dest)], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
-    for f in copied:
-        want = ROOT / assignment.KEY / f if f in lab else ROOT / f
-        assert (dest / f).read_bytes() == want.read_bytes(), f"{f} differs from the reference after solve"
+    for f in copied:   # (markdown: its links to instructor-only files made plain text)
+        want = (ROOT / assignment.KEY / f if f in lab else ROOT / f).read_bytes()
+        want = assignment.unlinked(want.decode(), f).encode() if f.endswith(".md") and f not in lab else want
+        assert (dest / f).read_bytes() == want, f"{f} differs from the reference after solve"
     for tier in assignment.TIERS:
         t = time.time()
         p, rows = _grade(dest, tier=tier)
@@ -341,6 +346,62 @@ def test_make_grade_solve_round_trip(tmp_path, where):
         lost = {n for n, line in rows.items() if " FAILED " in line}
         assert lost == set(half), f"wrong variants of {mistakes}: failing {sorted(lost)}\n{p.stdout}"
         assert p.stdout.splitlines()[-2].startswith(f"{100 - sum(assignment.POINTS[n] for n in half)} / 100 points")
+    # a copy that hides its mistakes: lr_at wrong with its markers deleted (still graded, out of 100); fit wrong,
+    # its end marker deleted, the public test that catches the mistake renamed away, and a conftest.py that drops
+    # the instructor tests: the public tier is fooled on fit only, the instructor tier on nothing
+    tampered = tmp_path / "tampered"
+    shutil.copytree(dest, tampered)
+    train_py = tampered / "train.py"
+    text = train_py.read_text()
+    for old, new in (("    # >>> exercise: lr_at\n", ""), ("    # <<< exercise: lr_at\n", ""),
+                     ("    # <<< exercise: fit\n", ""), ("return tc.lr * min(1.0, (step + 1) / warm)", "return tc.lr"),
+                     ("model.gradient_checkpointing = tc.grad_ckpt", "pass")):
+        assert text.count(old) == 1, old
+        text = text.replace(old, new)
+    train_py.write_text(text)
+    test_fit = tampered / "tests" / "exercises" / "test_fit.py"
+    test_fit.write_text(test_fit.read_text().replace("def test_train_mode_while_training_eval_mode_after(",
+                                                     "def _hidden("))
+    with open(tampered / "tests" / "conftest.py", "a") as f:
+        f.write("\n\ndef pytest_collection_modifyitems(config, items):\n"
+                "    items[:] = [i for i in items if '_ref' not in str(i.fspath)]\n")
+    for tier, lost in (("public", {"lr_at"}), ("instructor", {"lr_at", "fit"})):
+        p, rows = _grade(tampered, tier=tier)
+        assert list(rows) == names and {n for n, line in rows.items() if " FAILED " in line} == lost, p.stdout
+        assert p.stdout.splitlines()[-2].startswith(f"{100 - sum(assignment.POINTS[n] for n in lost)} / 100 points")
+
+
+@pytest.mark.slow
+def test_an_endless_loop_costs_its_own_problem_only(tmp_path):
+    """A solved copy whose extract_answer never returns: grade (a short --timeout) reruns each problem alone, and
+    only extract_answer fails, on its time limit."""
+    dest = tmp_path / "student"
+    assignment.make(dest, log=lambda *_: None)
+    assignment.solve(dest, log=lambda *_: None)
+    grader = dest / "grader.py"
+    text = grader.read_text()
+    i = text.index("\n", text.index("    # >>> exercise: extract_answer", text.index("def extract_answer(")))
+    grader.write_text(text[:i + 1] + "    while True:\n        pass\n" + text[i + 1:])
+    p = subprocess.run(KIT + ["grade", str(dest), "--timeout", "8"], capture_output=True, text=True, timeout=600)
+    rows = _rows(p.stdout)
+    assert p.returncode == 1 and [n for n, line in rows.items() if " FAILED " in line] == ["extract_answer"], p.stdout
+    assert "did not finish within 8s" in rows["extract_answer"], rows["extract_answer"]
+    assert p.stdout.splitlines()[-2].startswith(f"{100 - assignment.POINTS['extract_answer']} / 100 points")
+
+
+def test_solve_refuses_what_is_not_a_student_copy(tmp_path):
+    (tmp_path / "empty").mkdir()
+    for where in (tmp_path / "empty", tmp_path / "nowhere"):
+        p = subprocess.run(KIT + ["solve", str(where)], capture_output=True, text=True, timeout=120)
+        assert p.returncode == 2 and p.stderr.startswith("error: ") and "not a student copy" in p.stderr, p.stderr
+        assert len(p.stderr.splitlines()) == 1
+    assert not any((tmp_path / "empty").iterdir()), "nothing written"
+
+
+def test_links_to_instructor_files_become_plain_text():
+    text = "[the key](answer-key/README.md), [guide](teaching.md#reading), [method](method.md), ![p](x.png)"
+    assert assignment.unlinked(text, "docs/assignment.md") == "the key, guide, [method](method.md), ![p](x.png)"
+    assert assignment.unlinked("[g](docs/teaching.md)", "README.md") == "g"
 
 
 BLOCK_TRANSFORMERS = """

@@ -139,6 +139,10 @@ VARIANTS = [  # (exercise, the usual mistake, patches)
     ("sample_next", "one draw shared by the whole batch",
      sub("model.sample_next", ("u = torch.rand(probs.shape[0], ", "u = torch.rand(1, "),
          ("cdf = probs.double().cumsum(-1)", "cdf = probs.double().cumsum(-1)\n    u = u.expand(probs.shape[0])"))),
+    ("sample_next", "top-p on the top-k survivors' mass before renormalising",
+     sub("model.sample_next", ("logits = logits.float() / temperature", "logits = logits.float() / temperature\n    raw = logits"),
+         ("probs = logits.softmax(-1)\n", "probs = logits.softmax(-1) * (raw.softmax(-1) * (logits > float('-inf')))"
+                                          ".sum(-1, keepdim=True)\n"))),
     ("sample_next", "the given uniforms ignored (a fresh draw instead)",
      sub("model.sample_next", ("    if u is None:\n", "    if True:\n"))),
     ("sample_next", "inverse CDF with the first token whose mass REACHES u (a zero-probability token at u = 0)",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import functools
+import os
 import shutil
 import sys
 import tempfile
@@ -17,7 +18,10 @@ from pathlib import Path
 import torch
 
 HERE = Path(__file__).resolve().parent
-for p in (HERE.parents[1], HERE.parent):  # the repository (model.py, ...) and tests/ (util_tok.py)
+# The code under test: this repository's, or the copy `assignment.py grade` names (it runs the reference's own
+# tests against a copy on the instructor tier); and tests/ (util_tok.py) beside this file.
+CODE = Path(os.environ.get("UPFT_GRADE_COPY") or HERE.parents[1]).resolve()
+for p in (CODE, HERE.parent):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 from data import Tokenizer  # noqa: E402

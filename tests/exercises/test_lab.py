@@ -2,17 +2,21 @@
 
 answers/lab.json holds, for the decision world and its mirror, the run folder and the base and tuned model's
 careful-opener share and sampled accuracy (fractions, as `python scripts/openers.py RUN --json` prints them);
-answers/lab.md one section per question ("## Question k"). Where a named run folder is in the copy, its numbers
-must be that run's. (In the reference repository, which has no answers/, the answer key's files are checked.)
+answers/lab.md one section per question ("## Question k"). The two run folders stay in the copy: each must
+have run the handout's command on its world, and the numbers must be its own. (In the reference repository,
+which has no answers/, the answer key's files and runs are checked.)
 """
 import json
+import os
 import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-ANSWERS = ROOT / "answers" if (ROOT / "answers").is_dir() else ROOT / "docs" / "answer-key" / "answers"
+ROOT = Path(os.environ.get("UPFT_GRADE_COPY") or Path(__file__).resolve().parents[2]).resolve()  # (helpers.CODE)
+BASE = ROOT if (ROOT / "answers").is_dir() else ROOT / "docs" / "answer-key"   # where answers/ and runs/ lie
+ANSWERS = BASE / "answers"
+COMMAND = {"eval_samples": 4, "eval_limit": 200, "prefix_len": 8, "method": "upft"}  # the handout's flags
 WORLDS = {"decision": "toy-decision", "mirror": "toy-mirror"}
 QUESTIONS = 7
 MIN_WORDS = 15
@@ -39,18 +43,23 @@ def test_the_numbers_are_filled_in():
 
 
 def test_the_numbers_are_those_of_the_runs():
-    """A run folder named in answers/lab.json that is in the copy: the numbers are its own (to 0.001), and it ran
-    on its world with sampled evaluations."""
+    """Each run folder named in answers/lab.json is in the copy, ran the handout's command on its world (its
+    args.json), evaluated its 200 questions with 4 samples each, and gives the numbers written (to 0.001)."""
     sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
     import openers
     for world, d in numbers().items():
-        run = ROOT / (d.get("run") or "")
-        if not d.get("run") or not (run / "results.json").is_file():
-            continue   # the run is not in this copy: the instructor compares the numbers with the reference's
+        run = BASE / (d.get("run") or "(no run named)")
+        assert (run / "results.json").is_file() and (run / "args.json").is_file(), \
+            f"answers/lab.json: {world}'s run {d.get('run')} is not in this copy (keep both run folders)"
         args = json.loads((run / "args.json").read_text())
         assert Path(args.get("world") or "").name == WORLDS[world], \
             f"{run}: ran on --world {args.get('world')}, not assets/{WORLDS[world]}"
-        assert args.get("eval_samples", 0) >= 2, f"{run}: needs --eval-samples 4 (got {args.get('eval_samples')})"
+        for key, want in COMMAND.items():
+            assert args.get(key) == want, f"{run}: --{key.replace('_', '-')} {args.get(key)}, the handout's is {want}"
+        for tag in ("base", "tuned"):
+            records = [json.loads(line) for line in (run / f"eval_{tag}_sampled.jsonl").read_text().splitlines()]
+            assert len(records) == 200 and all(len(r["responses"]) == 4 for r in records), \
+                f"{run}: eval_{tag}_sampled.jsonl should hold 200 questions with 4 answers each"
         measured = openers.summary(run)
         for tag in ("base", "tuned"):
             for key, v in measured[tag].items():

@@ -76,6 +76,16 @@ def test_top_p_never_drops_the_most_likely_token():
     assert f[1] == 1.0, "the most likely token survives any top_p"
 
 
+def test_top_p_acts_on_the_distribution_top_k_leaves():
+    # top_k 3 leaves [0.3, 0.25, 0.2] renormalised to [0.4, 0.333, 0.267]: the mass above token 1 is 0.4,
+    # past top_p 0.35, so only token 0 is kept. Top-p on the unrenormalised 0.3 would keep token 1 too.
+    f = draws([0.3, 0.25, 0.2, 0.15, 0.1], 1.0, top_k=3, top_p=0.35)
+    assert f[0] == 1.0, f"top_k 3 then top_p 0.35 keeps token 0 alone (top-p after renormalising), got {f.tolist()}"
+    f = draws([0.3, 0.25, 0.2, 0.15, 0.1], 1.0, top_k=3, top_p=0.5)
+    assert f[2] == 0 and close(f, [0.4 / 0.7333, 0.3333 / 0.7333, 0, 0, 0]), \
+        f"top_k 3 then top_p 0.5 keeps tokens {{0, 1}} in proportion 0.4 : 0.333, got {f.tolist()}"
+
+
 def test_temperature_comes_before_top_p():
     # At temperature 0.5, [0.5, 0.3, 0.15, 0.05] becomes [0.685, 0.247, 0.062, 0.007]: 0.9 is reached
     # by tokens {0, 1}. Top-p taken on the untempered probabilities would keep token 2 as well.

@@ -5,8 +5,8 @@ seeded inputs: tests/instructor/fixtures/<problem>.npz (arrays) or .json. `pytho
 rewrites every fixture from the reference (run it in the reference repository, never in a student copy).
 
 The code under test is the repository these tests lie in, or, when `scripts/assignment.py grade --tier instructor`
-runs them against a student copy, that copy (UPFT_GRADE_COPY, set by grade, which copies this folder outside
-both). Each test module defines `make()`, which computes its fixture's content through the code under test
+runs them against a student copy, that copy (UPFT_GRADE_COPY, set by grade, which copies this folder and the
+reference's tests/exercises outside both: a copy's own tests and conftest.py are never run on this tier). Each test module defines `make()`, which computes its fixture's content through the code under test
 (so make_fixtures.py, run on the reference, saves the reference's outputs), and plain test functions without
 arguments that compare the code under test against the saved fixture.
 """
@@ -22,7 +22,8 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 FIXTURES = HERE / "fixtures"
 CODE = Path(os.environ.get("UPFT_GRADE_COPY") or HERE.parents[1]).resolve()  # the repository under test
-for p in (CODE / "tests" / "exercises", CODE / "tests", CODE):   # its modules and its test helpers, first
+# its modules first; the test helpers (helpers.py, util_tok.py) from the tests beside this folder, the reference's
+for p in (HERE.parent / "exercises", HERE.parent, CODE):
     if str(p) in sys.path:
         sys.path.remove(str(p))
     sys.path.insert(0, str(p))

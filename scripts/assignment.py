@@ -297,8 +297,17 @@ class GradeTimeout(KitError):
     """The tests did not finish in time."""
 
 
-def run_tests(dest: Path, timeout=240, names=None, tier="public") -> tuple[dict[str, list[dict]], str]:
-    """Run the tests of problems `names` (default: all) of one tier with pytest, on the code of `dest`. Public: the
+def test_files(base: Path, names, tier) -> list[Path]:
+    """The test files under `base` of problems `names` on one tier: tests/exercises/test_NAME.py, and on the
+    instructor tier tests/instructor/test_NAME_ref.py too; those that exist."""
+    files = [base / TESTS / f"test_{n}.py" for n in names]
+    if tier == "instructor":
+        files += [base / INSTRUCTOR_TESTS / f"test_{n}_ref.py" for n in names]
+    return [f for f in files if f.is_file()]
+
+
+def run_tests(dest: Path, timeout, names, tier="public") -> tuple[dict[str, list[dict]], str]:
+    """Run the tests of problems `names` of one tier with pytest, on the code of `dest`. Public: the
     copy's own tests/exercises. Instructor: this repository's tests/exercises and tests/instructor, copied outside
     both and pointed at `dest` (UPFT_GRADE_COPY), so that a copy whose tests or conftest.py were edited is graded by
     the reference's. Returns ({test module: [{test, ok, message}]}, output); GradeTimeout past `timeout` s."""
@@ -316,11 +325,7 @@ def run_tests(dest: Path, timeout=240, names=None, tier="public") -> tuple[dict[
             base, rootdir = tmp, ["--rootdir", str(tmp), "-c", str(tmp / "pytest.ini")]
         else:
             base, rootdir = dest, ["--rootdir", str(dest)]
-        paths = [base / TESTS / f"test_{n}.py" for n in names] if names is not None else [base / TESTS]
-        if tier == "instructor":
-            paths += [base / INSTRUCTOR_TESTS / f"test_{n}_ref.py" for n in names] if names is not None \
-                else [base / INSTRUCTOR_TESTS]
-        paths = [str(x) for x in paths if x.exists()]
+        paths = [str(f) for f in test_files(base, names, tier)]
         if not paths:
             return {}, ""
         cmd = [sys.executable, "-m", "pytest", *paths, "-q", "-p", "no:cacheprovider", "-m", "", *rootdir,
@@ -363,10 +368,8 @@ def run_each(dest: Path, names, timeout, tier) -> dict[str, list[dict]]:
 
 def expected_tests(names, tier) -> dict[str, int]:
     """How many test functions each problem has in this repository's files of the tier (its floor in a report)."""
-    files = {n: [ROOT / TESTS / f"test_{n}.py"] + ([ROOT / INSTRUCTOR_TESTS / f"test_{n}_ref.py"]
-                                                  if tier == "instructor" else []) for n in names}
-    return {n: sum(len(re.findall(r"^def test_\w+\(", f.read_text(encoding="utf-8"), re.M)) for f in fs if f.is_file())
-            for n, fs in files.items()}
+    return {n: sum(len(re.findall(r"^def test_\w+\(", f.read_text(encoding="utf-8"), re.M))
+                   for f in test_files(ROOT, [n], tier)) for n in names}
 
 
 def _message(node) -> str:
@@ -431,18 +434,11 @@ def outcomes(names, results, expected=None) -> dict[str, tuple[bool, str, list[d
 
 def graded_problems(dest: Path) -> list[str]:
     """What `grade` scores: in a copy of upft (train.py there) every problem of ORDER, whatever markers the copy
-    still has, so that deleting or breaking one changes nothing but that problem's own tests; elsewhere (another
-    kit's copy) the exercises its markers name, and the lab if it has its tests."""
-    found = []
-    for f in python_files(dest):
-        try:
-            found += [r.name for r in find_regions((dest / f).read_text(encoding="utf-8"), f)]
-        except (KitError, UnicodeDecodeError):
-            pass  # a broken marker: the file's problems are graded by their tests all the same
+    still has, so that deleting or breaking one changes nothing but that problem's own tests' verdict; elsewhere
+    (another kit's copy) the problems its markers and tests name."""
     if (dest / "train.py").is_file():
-        return list(ORDER) + sorted(set(found) - set(ORDER))
-    names = list(dict.fromkeys(found)) + (["lab"] if (dest / TESTS / "test_lab.py").is_file() else [])
-    if not names:
+        return list(ORDER)
+    if not (names := problems(dest)):
         raise KitError(f"{dest}: no exercise markers found (is it a copy of upft?)")
     return names
 

@@ -22,14 +22,15 @@ from decision_table import careful_share, conditional  # noqa: E402
 from results_table import _forms, _records  # noqa: E402
 
 
+def numbers(forms):
+    """{"careful_share", "sampled_accuracy"} of one model's sampled answers (fractions; forms: _forms)."""
+    return {"careful_share": float(careful_share(forms).mean()),
+            "sampled_accuracy": sum(ch.isupper() for x in forms for ch in x) / sum(len(x) for x in forms)}
+
+
 def summary(run):
-    """{"base", "tuned"}: each {"careful_share", "sampled_accuracy"} of the run's sampled answers (fractions)."""
-    out = {}
-    for tag in ("base", "tuned"):
-        f = _forms(_records(run, tag, True), True)
-        out[tag] = {"careful_share": float(careful_share(f).mean()),
-                    "sampled_accuracy": sum(ch.isupper() for x in f for ch in x) / sum(len(x) for x in f)}
-    return out
+    """{"base", "tuned"}: the numbers of the run's sampled answers."""
+    return {tag: numbers(_forms(_records(run, tag, True), True)) for tag in ("base", "tuned")}
 
 
 def main(argv=None):
@@ -41,15 +42,14 @@ def main(argv=None):
     run = Path(args.run)
     if not (run / "eval_tuned_sampled.jsonl").is_file() or not (run / "eval_base_sampled.jsonl").is_file():
         sys.exit(f"error: {run}: no sampled evaluations here (run train.py with --eval-samples 4 to the end)")
-    if args.json:
-        print(json.dumps(summary(run), indent=1))
-        return
     forms = {tag: _forms(_records(run, tag, True), True) for tag in ("base", "tuned")}
-    numbers = summary(run)
+    if args.json:
+        print(json.dumps({tag: numbers(f) for tag, f in forms.items()}, indent=1))
+        return
     for tag, f in forms.items():
-        c = conditional(f)
-        print(f"{tag:5s}  careful share {100 * numbers[tag]['careful_share']:5.1f}%   "
-              f"sampled accuracy {100 * numbers[tag]['sampled_accuracy']:5.1f}%   "
+        c, got = conditional(f), numbers(f)
+        print(f"{tag:5s}  careful share {100 * got['careful_share']:5.1f}%   "
+              f"sampled accuracy {100 * got['sampled_accuracy']:5.1f}%   "
               f"careful answers right {100 * c['careful'][0]:5.1f}% ({c['careful'][1]})   "
               f"hasty answers right {100 * c['hasty'][0]:5.1f}% ({c['hasty'][1]})")
     iv = paired.seed_question_interval((careful_share(forms["tuned"]) - careful_share(forms["base"]))[None, :])
